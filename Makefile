@@ -1,0 +1,47 @@
+# alcub3: every step a fresh machine needs, from system packages to benchmarks.
+# `make demo` and `make test` each install what is missing first.
+
+SWIFT ?= swift
+BUILD_FLAGS ?=
+BIN = .build/debug/alcub3
+CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
+
+# Debian packages alcub3 builds, tests and benchmarks with.
+DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
+               bpftrace hyperfine bubblewrap iproute2 python3 procps
+
+.PHONY: deps build test demo bench bpf vmlinux check-generated clean
+
+deps:
+	@scripts/install-deps.sh $(DEB_PACKAGES)
+
+build: deps
+	$(SWIFT) build $(BUILD_FLAGS)
+
+# One build (tests included), then every test from it: unit tests and the
+# integration tests against the real kernel (they need root).
+test: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS)
+
+demo: build
+	@scripts/demo.sh $(BIN)
+
+bench: build
+	@scripts/bench.sh $(BIN)
+
+# vmlinux.h is generated from this kernel's BTF and committed (x86_64); CO-RE
+# relocations make the objects portable to other kernels.
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/include/vmlinux.h
+
+# Compiles the BPF objects alone (the build plugin does the same during swift build).
+bpf:
+	@mkdir -p .build/bpf
+	@for f in bpf/*.bpf.c; do \
+	  $(CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
+	    -Ibpf/include -ISources/CAlcub3/include -c $$f -o .build/bpf/$$(basename $$f .c).o || exit 1; \
+	  echo "compiled $$f"; done
+
+clean:
+	rm -rf .build

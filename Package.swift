@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One target per box of the design (docs/architecture.md). The BPF programs in
+// bpf/ are compiled by the BPFObjects plugin during `swift build`, so a fresh
+// clone needs no step besides the system packages (`make deps`).
+let package = Package(
+    name: "alcub3",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "alcub3", targets: ["alcub3"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLibBPF", pkgConfig: "libbpf",
+                       providers: [.apt(["libbpf-dev", "libelf-dev", "zlib1g-dev"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        .target(name: "CAlcub3"),
+        .target(name: "KernelSupport"),
+        .target(name: "Policy"),
+        .plugin(name: "BPFObjects", capability: .buildTool()),
+        .target(
+            name: "Telemetry",
+            dependencies: ["CLibBPF", "CAlcub3", "KernelSupport"],
+            plugins: ["BPFObjects"]),
+        .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy"]),
+        .target(
+            name: "Commands",
+            dependencies: [
+                "Telemetry", "Sandbox", "Policy",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "alcub3", dependencies: ["Commands"]),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Sandbox", "CLibBPF", "CAlcub3"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Telemetry"]),
+        .testTarget(name: "CommandsTests", dependencies: ["Commands"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,196 @@
+#define _GNU_SOURCE
+#include "alcub3_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct failure { int step; int err; };
+
+/* Child side: report the failed step to the parent and die. write() is async-signal-safe. */
+static void child_fail(int fd, int step) {
+    struct failure f = { step, errno };
+    ssize_t n = write(fd, &f, sizeof f);
+    (void)n;
+    _exit(127);
+}
+
+static int bring_up_loopback(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int saved = errno;
+    close(s);
+    errno = saved;
+    return rc;
+}
+
+static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_NO_NEW_PRIVS);
+    if (c->filter) {
+        /* Last step before exec: the filter may deny the syscalls used above. */
+        struct sock_fprog prog = { .len = c->filter_len, .filter = (struct sock_filter *)c->filter };
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+            child_fail(report_fd, ALCUB3_STEP_SECCOMP);
+    }
+    execve(c->path, c->argv, c->envp);
+    child_fail(report_fd, ALCUB3_STEP_EXEC);
+}
+
+static volatile sig_atomic_t forward_to;
+
+static void forward_signal(int sig) {
+    if (forward_to > 0) kill(forward_to, sig);
+}
+
+/* The sandbox's init: forwards termination signals to the command, reaps
+   every orphan, and exits with the command's status (128 + n for a signal). */
+static void run_init(pid_t command) {
+    forward_to = command;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+    for (unsigned i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+    for (;;) {
+        int status;
+        pid_t done = waitpid(-1, &status, 0);
+        if (done < 0) {
+            if (errno == EINTR) continue;
+            _exit(127);
+        }
+        if (done == command) {
+            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+            _exit(128 + WTERMSIG(status));
+        }
+    }
+}
+
+static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report_fd) {
+    /* Named before anything else, so the fork of the command already says what it is. */
+    prctl(PR_SET_NAME, "alcub3-init");
+    /* `run` owns its sandbox: it must not outlive the process that watches it. */
+    if (c->die_with_parent) prctl(PR_SET_PDEATHSIG, SIGKILL);
+
+    for (int i = 0; i < 8 && c->v1_procs_fds[i] >= 0; i++) {
+        /* "0" moves the writer; v1 controllers (this host's cpu, memory, pids) have no CLONE_INTO_CGROUP. */
+        if (write(c->v1_procs_fds[i], "0", 1) != 1) child_fail(report_fd, ALCUB3_STEP_CGROUP_V1);
+    }
+    if (c->namespaces & CLONE_NEWNS) {
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+            child_fail(report_fd, ALCUB3_STEP_MOUNT_PRIVATE);
+        if ((c->namespaces & CLONE_NEWPID) &&
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+            child_fail(report_fd, ALCUB3_STEP_MOUNT_PROC);
+    }
+    if ((c->namespaces & CLONE_NEWUTS) && c->hostname &&
+        sethostname(c->hostname, strlen(c->hostname)) != 0)
+        child_fail(report_fd, ALCUB3_STEP_HOSTNAME);
+    if ((c->namespaces & CLONE_NEWNET) && bring_up_loopback() != 0)
+        child_fail(report_fd, ALCUB3_STEP_LOOPBACK);
+    if (c->cwd && chdir(c->cwd) != 0) child_fail(report_fd, ALCUB3_STEP_CHDIR);
+
+    if (c->stdin_fd >= 0 && dup2(c->stdin_fd, 0) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stdout_fd >= 0 && dup2(c->stdout_fd, 1) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stderr_fd >= 0 && dup2(c->stderr_fd, 2) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+
+    /* Signals the parent blocked or ignored must not leak into the agent. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+
+    if (c->namespaces & CLONE_NEWPID) {
+        /* We are pid 1 of the sandbox: the kernel ignores default-action signals
+           sent to pid 1 and gives it every orphan to reap, so a small init runs
+           here and the command runs as its child. */
+        /* Raw clone, not fork(): glibc's fork runs atfork handlers that take locks
+           another thread of the parent may have held when we were cloned. */
+        pid_t command = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+        if (command < 0) child_fail(report_fd, ALCUB3_STEP_CLONE);
+        if (command == 0) exec_command(c, report_fd);
+        close(report_fd);
+        run_init(command);
+    }
+    exec_command(c, report_fd);
+}
+
+int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
+                 int *failed_step, int *failed_errno) {
+    int report[2];
+    *failed_step = ALCUB3_STEP_NONE;
+    *failed_errno = 0;
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = errno;
+        return -1;
+    }
+    int fd = -1;
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_PIDFD | c->namespaces | (c->cgroup_fd >= 0 ? CLONE_INTO_CGROUP : 0);
+    args.pidfd = (uint64_t)(uintptr_t)&fd;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = c->cgroup_fd >= 0 ? (uint64_t)c->cgroup_fd : 0;
+
+    long child = syscall(SYS_clone3, &args, sizeof args);
+    if (child < 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = errno;
+        close(report[0]);
+        close(report[1]);
+        return -1;
+    }
+    if (child == 0) {
+        close(report[0]);
+        child_setup_and_exec(c, report[1]);
+    }
+    close(report[1]);
+
+    /* EOF means execve succeeded (the CLOEXEC pipe closed); a record means a step failed. */
+    struct failure f;
+    ssize_t n;
+    do { n = read(report[0], &f, sizeof f); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof f) {
+        int status;
+        while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
+        close(fd);
+        *failed_step = f.step;
+        *failed_errno = f.err;
+        return -1;
+    }
+    *pid = (pid_t)child;
+    *pidfd = fd;
+    return 0;
+}
+
+int alcub3_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int alcub3_memfd_create(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
+}

@@ -1,0 +1,60 @@
+/*
+ * alcub3_spawn: start one process in a new sandbox.
+ *
+ * Why C: the child runs between clone3 and execve in a copy of a multithreaded
+ * Swift process, where only async-signal-safe calls are allowed. Everything the
+ * child does (mounts, hostname, loopback, no_new_privs, the seccomp filter) is a
+ * raw syscall on memory prepared by the parent.
+ */
+#ifndef ALCUB3_SPAWN_H
+#define ALCUB3_SPAWN_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/filter.h>
+
+/* Which step failed in the child; sent back with its errno over a CLOEXEC pipe. */
+enum alcub3_spawn_step {
+    ALCUB3_STEP_NONE = 0,
+    ALCUB3_STEP_CLONE = 1,
+    ALCUB3_STEP_MOUNT_PRIVATE = 2,
+    ALCUB3_STEP_MOUNT_PROC = 3,
+    ALCUB3_STEP_HOSTNAME = 4,
+    ALCUB3_STEP_LOOPBACK = 5,
+    ALCUB3_STEP_CHDIR = 6,
+    ALCUB3_STEP_NO_NEW_PRIVS = 7,
+    ALCUB3_STEP_SECCOMP = 8,
+    ALCUB3_STEP_EXEC = 9,
+    ALCUB3_STEP_CGROUP_V1 = 10,
+    ALCUB3_STEP_WAIT_PARENT = 11,
+};
+
+struct alcub3_spawn_config {
+    const char *path;               /* absolute path of the program */
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;                /* NULL: keep the parent's */
+    const char *hostname;           /* used when CLONE_NEWUTS is set */
+    int cgroup_fd;                  /* cgroup2 directory, for CLONE_INTO_CGROUP */
+    int v1_procs_fds[8];            /* cgroup v1 cgroup.procs files to join, -1 ends */
+    uint64_t namespaces;            /* CLONE_NEW* flags */
+    const struct sock_filter *filter; /* seccomp program, NULL for none */
+    unsigned short filter_len;
+    int stdin_fd, stdout_fd, stderr_fd; /* -1: inherit */
+    int die_with_parent;            /* PR_SET_PDEATHSIG SIGKILL: for the daemonless `run` */
+};
+
+/*
+ * Starts the child and waits until it has exec'd or failed.
+ * Returns 0 and sets *pid and *pidfd on success. On failure returns -1 with
+ * *failed_step and *failed_errno saying what the child (or clone3) could not do;
+ * a child that failed has been reaped.
+ */
+int alcub3_spawn(const struct alcub3_spawn_config *config, pid_t *pid, int *pidfd,
+                 int *failed_step, int *failed_errno);
+
+/* pidfd_send_signal has no glibc wrapper; memfd_create needs _GNU_SOURCE, which Swift's Glibc lacks. */
+int alcub3_pidfd_send_signal(int pidfd, int sig);
+int alcub3_memfd_create(const char *name);
+
+#endif

@@ -1,0 +1,24 @@
+import ArgumentParser
+
+/// alcub3's own exit codes (docs/cli.md). A sandboxed command's code passes
+/// through unchanged; a signal that ended it gives 128 + the signal number.
+public enum Alcub3Exit {
+    public static let usage: Int32 = 64              // bad arguments, no command (ArgumentParser's own code too)
+    public static let unknownClassification: Int32 = 65
+    public static let invalidAgentID: Int32 = 66
+    public static let unsupportedIsolation: Int32 = 67
+    public static let internalError: Int32 = 70
+    public static let kernelRefused: Int32 = 71      // a BPF program, cgroup or namespace the kernel refused
+    public static let agentInUse: Int32 = 73
+    public static let notRoot: Int32 = 77
+    public static let commandNotExecutable: Int32 = 126
+    public static let commandNotFound: Int32 = 127
+}
+
+/// Prints one line naming the problem and exits with its code.
+struct Failure: Error {
+    let code: Int32
+    let message: String
+}
+
+func fail(_ code: Int32, _ message: String) -> Failure { Failure(code: code, message: message) }

@@ -1,0 +1,208 @@
+import Foundation
+import KernelSupport
+import Policy
+import Sandbox
+import Telemetry
+
+/// `alcub3 run`: one sandbox in the foreground. Everything it creates (agent
+/// lock, cgroup, BPF programs, the sandbox's processes) is undone on every way
+/// out: normal exit, failure, Ctrl-C.
+final class RunSession: @unchecked Sendable {
+    // @unchecked: `interruptSignal` is written by the signal handler queue and
+    // read after the child ended; the rest is set up before any concurrency.
+    let agentID: String
+    let sandboxID: String
+    let policy: SandboxPolicy
+    let executable: String
+    let arguments: [String]
+    let format: OutputFormat
+    let printSyscalls: Bool
+    let syscallEntry: Bool
+    private let interruptLock = NSLock()
+    private var interruptSignal: Int32?
+
+    init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
+         format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
+        self.agentID = agentID
+        self.sandboxID = "sb-" + Self.randomHex(6)
+        self.policy = policy
+        self.executable = executable
+        self.arguments = arguments
+        self.format = format
+        self.printSyscalls = printSyscalls
+        self.syscallEntry = syscallEntry
+    }
+
+    func run() async throws -> Int32 {
+        let lock: AgentLock
+        do {
+            lock = try AgentLock(agentID: agentID)
+        } catch SandboxError.agentInUse(let agent, let holder) {
+            throw fail(Alcub3Exit.agentInUse, "agent id '\(agent)' is already in use by \(holder)")
+        }
+        defer { lock.release() }
+
+        let layout = try kernelStep("reading the cgroup layout") { try CgroupLayout.detect() }
+        let parent = try kernelStep("taking the cgroup parent lock") { try CgroupParentLock(layout: layout) }
+        defer { parent.releaseAndRemoveParentIfUnused() }
+
+        let rootID = try kernelStep("reading the alcub3 cgroup") { try FileIO.inode(of: layout.alcub3Root) }
+        let monitor = try kernelStep("loading the BPF telemetry programs") {
+            try TelemetryMonitor(rootCgroupID: rootID, rootLevel: layout.alcub3RootLevel)
+        }
+        let cgroup = try kernelStep("creating the sandbox cgroup") { try SandboxCgroup(layout: layout, name: sandboxID) }
+        var cgroupRemoved = false
+        defer { if !cgroupRemoved { try? cgroup.destroy() } }
+
+        try kernelStep("watching the sandbox cgroup") {
+            try monitor.watch(sandboxCgroupID: cgroup.id,
+                              options: .init(syscalls: policy.traceSyscalls, syscallEntry: syscallEntry))
+        }
+        // Subscribe before the process starts, so its first exec is not missed.
+        let subscription = monitor.hub.subscribe()
+        try kernelStep("starting the ring buffer consumer") { try monitor.start() }
+        defer { monitor.stop() }
+
+        let encoder = OCSFEncoder(sandboxID: sandboxID, agentID: agentID, clock: WallClock())
+        let (format, printSyscalls) = (self.format, self.printSyscalls)
+        // The init's pid is known only once it runs; events wait for it so they can name it.
+        let (initPID, initPIDKnown) = AsyncStream<Int32>.makeStream()
+        defer { initPIDKnown.finish() }
+        let streaming = Task { () -> RunSummary in
+            let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
+            for await pid in initPID { renderer.seedInit(pid: pid) }
+            for await batch in subscription.events { renderer.render(batch) }
+            return renderer.summary
+        }
+
+        let namespaces = NamespaceSet.forPolicy(policy)
+        let seccomp = try kernelStep("compiling the seccomp filter") { try SeccompProfile.compile() }
+        let spec = ProcessSpec(
+            executable: executable, arguments: arguments, environment: Self.sandboxEnvironment(),
+            workingDirectory: FileManager.default.currentDirectoryPath, hostname: sandboxID,
+            namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
+
+        let signals = installSignalHandlers(cgroup: cgroup)
+        defer { signals.forEach { $0.cancel() } }
+
+        let started = WallClock.nowUnixNanos()
+        let process: SandboxedProcess
+        do {
+            process = try SandboxedProcess(spec: spec, cgroup: cgroup)
+        } catch SandboxError.commandNotFound(let c) {
+            throw fail(Alcub3Exit.commandNotFound, "command not found: \(c)")
+        } catch SandboxError.commandNotExecutable(let c) {
+            throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
+        } catch {
+            throw fail(Alcub3Exit.kernelRefused, "could not start the sandbox: \(error)")
+        }
+        initPIDKnown.yield(process.pid)
+        initPIDKnown.finish()
+        if format == .table {
+            Output.err(
+                "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), process isolation, namespaces \(namespaces.names.joined(separator: ","))) pid \(process.pid)\n")
+        }
+
+        let status = await Self.waitInBackground(process)
+        // The init is gone; kill whatever it left (a pid namespace does that too,
+        // but descendants in sub-cgroups or a sandbox without one would not).
+        try? cgroup.destroy()
+        cgroupRemoved = true
+        monitor.stop()
+        let counters = monitor.counters()
+        monitor.unwatch(sandboxCgroupID: cgroup.id)
+        let summary = await streaming.value
+
+        let interrupted = interruptLock.withLock { interruptSignal }
+        let code = interrupted.map { 128 + $0 } ?? status.shellCode
+        printSummary(summary, status: status, interruptedBy: interrupted, code: code,
+                     counters: counters, subscriberDropped: subscription.dropped,
+                     seconds: Double(WallClock.nowUnixNanos() - started) / 1e9)
+        return code
+    }
+
+    /// Ctrl-C, SIGTERM and SIGHUP end the sandbox; the normal exit path cleans up.
+    private func installSignalHandlers(cgroup: SandboxCgroup) -> [DispatchSourceSignal] {
+        [SIGINT, SIGTERM, SIGHUP].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in
+                interruptLock.withLock { if interruptSignal == nil { interruptSignal = sig } }
+                try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+                for pid in cgroup.processes() { kill(pid, SIGKILL) }
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    private static func waitInBackground(_ process: SandboxedProcess) async -> ExitStatus {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: process.wait()) }
+        }
+    }
+
+    private func printSummary(_ s: RunSummary, status: ExitStatus, interruptedBy: Int32?, code: Int32,
+                              counters: KernelCounters, subscriberDropped: Int, seconds: Double) {
+        let ended: String = {
+            if let sig = interruptedBy { return "interrupted by signal \(sig)" }
+            switch status {
+            case .exited(let c): return "exited with code \(c)"
+            case .signaled(let sig): return "killed by signal \(sig)"
+            }
+        }()
+        switch format {
+        case .json:
+            let object: [String: Any] = [
+                "record": "run_summary", "sandbox_id": sandboxID, "agent_id": agentID,
+                "classification": policy.classification.rawValue, "exit_code": Int(code), "ended": ended,
+                "duration_seconds": (seconds * 1000).rounded() / 1000,
+                "events": s.byKind, "syscalls": s.syscalls, "bytes_written": s.bytesWritten,
+                "top_syscalls": s.topSyscalls(5).map { ["name": $0.0, "count": $0.1] as [String: Any] },
+                "kernel": ["seen": counters.seen, "submitted": counters.submitted, "dropped": counters.dropped],
+                "stream_dropped": subscriberDropped,
+            ]
+            Output.out(OCSFEncoder.jsonLine(object) + "\n")
+        case .table:
+            let kinds = s.byKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            let top = s.topSyscalls(5).map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+            let text = """
+                --- alcub3 run summary ---
+                sandbox    \(sandboxID) (agent \(agentID), \(policy.classification.rawValue))
+                ended      \(ended) after \(String(format: "%.3f", seconds)) s; exit code \(code)
+                events     \(kinds.isEmpty ? "none" : kinds)
+                syscalls   \(s.syscalls)\(top.isEmpty ? "" : " (top: \(top))")
+                written    \(s.bytesWritten) bytes
+                kernel     \(counters.seen) records seen, \(counters.submitted) submitted, \(counters.dropped) dropped
+                stream     \(subscriberDropped) events dropped by a slow reader
+
+                """
+            Output.err(text)
+        }
+    }
+
+    /// The caller's environment, minus variables that point into the host's
+    /// sessions and agents (sockets the sandbox must not find).
+    static func sandboxEnvironment() -> [String] {
+        let blocked: Set<String> = ["SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "GPG_AGENT_INFO"]
+        return ProcessInfo.processInfo.environment
+            .filter { !blocked.contains($0.key) }
+            .map { "\($0.key)=\($0.value)" }
+            .sorted()
+    }
+
+    static func randomHex(_ bytes: Int) -> String {
+        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    }
+}
+
+/// Runs a kernel-facing step; its failure becomes one line naming the step.
+func kernelStep<T>(_ what: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let failure as Failure {
+        throw failure
+    } catch {
+        throw fail(Alcub3Exit.kernelRefused, "\(what): \(error)")
+    }
+}

@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An owned file descriptor: closed exactly once, when the owner goes away.
+public final class OwnedDescriptor: Sendable {
+    public let raw: Int32
+
+    public init(_ raw: Int32) {
+        precondition(raw >= 0)
+        self.raw = raw
+    }
+
+    /// Opens `path` with O_CLOEXEC always added.
+    public convenience init(path: String, flags: Int32, mode: mode_t = 0o600) throws(SystemError) {
+        let fd = try syscallChecked("open", path) { open(path, flags | O_CLOEXEC, mode) }
+        self.init(fd)
+    }
+
+    deinit { close(raw) }
+}
+
+public enum FileIO {
+    /// Writes a whole string to a file (cgroup and proc knobs take one write).
+    public static func write(_ text: String, to path: String) throws(SystemError) {
+        let fd = try OwnedDescriptor(path: path, flags: O_WRONLY)
+        var bytes = Array(text.utf8)
+        let count = bytes.count
+        let written = try syscallChecked("write", path) { bytes.withUnsafeMutableBytes { Glibc.write(fd.raw, $0.baseAddress, count) } }
+        if written != count { throw SystemError(errno: EIO, call: "write", context: "\(path): short write") }
+    }
+
+    /// Reads a small file (proc, sysfs, cgroupfs) as text.
+    public static func read(_ path: String, limit: Int = 1 << 20) throws(SystemError) -> String {
+        let fd = try OwnedDescriptor(path: path, flags: O_RDONLY)
+        var data = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while data.count < limit {
+            let n = try syscallChecked("read", path) { chunk.withUnsafeMutableBytes { Glibc.read(fd.raw, $0.baseAddress, $0.count) } }
+            if n == 0 { break }
+            data.append(contentsOf: chunk[0..<n])
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    /// The inode number of a path (for a cgroup2 directory: its cgroup id).
+    public static func inode(of path: String) throws(SystemError) -> UInt64 {
+        var st = stat()
+        try syscallChecked("stat", path) { stat(path, &st) }
+        return UInt64(st.st_ino)
+    }
+}

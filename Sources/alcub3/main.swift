@@ -1,0 +1,3 @@
+import Commands
+
+await Alcub3Command.main(arguments: Array(CommandLine.arguments.dropFirst()))

@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+
+/// `alcub3 run` as a user runs it: the built binary, real kernel, real output.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let binary = packageRoot.appendingPathComponent(".build/debug/alcub3").path
+let isRoot = geteuid() == 0
+
+struct Result {
+    let code: Int32
+    let stdout: String
+    let stderr: String
+    var jsonLines: [[String: Any]] {
+        stdout.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+}
+
+func alcub3(_ arguments: [String], in directory: String? = nil) throws -> Result {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binary)
+    p.arguments = arguments
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+    let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Result(code: p.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
+                  stderr: String(decoding: stderrData, as: UTF8.self))
+}
+
+/// What a run could leave behind: sandbox cgroups and alcub3's BPF programs.
+struct HostState: Equatable {
+    let sandboxCgroups: [String]
+    let bpfPrograms: Int
+
+    /// The kernel frees a closed program shortly after its last fd goes (RCU):
+    /// give it up to 3 s to match `expected`.
+    /// The state before a test: programs of an earlier test may still be being freed.
+    static func baseline() -> HostState {
+        var state = now()
+        for _ in 0..<60 {
+            if state.bpfPrograms == 0 { break }
+            usleep(50_000)
+            state = now()
+        }
+        return state
+    }
+
+    static func settled(like expected: HostState) -> Bool {
+        for _ in 0..<60 {
+            if now() == expected { return true }
+            usleep(50_000)
+        }
+        return now() == expected
+    }
+
+    static func now() -> HostState {
+        let root = ["/sys/fs/cgroup/unified/alcub3", "/sys/fs/cgroup/alcub3"].first { FileManager.default.fileExists(atPath: $0) }
+        let cgroups = root.flatMap { try? FileManager.default.contentsOfDirectory(atPath: $0) }?
+            .filter { !$0.hasPrefix("cgroup.") && !$0.contains(".") } ?? []
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
+        p.arguments = ["prog", "show"]
+        let out = Pipe()
+        p.standardOutput = out
+        try? p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return HostState(sandboxCgroups: cgroups.sorted(),
+                         bpfPrograms: text.split(separator: "\n").filter { $0.contains(" name alcub3_") }.count)
+    }
+}
+
+@Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups and namespaces"))
+struct RunCommandTests {
+    @Test func jsonStreamHasTheFileWriteAndTheExec() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-run-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try alcub3(["run", "--format", "json", "--", "sh", "-c", "echo x > out.txt"], in: dir)
+        #expect(r.code == 0, "stderr: \(r.stderr)")
+        let events = r.jsonLines
+        let fileEvents = events.filter { $0["class_uid"] as? Int == 1001 }
+        #expect(fileEvents.contains { (($0["file"] as? [String: Any])?["path"] as? String)?.hasSuffix("/out.txt") == true },
+                "file events: \(fileEvents)")
+        let execs = events.filter { $0["class_uid"] as? Int == 1007 && $0["activity_id"] as? Int == 1 }
+        #expect(execs.contains { (($0["process"] as? [String: Any])?["name"] as? String) == "sh" })
+        for event in events where event["class_uid"] != nil {
+            #expect((event["sandbox_id"] as? String)?.hasPrefix("sb-") == true)
+            #expect(event["agent_id"] as? String != nil)
+            #expect((event["time_dt"] as? String)?.count == 30)  // 2026-11-29T04:24:01.123456789Z
+            let actor = (event["actor"] as? [String: Any])?["process"] as? [String: Any]
+            #expect(actor?["pid"] as? Int != nil && actor?["tid"] as? Int != nil)
+        }
+        #expect(events.last?["record"] as? String == "run_summary")
+        #expect(FileManager.default.fileExists(atPath: dir + "/out.txt"))
+    }
+
+    @Test func exitCodesPassThrough() throws {
+        #expect(try alcub3(["run", "--", "sh", "-c", "exit 42"]).code == 42)
+        #expect(try alcub3(["run", "--", "sh", "-c", "kill -KILL $$"]).code == 137)
+    }
+
+    @Test(arguments: [
+        (["run"], Int32(64), "no command"),
+        (["run", "--"], Int32(64), "no command"),
+        (["run", "--classification", "COSMIC", "--", "true"], Int32(65), "unknown classification 'COSMIC'"),
+        (["run", "--agent-id", "a/b", "--", "true"], Int32(66), "invalid agent id"),
+        (["run", "--agent-id", "..", "--", "true"], Int32(66), "invalid agent id"),
+        (["run", "--agent-id", "bad\u{1}id", "--", "true"], Int32(66), "control character 0x01"),
+        (["run", "--", "no-such-command-alcub3"], Int32(127), "command not found: no-such-command-alcub3"),
+        (["run", "--classification", "SECRET", "--", "true"], Int32(67), "requires isolation level 'vm'"),
+    ])
+    func badInputGetsOneClearLineAndLeavesNothing(arguments: [String], code: Int32, message: String) throws {
+        let before = HostState.baseline()
+        let r = try alcub3(arguments)
+        #expect(r.code == code, "stderr: \(r.stderr)")
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count <= 2, "stderr: \(r.stderr)")  // the error, and ArgumentParser's usage hint for usage errors
+        #expect(r.stderr.contains(message), "stderr: \(r.stderr)")
+        #expect(HostState.settled(like: before))
+    }
+
+    @Test func secondRunWithTheSameAgentIsRefused() throws {
+        let before = HostState.baseline()
+        let first = Process()
+        first.executableURL = URL(fileURLWithPath: binary)
+        first.arguments = ["run", "--agent-id", "twice", "--", "sleep", "30"]
+        let firstErr = Pipe()
+        first.standardOutput = FileHandle.nullDevice
+        first.standardError = firstErr
+        try first.run()
+        // Wait until the first sandbox is up: it announces itself on stderr.
+        let announcement = firstErr.fileHandleForReading.availableData
+        #expect(String(decoding: announcement, as: UTF8.self).contains("agent twice"))
+        let second = try alcub3(["run", "--agent-id", "twice", "--", "true"])
+        #expect(second.code == 73)
+        #expect(second.stderr.contains("agent id 'twice' is already in use"), "stderr: \(second.stderr)")
+        kill(first.processIdentifier, SIGINT)
+        first.waitUntilExit()
+        let rest = String(decoding: firstErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(first.terminationStatus == 130, "first run: \(rest)")
+        #expect(HostState.settled(like: before))
+    }
+
+    @Test func nothingIsLeftAfterANormalRun() throws {
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--", "sh", "-c", "sleep 0.1 & sleep 0.1 & wait"])
+        #expect(r.code == 0)
+        #expect(HostState.settled(like: before))
+        #expect(!FileManager.default.fileExists(atPath: "/run/alcub3/agents/twice.lock"))
+    }
+}
