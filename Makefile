@@ -27,7 +27,7 @@ test: deps
 demo: build
 	@scripts/demo.sh $(BIN)
 
-bench: build
+bench: deps
 	@scripts/bench.sh $(BIN)
 
 # vmlinux.h is generated from this kernel's BTF and committed (x86_64); CO-RE

@@ -17,6 +17,7 @@ struct DoctorCommand: ParsableCommand {
         results += KernelProbe.bpfProgramTypes()
         results.append(KernelProbe.ringBuffer())
         results.append(Self.telemetrySelfTest())
+        results.append(Self.telemetryDrops())
         results += Self.cgroupResults()
         results.append(KernelProbe.landlock())
         results.append(KernelProbe.seccompUserNotify())
@@ -86,6 +87,19 @@ struct DoctorCommand: ParsableCommand {
         } catch {
             return .init(name: "telemetry programs", available: false, detail: "\(error)", errno: nil, fallback: nil)
         }
+    }
+
+    /// Records lost by earlier runs since boot: drops are never silent.
+    static func telemetryDrops() -> KernelProbe.Result {
+        guard let stats = TelemetryStatistics.load() else {
+            return .init(name: "telemetry drops", available: true, detail: "no run recorded since boot", errno: nil, fallback: nil)
+        }
+        let lost = stats.kernelDropped + stats.streamDropped
+        let last = stats.lastRun.map { "last run (\(stats.lastRunAt ?? "?")): \($0.dropped) of \($0.seen) kernel records dropped, \(stats.lastRunStreamDropped) dropped in the stream; " } ?? ""
+        let warning = lost > 0 ? "WARNING: records were lost; " : ""
+        return .init(name: "telemetry drops", available: true,
+                     detail: warning + last + "since boot: \(stats.runs) runs, \(stats.kernelDropped) of \(stats.seen) kernel records dropped, \(stats.streamDropped) in the stream",
+                     errno: nil, fallback: nil)
     }
 
     static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {

@@ -113,6 +113,7 @@ final class RunSession: @unchecked Sendable {
         monitor.unwatch(sandboxCgroupID: cgroup.id)
         let summary = await streaming.value
 
+        TelemetryStatistics.record(counters, streamDropped: subscription.dropped)
         let interrupted = interruptLock.withLock { interruptSignal }
         let code = interrupted.map { 128 + $0 } ?? status.shellCode
         printSummary(summary, status: status, interruptedBy: interrupted, code: code,

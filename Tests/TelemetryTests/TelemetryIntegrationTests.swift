@@ -96,6 +96,26 @@ struct TelemetryIntegrationTests {
         #expect(exits.count >= 3)
     }
 
+    /// A policy without network gives the sandbox its own network namespace:
+    /// only loopback, up, and a connect inside it is reported like any other.
+    @Test func policyWithoutNetworkGetsItsOwnNamespace() throws {
+        var policy = SandboxPolicy.builtIn(.topSecret)
+        policy.isolation = .process
+        #expect(!policy.allowsNetwork)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let python = """
+            import socket
+            open("ifaces", "w").write(",".join(n for _, n in socket.if_nameindex()))
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+            socket.create_connection(s.getsockname()).close()
+            """
+        let run = try SandboxRun.run(["python3", "-c", python], policy: policy, workingDirectory: dir)
+        #expect(run.status == .exited(0))
+        #expect(try String(contentsOfFile: dir + "/ifaces", encoding: .utf8) == "lo")
+        #expect(run.networkEvents.contains { $0.operation == .connect && $0.remote.ip == "127.0.0.1" && $0.result == 0 })
+    }
+
     /// Exit status and signals pass through the sandbox's init.
     @Test func exitCodesAndSignalsPassThrough() throws {
         #expect(try SandboxRun.run(["/bin/sh", "-c", "exit 7"]).status.shellCode == 7)
