@@ -7,5 +7,8 @@ agent="$(cd "$(dirname "$0")/.." && pwd)/examples/sample_agent.py"
 workspace="$(mktemp -d /tmp/alcub3-demo.XXXXXX)"
 trap 'rm -rf "$workspace"' EXIT
 cd "$workspace"
-echo "== alcub3 run -- python3 sample_agent.py (workspace $workspace)"
-"$bin" run --agent-id demo-agent -- python3 "$agent"
+echo "== alcub3 run --agent-id demo-agent -- python3 sample_agent.py (workspace $workspace)"
+# Debian's python3 directly (a version manager's shim would add its own shell scripts to the trace).
+python=/usr/bin/python3
+[ -x "$python" ] || python=python3
+"$bin" run --agent-id demo-agent -- "$python" "$agent"

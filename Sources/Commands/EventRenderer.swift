@@ -10,7 +10,8 @@ final class EventRenderer {
     let printSyscalls: Bool
     private(set) var processes = ProcessTable()
     private(set) var summary = RunSummary()
-    private var filePaths: [UInt64: String] = [:]
+    /// Open files being written: path and the opener's name, for write-volume lines.
+    private var filePaths: [UInt64: (path: String, opener: String)] = [:]
 
     init(format: OutputFormat, encoder: OCSFEncoder, printSyscalls: Bool) {
         self.format = format
@@ -23,14 +24,13 @@ final class EventRenderer {
         for event in batch {
             processes.observe(event)
             summary.count(event)
-            if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = f.path }
+            if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = (f.path, processes[f.origin.pid]?.name ?? "?") }
             if let line = line(for: event) { text += line + "\n" }
             if case .process(let p) = event, case .exit(_, _, false, _) = p.activity { processes.forget(p.origin.pid) }
         }
         if !text.isEmpty { Output.out(text) }
     }
 
-    func path(ofFile id: UInt64) -> String? { filePaths[id] }
 
     /// The sandbox's init never execs: name it so its events read well.
     func seedInit(pid: Int32) { processes.seed(pid: pid, name: "alcub3-init", executable: "alcub3 (sandbox init)") }
@@ -60,7 +60,7 @@ final class EventRenderer {
         case .writeVolume(let w):
             return common.merging([
                 "record": "write_volume", "time_dt": WallClock.iso8601(unixNanos: WallClock.nowUnixNanos()),
-                "pid": Int(w.pid), "path": filePaths[w.fileID] ?? "", "bytes": w.totalBytes, "writes": w.totalWrites,
+                "pid": Int(w.pid), "path": filePaths[w.fileID]?.path ?? "", "bytes": w.totalBytes, "writes": w.totalWrites,
                 "new_bytes": w.newBytes,
             ]) { a, _ in a }
         case .drops(let counters, let newly):
@@ -107,7 +107,8 @@ final class EventRenderer {
         case .syscall(let s) where printSyscalls:
             return head(s.origin, "syscall") + " \(SyscallNames.name(Int(s.number))) = \(s.returnValue)"
         case .writeVolume(let w):
-            return "\(String(repeating: " ", count: 15)) \(pad(String(w.pid), 7)) \(pad(processes[w.pid]?.name ?? "?", 15)) \(pad("written", 8)) \(filePaths[w.fileID] ?? "file \(String(w.fileID, radix: 16))"): \(w.totalBytes) bytes in \(w.totalWrites) writes"
+            let file = filePaths[w.fileID]
+            return "\(String(repeating: " ", count: 15)) \(pad(String(w.pid), 7)) \(pad(file?.opener ?? "?", 15)) \(pad("written", 8)) \(file?.path ?? "file \(String(w.fileID, radix: 16))"): \(w.totalBytes) bytes in \(w.totalWrites) writes"
         case .drops(_, let newly):
             return "WARNING: the kernel dropped \(newly) records (ring buffer full)"
         default:

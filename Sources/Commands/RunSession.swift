@@ -20,6 +20,7 @@ final class RunSession: @unchecked Sendable {
     let syscallEntry: Bool
     private let interruptLock = NSLock()
     private var interruptSignal: Int32?
+    private var liveCgroup: SandboxCgroup?
 
     init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
          format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
@@ -34,6 +35,10 @@ final class RunSession: @unchecked Sendable {
     }
 
     func run() async throws -> Int32 {
+        // Handlers first: a Ctrl-C during set-up must still go through the clean-up below.
+        let signals = installSignalHandlers()
+        defer { signals.forEach { $0.cancel() } }
+
         let lock: AgentLock
         do {
             lock = try AgentLock(agentID: agentID)
@@ -82,9 +87,13 @@ final class RunSession: @unchecked Sendable {
             workingDirectory: FileManager.default.currentDirectoryPath, hostname: sandboxID,
             namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
 
-        let signals = installSignalHandlers(cgroup: cgroup)
-        defer { signals.forEach { $0.cancel() } }
-
+        // From here a signal kills the sandbox; before, set-up stops at this check.
+        if let sig = interruptLock.withLock({ () -> Int32? in
+            liveCgroup = cgroup
+            return interruptSignal
+        }) {
+            throw fail(128 + sig, "interrupted by signal \(sig) before the sandbox started")
+        }
         let started = WallClock.nowUnixNanos()
         let process: SandboxedProcess
         do {
@@ -123,12 +132,16 @@ final class RunSession: @unchecked Sendable {
     }
 
     /// Ctrl-C, SIGTERM and SIGHUP end the sandbox; the normal exit path cleans up.
-    private func installSignalHandlers(cgroup: SandboxCgroup) -> [DispatchSourceSignal] {
+    private func installSignalHandlers() -> [DispatchSourceSignal] {
         [SIGINT, SIGTERM, SIGHUP].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [self] in
-                interruptLock.withLock { if interruptSignal == nil { interruptSignal = sig } }
+                let cgroup = interruptLock.withLock { () -> SandboxCgroup? in
+                    if interruptSignal == nil { interruptSignal = sig }
+                    return liveCgroup
+                }
+                guard let cgroup else { return }
                 try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
                 for pid in cgroup.processes() { kill(pid, SIGKILL) }
             }

@@ -16,9 +16,37 @@ public final class CgroupParentLock: Sendable {
         self.layout = layout
         try AgentLock.makeDirectories("/run/alcub3")
         descriptor = try OwnedDescriptor(path: Self.path, flags: O_RDWR | O_CREAT, mode: 0o600)
+        // Alone (no live owner anywhere): empty sandbox cgroups are leftovers of
+        // an owner that was killed (SIGKILL gives no chance to clean up). Sandboxes
+        // with processes are kept: a restarted service re-adopts them.
+        if flock(descriptor.raw, LOCK_EX | LOCK_NB) == 0 {
+            Self.removeEmptySandboxes(layout: layout)
+        }
         try syscallChecked("flock", Self.path) { flock(descriptor.raw, LOCK_SH) }
         if mkdir(layout.alcub3Root, 0o755) != 0 && errno != EEXIST {
             throw SystemError(errno: errno, call: "mkdir", context: layout.alcub3Root)
+        }
+    }
+
+    static func removeEmptySandboxes(layout: CgroupLayout) {
+        guard let dir = opendir(layout.alcub3Root) else { return }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(dir)
+        for name in names {
+            let path = layout.alcub3Root + "/" + name
+            var pids: [Int32] = []
+            forEachDirectory(path) { sub in
+                pids += ((try? FileIO.read(sub + "/cgroup.procs")) ?? "").split(separator: "\n").compactMap { Int32($0) }
+            }
+            guard pids.isEmpty else { continue }
+            var dirs: [String] = []
+            forEachDirectory(path) { dirs.append($0) }
+            for sub in dirs.reversed() { rmdir(sub) }
         }
     }
 

@@ -155,4 +155,34 @@ struct RunCommandTests {
         #expect(HostState.settled(like: before))
         #expect(!FileManager.default.fileExists(atPath: "/run/alcub3/agents/twice.lock"))
     }
+
+    /// kill -9 gives alcub3 no chance to clean up: the sandbox dies with it
+    /// (its init has PR_SET_PDEATHSIG) and the next run removes the empty cgroup.
+    @Test func aKilledRunLeavesNothingTheNextRunDoesNotRemove() throws {
+        let before = HostState.baseline()
+        let victim = Process()
+        victim.executableURL = URL(fileURLWithPath: binary)
+        victim.arguments = ["run", "--agent-id", "victim", "--", "sleep", "30"]
+        let err = Pipe()
+        victim.standardOutput = FileHandle.nullDevice
+        victim.standardError = err
+        try victim.run()
+        let announcement = String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(announcement.contains("agent victim"))
+        kill(victim.processIdentifier, SIGKILL)
+        victim.waitUntilExit()
+        // The sandbox's processes die with their supervisor.
+        var sleeping = true
+        for _ in 0..<100 where sleeping {
+            usleep(20_000)
+            sleeping = HostState.now().sandboxCgroups.contains { name in
+                let procs = (try? String(contentsOfFile: "/sys/fs/cgroup/unified/alcub3/\(name)/cgroup.procs", encoding: .utf8)) ?? ""
+                return !procs.isEmpty
+            }
+        }
+        #expect(!sleeping, "the sandbox outlived its killed supervisor")
+        let next = try alcub3(["run", "--agent-id", "victim", "--", "true"])
+        #expect(next.code == 0, "stderr: \(next.stderr)")
+        #expect(HostState.settled(like: before))
+    }
 }

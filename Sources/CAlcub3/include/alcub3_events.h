@@ -30,6 +30,7 @@ enum alcub3_kind {
     ALCUB3_KIND_CREDENTIALS = 7,  /* setuid family, setgid family, capset */
     ALCUB3_KIND_NETWORK = 8,
     ALCUB3_KIND_FILE = 9,
+    ALCUB3_KIND_SYSCALL_BATCH = 10,/* several syscalls of one thread: struct alcub3_syscall_batch */
 };
 
 /* hdr.flags */
@@ -55,6 +56,39 @@ struct alcub3_syscall_event {
     __u32 _pad;
     __s64 ret;
     __u64 args[ALCUB3_SYSCALL_ARGS];
+};
+
+/*
+ * Exit-side syscall records come in batches: the kernel stages the syscalls of
+ * each thread and sends them together, one ring buffer record per batch instead
+ * of one per syscall. A batch holds one thread's syscalls in the order they
+ * returned; it is sent when it is full, before the thread's next syscall if its
+ * first entry is older than a few milliseconds, when the thread is switched out
+ * (so an idle or blocked thread holds nothing back), and before any other record
+ * of the thread (fork, exec, exit, file, network, ...).
+ *
+ * The record is cut after the last entry used: its size is
+ * offsetof(struct alcub3_syscall_batch, entries) + count * sizeof(struct alcub3_syscall_entry).
+ */
+#define ALCUB3_SYSCALL_BATCH_MAX 32
+
+/* One syscall of a batch. 40 bytes. */
+struct alcub3_syscall_entry {
+    __u32 ts_delta;     /* ns after the batch's hdr.ts_ns (first entry: 0) */
+    __u32 nr;
+    __s64 ret;
+    __u64 args[ALCUB3_SYSCALL_ARGS];
+};
+
+/*
+ * hdr: ts_ns is the return time of the first entry; pid, tid, uid and
+ * sandbox_cgid hold for every entry; flags is 0. 40 + count * 40 bytes.
+ */
+struct alcub3_syscall_batch {
+    struct alcub3_header hdr;
+    __u32 count;        /* entries used, 1..ALCUB3_SYSCALL_BATCH_MAX */
+    __u32 _pad;
+    struct alcub3_syscall_entry entries[ALCUB3_SYSCALL_BATCH_MAX];
 };
 
 struct alcub3_fork_event {
@@ -175,9 +209,13 @@ struct alcub3_write_stats {
     __u32 _pad;
 };
 
-/* Per-CPU counters (one array slot). */
+/*
+ * Per-CPU counters (one array slot). A syscall batch counts as its entries,
+ * when it is sent: seen counts syscalls still staged in the kernel only once
+ * their batch goes out.
+ */
 struct alcub3_counters {
-    __u64 seen;                 /* records the programs wanted to send */
+    __u64 seen;                 /* records (batch entries) the programs wanted to send */
     __u64 submitted;
     __u64 dropped;              /* ring buffer full */
     __u64 syscall_dropped;      /* of which from the syscall ring buffer */
