@@ -116,6 +116,36 @@ struct TelemetryIntegrationTests {
         #expect(run.networkEvents.contains { $0.operation == .connect && $0.remote.ip == "127.0.0.1" && $0.result == 0 })
     }
 
+    /// Every file-changing syscall family, with absolute paths resolved in the kernel.
+    @Test func fileOperationsAreReportedWithAbsolutePaths() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let script = "mkdir d && echo abc > d/a && mv d/a d/b && ln -s b d/c && ln d/b d/h && chmod 600 d/b "
+            + "&& chown 1:1 d/b && truncate -s 1 d/b && rm d/c d/h d/b && rmdir d"
+        let run = try SandboxRun.run(["/bin/sh", "-c", script], workingDirectory: dir)
+        #expect(run.status == .exited(0))
+        let seen = Set(run.fileEvents.map { "\($0.operation.rawValue) \($0.path)\($0.secondPath.map { " -> " + $0 } ?? "")" })
+        for expected in ["mkdir \(dir)/d", "open \(dir)/d/a", "rename \(dir)/d/a -> \(dir)/d/b",
+                         "symlink b -> \(dir)/d/c", "link \(dir)/d/b -> \(dir)/d/h", "chmod \(dir)/d/b",
+                         "chown \(dir)/d/b", "unlink \(dir)/d/c", "unlink \(dir)/d/b", "rmdir \(dir)/d"] {
+            #expect(seen.contains(expected), "missing '\(expected)' in \(seen.sorted())")
+        }
+        #expect(run.fileEvents.contains { $0.operation == .truncate || ($0.operation == .open && $0.path == dir + "/d/b") })
+        #expect(run.events.contains { if case .writeVolume(let w) = $0 { w.totalBytes == 4 } else { false } })
+    }
+
+    /// Credential changes carry the credentials after the call.
+    @Test func credentialChangesAreReported() throws {
+        let run = try SandboxRun.run(["python3", "-c", "import os; os.setgid(65534); os.setuid(65534)"])
+        #expect(run.status == .exited(0))
+        let changes = run.processEvents.compactMap { event -> (Int32, Int64, UInt32, UInt32)? in
+            if case .credentialChange(let nr, let result, let uid, _, let gid, _, _, _) = event.activity { return (nr, result, uid, gid) }
+            return nil
+        }
+        #expect(changes.contains { $0.0 == 105 && $0.1 == 0 && $0.2 == 65534 }, "\(changes)")  // setuid
+        #expect(changes.contains { $0.0 == 106 && $0.1 == 0 && $0.3 == 65534 }, "\(changes)")  // setgid
+    }
+
     /// Exit status and signals pass through the sandbox's init.
     @Test func exitCodesAndSignalsPassThrough() throws {
         #expect(try SandboxRun.run(["/bin/sh", "-c", "exit 7"]).status.shellCode == 7)
