@@ -12,15 +12,20 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CLibBPF", pkgConfig: "libbpf",
                        providers: [.apt(["libbpf-dev", "libelf-dev", "zlib1g-dev"])]),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
                        providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CAlcub3"),
         .target(name: "KernelSupport"),
-        .target(name: "Policy"),
+        .target(name: "Policy", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "Store", dependencies: ["CSQLite", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .plugin(name: "BPFObjects", capability: .buildTool()),
         .target(
             name: "Telemetry",
@@ -40,6 +45,7 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Telemetry"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store"]),
     ],
     swiftLanguageModes: [.v6]
 )

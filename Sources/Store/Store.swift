@@ -1,0 +1,1 @@
+// Store: SQLite event store, audit chain (being written).
