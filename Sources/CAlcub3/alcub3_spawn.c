@@ -59,29 +59,49 @@ static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
 
 static volatile sig_atomic_t forward_to;
 
+static void wake(int sig) { (void)sig; }
+
 static void forward_signal(int sig) {
     if (forward_to > 0) kill(forward_to, sig);
 }
 
 /* The sandbox's init: forwards termination signals to the command, reaps
-   every orphan, and exits with the command's status (128 + n for a signal). */
-static void run_init(pid_t command) {
+   every orphan, and exits with the command's status (128 + n for a signal),
+   written first to status_fd so a supervisor that is not our parent (a
+   restarted service) can still learn it. With no command (command < 0) it
+   only reaps, until it is killed. */
+static void run_init(pid_t command, int status_fd) {
     forward_to = command;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = forward_signal;
     int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
     for (unsigned i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+    /* A handler (not SIG_DFL, which discards it) so SIGCHLD ends pause() below. */
+    sa.sa_handler = wake;
+    sigaction(SIGCHLD, &sa, NULL);
     for (;;) {
         int status;
         pid_t done = waitpid(-1, &status, 0);
-        if (done < 0) {
-            if (errno == EINTR) continue;
-            _exit(127);
+        if (done < 0 && errno == EINTR) continue;
+        if (done < 0 && !(errno == ECHILD && command < 0)) _exit(127);
+        if (done < 0 && errno == ECHILD && command < 0) {
+            pause();
+            continue;
         }
         if (done == command) {
-            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-            _exit(128 + WTERMSIG(status));
+            int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            if (status_fd >= 0) {
+                char text[16];
+                int n = 0, v = code;
+                char digits[16];
+                do { digits[n++] = (char)('0' + v % 10); v /= 10; } while (v > 0);
+                for (int i = 0; i < n; i++) text[i] = digits[n - 1 - i];
+                text[n++] = '\n';
+                ssize_t w = write(status_fd, text, (size_t)n);
+                (void)w;
+            }
+            _exit(code);
         }
     }
 }
@@ -102,6 +122,12 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
         if ((c->namespaces & CLONE_NEWPID) &&
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(report_fd, ALCUB3_STEP_MOUNT_PROC);
+        for (const char *const *p = c->hidden_paths; p && *p; p++) {
+            /* An empty read-only tmpfs over the path: the sandbox sees nothing there. */
+            if (mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000") != 0 &&
+                errno != ENOENT && errno != ENOTDIR)
+                child_fail(report_fd, ALCUB3_STEP_HIDE_PATH);
+        }
     }
     if ((c->namespaces & CLONE_NEWUTS) && c->hostname &&
         sethostname(c->hostname, strlen(c->hostname)) != 0)
@@ -128,52 +154,29 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
            here and the command runs as its child. */
         /* Raw clone, not fork(): glibc's fork runs atfork handlers that take locks
            another thread of the parent may have held when we were cloned. */
-        pid_t command = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-        if (command < 0) child_fail(report_fd, ALCUB3_STEP_CLONE);
-        if (command == 0) exec_command(c, report_fd);
+        pid_t command = -1;
+        if (c->path) {
+            command = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+            if (command < 0) child_fail(report_fd, ALCUB3_STEP_CLONE);
+            if (command == 0) {
+                if (c->status_fd >= 0) close(c->status_fd);
+                exec_command(c, report_fd);
+            }
+        }
         close(report_fd);
-        run_init(command);
+        run_init(command, c->status_fd);
     }
     exec_command(c, report_fd);
 }
 
-int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
-                 int *failed_step, int *failed_errno) {
-    int report[2];
-    *failed_step = ALCUB3_STEP_NONE;
-    *failed_errno = 0;
-    if (pipe2(report, O_CLOEXEC) != 0) {
-        *failed_step = ALCUB3_STEP_CLONE;
-        *failed_errno = errno;
-        return -1;
-    }
-    int fd = -1;
-    struct clone_args args;
-    memset(&args, 0, sizeof args);
-    args.flags = CLONE_PIDFD | c->namespaces | (c->cgroup_fd >= 0 ? CLONE_INTO_CGROUP : 0);
-    args.pidfd = (uint64_t)(uintptr_t)&fd;
-    args.exit_signal = SIGCHLD;
-    args.cgroup = c->cgroup_fd >= 0 ? (uint64_t)c->cgroup_fd : 0;
-
-    long child = syscall(SYS_clone3, &args, sizeof args);
-    if (child < 0) {
-        *failed_step = ALCUB3_STEP_CLONE;
-        *failed_errno = errno;
-        close(report[0]);
-        close(report[1]);
-        return -1;
-    }
-    if (child == 0) {
-        close(report[0]);
-        child_setup_and_exec(c, report[1]);
-    }
-    close(report[1]);
-
-    /* EOF means execve succeeded (the CLOEXEC pipe closed); a record means a step failed. */
+/* Parent side: wait for the child's report; EOF means execve succeeded (the
+   CLOEXEC pipe closed), a record means a step failed and the child is reaped. */
+static int await_report(int report_fd, long child, int fd, pid_t *pid, int *pidfd,
+                        int *failed_step, int *failed_errno) {
     struct failure f;
     ssize_t n;
-    do { n = read(report[0], &f, sizeof f); } while (n < 0 && errno == EINTR);
-    close(report[0]);
+    do { n = read(report_fd, &f, sizeof f); } while (n < 0 && errno == EINTR);
+    close(report_fd);
     if (n == (ssize_t)sizeof f) {
         int status;
         while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
@@ -187,10 +190,109 @@ int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
     return 0;
 }
 
+/* clone3 into the sandbox cgroup with a pidfd; returns the child's pid (0 in the child) or -1. */
+static long clone_into(const struct alcub3_spawn_config *c, uint64_t namespaces, int *fd) {
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_PIDFD | namespaces | (c->cgroup_fd >= 0 ? CLONE_INTO_CGROUP : 0);
+    args.pidfd = (uint64_t)(uintptr_t)fd;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = c->cgroup_fd >= 0 ? (uint64_t)c->cgroup_fd : 0;
+    return syscall(SYS_clone3, &args, sizeof args);
+}
+
+int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
+                 int *failed_step, int *failed_errno) {
+    int report[2];
+    *failed_step = ALCUB3_STEP_NONE;
+    *failed_errno = 0;
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = errno;
+        return -1;
+    }
+    int fd = -1;
+    long child = clone_into(c, c->namespaces, &fd);
+    if (child < 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = errno;
+        close(report[0]);
+        close(report[1]);
+        return -1;
+    }
+    if (child == 0) {
+        close(report[0]);
+        child_setup_and_exec(c, report[1]);
+    }
+    close(report[1]);
+    return await_report(report[0], child, fd, pid, pidfd, failed_step, failed_errno);
+}
+
+static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, int report_fd) {
+    prctl(PR_SET_NAME, "alcub3-exec");
+    for (int i = 0; i < 8 && c->v1_procs_fds[i] >= 0; i++) {
+        if (write(c->v1_procs_fds[i], "0", 1) != 1) child_fail(report_fd, ALCUB3_STEP_CGROUP_V1);
+    }
+    uint64_t joined = c->namespaces & (CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
+                                       CLONE_NEWCGROUP | CLONE_NEWPID);
+    if (joined && setns(target_pidfd, (int)joined) != 0) child_fail(report_fd, ALCUB3_STEP_SETNS);
+    close(target_pidfd);
+    if (chdir(c->cwd ? c->cwd : "/") != 0) child_fail(report_fd, ALCUB3_STEP_CHDIR);
+    if (c->stdin_fd >= 0 && dup2(c->stdin_fd, 0) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stdout_fd >= 0 && dup2(c->stdout_fd, 1) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stderr_fd >= 0 && dup2(c->stderr_fd, 2) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+    if (joined & CLONE_NEWPID) {
+        /* setns(CLONE_NEWPID) applies to children only: the command is our child. */
+        pid_t command = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+        if (command < 0) child_fail(report_fd, ALCUB3_STEP_CLONE);
+        if (command == 0) exec_command(c, report_fd);
+        close(report_fd);
+        run_init(command, -1);
+    }
+    exec_command(c, report_fd);
+}
+
+int alcub3_spawn_into(const struct alcub3_spawn_config *c, int target_pidfd, pid_t *pid, int *pidfd,
+                      int *failed_step, int *failed_errno) {
+    int report[2];
+    *failed_step = ALCUB3_STEP_NONE;
+    *failed_errno = 0;
+    if (!c->path || pipe2(report, O_CLOEXEC) != 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = c->path ? errno : EINVAL;
+        return -1;
+    }
+    int fd = -1;
+    long child = clone_into(c, 0, &fd);
+    if (child < 0) {
+        *failed_step = ALCUB3_STEP_CLONE;
+        *failed_errno = errno;
+        close(report[0]);
+        close(report[1]);
+        return -1;
+    }
+    if (child == 0) {
+        close(report[0]);
+        relay_exec(c, target_pidfd, report[1]);
+    }
+    close(report[1]);
+    return await_report(report[0], child, fd, pid, pidfd, failed_step, failed_errno);
+}
+
 int alcub3_pidfd_send_signal(int pidfd, int sig) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
 int alcub3_memfd_create(const char *name) {
     return memfd_create(name, MFD_CLOEXEC);
+}
+
+int alcub3_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }

@@ -34,7 +34,7 @@ public struct NamespaceSet: OptionSet, Sendable {
 
 /// Everything needed to start one process-level sandbox.
 public struct ProcessSpec: Sendable {
-    public var executable: String          // resolved absolute path
+    public var executable: String?         // resolved absolute path; nil: the init alone, waiting
     public var arguments: [String]         // argv, argv[0] included
     public var environment: [String]
     public var workingDirectory: String?
@@ -42,8 +42,16 @@ public struct ProcessSpec: Sendable {
     public var namespaces: NamespaceSet
     public var seccomp: SeccompProgram?
     public var dieWithParent: Bool
+    /// Paths the sandbox must not see (an empty read-only tmpfs is mounted over each).
+    public var hiddenPaths: [String] = []
+    /// v1 cgroup.procs files the process joins (hybrid hosts: cpu, memory, pids).
+    public var v1ProcsFiles: [String] = []
+    /// Where the init writes its command's exit status (for a supervisor that may restart).
+    public var statusFile: String?
+    /// Descriptors for the command's stdin, stdout, stderr; nil inherits.
+    public var stdio: (Int32, Int32, Int32)?
 
-    public init(executable: String, arguments: [String], environment: [String], workingDirectory: String?,
+    public init(executable: String?, arguments: [String], environment: [String], workingDirectory: String?,
                 hostname: String, namespaces: NamespaceSet, seccomp: SeccompProgram?, dieWithParent: Bool) {
         self.executable = executable
         self.arguments = arguments
@@ -74,59 +82,89 @@ public enum ExitStatus: Sendable, Equatable {
 /// and namespaces by clone3, owned through a pidfd.
 public final class SandboxedProcess: Sendable {
     public let pid: Int32
-    private let pidfd: OwnedDescriptor
+    let pidfd: OwnedDescriptor
+
+    /// Adopts a running sandbox init that is not our child (after a service restart).
+    public init(adopting pid: Int32) throws {
+        let fd = try syscallChecked("pidfd_open", "pid \(pid)") { alcub3_pidfd_open(pid) }
+        self.pid = pid
+        self.pidfd = OwnedDescriptor(fd)
+    }
+
+    /// The pidfd becomes readable when the process ends (child or not).
+    public var descriptor: Int32 { pidfd.raw }
+
+    /// True while the process runs (polls the pidfd without blocking).
+    public var isRunning: Bool {
+        var p = pollfd(fd: pidfd.raw, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 0
+    }
 
     private static let stepNames: [Int32: String] = [
         1: "clone3", 2: "making mounts private", 3: "mounting /proc", 4: "setting the hostname",
         5: "bringing up loopback", 6: "changing directory", 7: "setting no_new_privs",
-        8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups",
+        8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups", 12: "hiding a path",
+        13: "joining the sandbox's namespaces",
     ]
 
-    public init(spec: ProcessSpec, cgroup: SandboxCgroup) throws {
+    /// Starts a new sandbox: its init (and the command, when there is one).
+    public convenience init(spec: ProcessSpec, cgroup: SandboxCgroup) throws {
+        try self.init(spec: spec, cgroup: cgroup, into: nil)
+    }
+
+    /// Starts a command inside the running sandbox whose init is `sandboxInit`.
+    public convenience init(spec: ProcessSpec, cgroup: SandboxCgroup, joining sandboxInit: SandboxedProcess) throws {
+        try self.init(spec: spec, cgroup: cgroup, into: sandboxInit.pidfd.raw)
+    }
+
+    private init(spec: ProcessSpec, cgroup: SandboxCgroup, into target: Int32?) throws {
         let cgroupFD = try cgroup.openDirectory()
-        var argv = spec.arguments.map { strdup($0) } + [nil]
-        var envp = spec.environment.map { strdup($0) } + [nil]
-        let path = strdup(spec.executable)
-        let cwd = spec.workingDirectory.map { strdup($0) } ?? nil
-        let hostname = strdup(spec.hostname)
-        defer {
-            (argv + envp).forEach { free($0) }
-            free(path); free(cwd); free(hostname)
-        }
+        let v1 = try spec.v1ProcsFiles.map { try OwnedDescriptor(path: $0, flags: O_WRONLY) }
+        let status = try spec.statusFile.map { try OwnedDescriptor(path: $0, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600) }
+        precondition(v1.count <= 7, "at most 7 v1 controllers")
+        var cStrings = CStringArena()
+        defer { cStrings.free() }
+        let argv = cStrings.array(spec.arguments)
+        let envp = cStrings.array(spec.environment)
+        let hidden = cStrings.array(spec.hiddenPaths)
         var pid: pid_t = 0
         var pidfd: Int32 = -1
         var step: Int32 = 0
         var err: Int32 = 0
         let filter = spec.seccomp?.instructions ?? []
-        let rc: Int32 = argv.withUnsafeMutableBufferPointer { argvBuffer in
-            envp.withUnsafeMutableBufferPointer { envpBuffer in
-                filter.withUnsafeBytes { filterBytes in
-                    var config = alcub3_spawn_config()
-                    config.path = UnsafePointer(path)
-                    config.argv = UnsafePointer(argvBuffer.baseAddress)
-                    config.envp = UnsafePointer(envpBuffer.baseAddress)
-                    config.cwd = UnsafePointer(cwd)
-                    config.hostname = UnsafePointer(hostname)
-                    config.cgroup_fd = cgroupFD.raw
-                    config.v1_procs_fds = (-1, -1, -1, -1, -1, -1, -1, -1)
-                    config.namespaces = spec.namespaces.rawValue
-                    if spec.seccomp != nil {
-                        config.filter = filterBytes.baseAddress?.assumingMemoryBound(to: sock_filter.self)
-                        config.filter_len = UInt16(filter.count)
-                    }
-                    config.stdin_fd = -1
-                    config.stdout_fd = -1
-                    config.stderr_fd = -1
-                    config.die_with_parent = spec.dieWithParent ? 1 : 0
-                    return alcub3_spawn(&config, &pid, &pidfd, &step, &err)
-                }
+        let rc: Int32 = filter.withUnsafeBytes { filterBytes in
+            var config = alcub3_spawn_config()
+            config.path = cStrings.string(spec.executable)
+            config.argv = UnsafePointer(argv)
+            config.envp = UnsafePointer(envp)
+            config.cwd = cStrings.string(spec.workingDirectory)
+            config.hostname = cStrings.string(spec.hostname)
+            config.cgroup_fd = cgroupFD.raw
+            var fds = [Int32](repeating: -1, count: 8)
+            for (i, fd) in v1.enumerated() { fds[i] = fd.raw }
+            config.v1_procs_fds = (fds[0], fds[1], fds[2], fds[3], fds[4], fds[5], fds[6], fds[7])
+            config.namespaces = spec.namespaces.rawValue
+            if spec.seccomp != nil {
+                config.filter = filterBytes.baseAddress?.assumingMemoryBound(to: sock_filter.self)
+                config.filter_len = UInt16(filter.count)
             }
+            config.stdin_fd = spec.stdio?.0 ?? -1
+            config.stdout_fd = spec.stdio?.1 ?? -1
+            config.stderr_fd = spec.stdio?.2 ?? -1
+            config.die_with_parent = spec.dieWithParent ? 1 : 0
+            config.hidden_paths = UnsafeRawPointer(hidden).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+            config.status_fd = status?.raw ?? -1
+            if let target {
+                return alcub3_spawn_into(&config, target, &pid, &pidfd, &step, &err)
+            }
+            return alcub3_spawn(&config, &pid, &pidfd, &step, &err)
         }
         if rc != 0 {
             let stepName = Self.stepNames[step] ?? "step \(step)"
-            let error = SystemError(errno: err, call: stepName, context: spec.executable)
-            if step == 9 && (err == ENOENT) { throw SandboxError.commandNotFound(spec.executable) }
-            if step == 9 && (err == EACCES || err == ENOEXEC) { throw SandboxError.commandNotExecutable(spec.executable) }
+            let subject = spec.executable ?? "sandbox init"
+            let error = SystemError(errno: err, call: stepName, context: subject)
+            if step == 9 && err == ENOENT { throw SandboxError.commandNotFound(subject) }
+            if step == 9 && (err == EACCES || err == ENOEXEC) { throw SandboxError.commandNotExecutable(subject) }
             throw SandboxError.childSetupFailed(step: stepName, error: error)
         }
         self.pid = pid
@@ -148,4 +186,26 @@ public final class SandboxedProcess: Sendable {
     public func signal(_ sig: Int32) {
         _ = alcub3_pidfd_send_signal(pidfd.raw, sig)
     }
+}
+
+/// C strings for one spawn, freed together.
+struct CStringArena {
+    private var allocations: [UnsafeMutableRawPointer] = []
+
+    mutating func string(_ s: String?) -> UnsafePointer<CChar>? {
+        guard let s, let copy = strdup(s) else { return nil }
+        allocations.append(UnsafeMutableRawPointer(copy))
+        return UnsafePointer(copy)
+    }
+
+    /// A NULL-terminated array of C strings.
+    mutating func array(_ items: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+        let array = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: items.count + 1)
+        for (i, item) in items.enumerated() { array[i] = strdup(item); allocations.append(UnsafeMutableRawPointer(array[i]!)) }
+        array[items.count] = nil
+        allocations.append(UnsafeMutableRawPointer(array))
+        return array
+    }
+
+    func free() { allocations.forEach { Glibc.free($0) } }
 }

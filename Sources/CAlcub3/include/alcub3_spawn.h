@@ -27,6 +27,8 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_EXEC = 9,
     ALCUB3_STEP_CGROUP_V1 = 10,
     ALCUB3_STEP_WAIT_PARENT = 11,
+    ALCUB3_STEP_HIDE_PATH = 12,
+    ALCUB3_STEP_SETNS = 13,
 };
 
 struct alcub3_spawn_config {
@@ -42,6 +44,8 @@ struct alcub3_spawn_config {
     unsigned short filter_len;
     int stdin_fd, stdout_fd, stderr_fd; /* -1: inherit */
     int die_with_parent;            /* PR_SET_PDEATHSIG SIGKILL: for the daemonless `run` */
+    const char *const *hidden_paths;/* NULL-terminated; each gets an empty read-only tmpfs */
+    int status_fd;                  /* init writes the command's wait status here at its end; -1: none */
 };
 
 /*
@@ -53,8 +57,20 @@ struct alcub3_spawn_config {
 int alcub3_spawn(const struct alcub3_spawn_config *config, pid_t *pid, int *pidfd,
                  int *failed_step, int *failed_errno);
 
+/*
+ * Starts a command inside a running sandbox, beside its init: joins the
+ * sandbox's cgroup (CLONE_INTO_CGROUP with config->cgroup_fd) and the
+ * namespaces in config->namespaces of the process behind target_pidfd
+ * (setns with a pidfd), then applies no_new_privs and the seccomp filter and
+ * execs. With CLONE_NEWPID the command runs as the child of a small relay that
+ * exits with the command's status. config->path NULL is not allowed here.
+ */
+int alcub3_spawn_into(const struct alcub3_spawn_config *config, int target_pidfd, pid_t *pid,
+                      int *pidfd, int *failed_step, int *failed_errno);
+
 /* pidfd_send_signal has no glibc wrapper; memfd_create needs _GNU_SOURCE, which Swift's Glibc lacks. */
 int alcub3_pidfd_send_signal(int pidfd, int sig);
+int alcub3_pidfd_open(pid_t pid);
 int alcub3_memfd_create(const char *name);
 
 #endif
