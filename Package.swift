@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibBPF", pkgConfig: "libbpf",
@@ -33,10 +34,15 @@ let package = Package(
             plugins: ["BPFObjects"]),
         .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy"]),
         .target(
+            name: "Service",
+            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3",
+                           .product(name: "Logging", package: "swift-log")]),
+        .target(
             name: "Commands",
             dependencies: [
-                "Telemetry", "Sandbox", "Policy",
+                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "alcub3", dependencies: ["Commands"]),
         // `make bench`: alcub3 side by side with the tools a user would pick instead.
@@ -46,6 +52,7 @@ let package = Package(
         .testTarget(name: "CommandsTests", dependencies: ["Commands"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
+        .testTarget(name: "ServiceTests", dependencies: ["Service"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -22,8 +22,8 @@ public final class OwnedDescriptor: Sendable {
 
 public enum FileIO {
     /// Writes a whole string to a file (cgroup and proc knobs take one write).
-    public static func write(_ text: String, to path: String) throws(SystemError) {
-        let fd = try OwnedDescriptor(path: path, flags: O_WRONLY)
+    public static func write(_ text: String, to path: String, create: Bool = false) throws(SystemError) {
+        let fd = try OwnedDescriptor(path: path, flags: create ? O_WRONLY | O_CREAT | O_TRUNC : O_WRONLY)
         var bytes = Array(text.utf8)
         let count = bytes.count
         let written = try syscallChecked("write", path) { bytes.withUnsafeMutableBytes { Glibc.write(fd.raw, $0.baseAddress, count) } }

@@ -18,49 +18,54 @@ public enum Classification: String, CaseIterable, Sendable, Codable, Comparable 
     public static func < (lhs: Self, rhs: Self) -> Bool {
         allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
     }
+
+    /// Like `init?(parsing:)`, but an unknown name is an error listing the valid ones.
+    public static func named(_ name: String) throws -> Classification {
+        guard let found = Classification(parsing: name) else {
+            throw PolicyError.unknown("classification", name, valid: allCases.map(\.rawValue))
+        }
+        return found
+    }
+
+    /// The share of its default policy's cpu and memory a sandbox at this level
+    /// gets: 1.0, 0.8, 0.6, 0.4 from UNCLASSIFIED up.
+    public var resourceMultiplier: Double { Double(multiplierTenths) / 10 }
+
+    /// Kept in tenths so that 3GB x 0.8 is exactly 2.4GB.
+    private var multiplierTenths: UInt64 {
+        switch self {
+        case .unclassified: return 10
+        case .confidential: return 8
+        case .secret: return 6
+        case .topSecret: return 4
+        }
+    }
+
+    /// Bytes after the multiplier, rounded down to a whole byte.
+    func scaled(bytes: UInt64) -> UInt64 {
+        // Configured sizes are at most 1 PiB, so ten times one fits in 64 bits.
+        bytes * multiplierTenths / 10
+    }
+
+    /// Thousandths of a core after the multiplier, rounded down.
+    func scaled(millicores: Int) -> Int {
+        millicores * Int(multiplierTenths) / 10
+    }
 }
 
 /// How strongly a sandbox is separated from its host.
 public enum IsolationLevel: String, CaseIterable, Sendable, Codable, Comparable {
     case process, container, vm, hardware
 
+    public static func named(_ name: String) throws -> IsolationLevel {
+        guard let found = IsolationLevel(rawValue: name) else {
+            throw PolicyError.unknown("isolation level", name, valid: allCases.map(\.rawValue))
+        }
+        return found
+    }
+
     public static func < (lhs: Self, rhs: Self) -> Bool {
         allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
-    }
-}
-
-/// The policy a sandbox runs under. Issue 3's YAML configuration produces it;
-/// until a configuration is given, `builtIn` mirrors the published defaults.
-public struct SandboxPolicy: Sendable, Codable, Equatable {
-    public var classification: Classification
-    public var isolation: IsolationLevel
-    /// Network classes from the configuration ("internet", "intranet",
-    /// "classified_network", "air_gapped_only").
-    public var networkAccess: [String]
-    /// Send one telemetry record per syscall (the behavioral analyzer's input).
-    public var traceSyscalls: Bool
-
-    /// True when the sandbox may reach a network beyond its own loopback.
-    public var allowsNetwork: Bool {
-        !networkAccess.isEmpty && !networkAccess.contains("air_gapped_only")
-            && !networkAccess.contains("none")
-    }
-
-    public static func builtIn(_ level: Classification) -> SandboxPolicy {
-        switch level {
-        case .unclassified:
-            return SandboxPolicy(classification: level, isolation: .process,
-                                 networkAccess: ["internet", "intranet"], traceSyscalls: true)
-        case .confidential:
-            return SandboxPolicy(classification: level, isolation: .container,
-                                 networkAccess: ["intranet"], traceSyscalls: true)
-        case .secret:
-            return SandboxPolicy(classification: level, isolation: .vm,
-                                 networkAccess: ["classified_network"], traceSyscalls: true)
-        case .topSecret:
-            return SandboxPolicy(classification: level, isolation: .hardware,
-                                 networkAccess: ["air_gapped_only"], traceSyscalls: true)
-        }
     }
 }
 

@@ -77,6 +77,15 @@ public final class SandboxCgroup: Sendable {
         self.path = path
     }
 
+    /// An existing sandbox cgroup (a restarted service re-adopting its sandboxes).
+    public init(existing name: String, layout: CgroupLayout) throws {
+        let path = layout.alcub3Root + "/" + name
+        self.id = try FileIO.inode(of: path)
+        self.layout = layout
+        self.name = name
+        self.path = path
+    }
+
     /// The cgroup2 directory fd that clone3(CLONE_INTO_CGROUP) takes.
     public func openDirectory() throws -> OwnedDescriptor {
         try OwnedDescriptor(path: path, flags: O_RDONLY | O_DIRECTORY)

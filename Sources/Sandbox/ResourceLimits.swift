@@ -29,6 +29,12 @@ public struct AppliedLimits: Sendable, Codable, Equatable {
     public var v1ProcsFiles: [String]
     /// v1 directories to remove with the sandbox.
     public var v1Directories: [String]
+
+    public init(files: [String: String] = [:], v1ProcsFiles: [String] = [], v1Directories: [String] = []) {
+        self.files = files
+        self.v1ProcsFiles = v1ProcsFiles
+        self.v1Directories = v1Directories
+    }
 }
 
 extension SandboxCgroup {

@@ -121,6 +121,25 @@ public final class BPFObject: @unchecked Sendable {
 
     public func isAttached(_ programName: String) -> Bool { lock.withLock { links[programName] != nil } }
 
+    /// Pins an attached program's link: it stays attached after this process ends.
+    public func pinLink(_ programName: String, at path: String) throws {
+        try lock.withLock {
+            guard let link = links[programName] else {
+                throw BPFError(errno: ENOENT, operation: "pin link", subject: programName)
+            }
+            let rc = bpf_link__pin(link, path)
+            if rc < 0 { throw BPFError(errno: -rc, operation: "bpf_link__pin", subject: path) }
+        }
+    }
+
+    public func pinMap(_ mapName: String, at path: String) throws {
+        guard let map = bpf_object__find_map_by_name(object, mapName) else {
+            throw BPFError(errno: ENOENT, operation: "find map", subject: mapName)
+        }
+        let rc = bpf_map__pin(map, path)
+        if rc < 0 { throw BPFError(errno: -rc, operation: "bpf_map__pin", subject: path) }
+    }
+
     public func mapFD(_ mapName: String) throws -> Int32 {
         guard let map = bpf_object__find_map_by_name(object, mapName) else {
             throw BPFError(errno: ENOENT, operation: "find map", subject: mapName)

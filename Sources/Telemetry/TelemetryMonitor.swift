@@ -15,7 +15,10 @@ import Synchronization
 public final class TelemetryMonitor: Sendable {
     public let hub = EventHub()
     public let rootCgroupID: UInt64
-    private let object: BPFObject
+    /// nil when the programs were adopted from bpffs pins (a restarted service).
+    private let object: BPFObject?
+    /// True when this monitor took over programs a previous service left attached.
+    public let adopted: Bool
     private let sandboxes: BPFMap
     private let countersMap: BPFMap
     private let writeStats: BPFMap
@@ -33,23 +36,99 @@ public final class TelemetryMonitor: Sendable {
     /// - Parameters:
     ///   - rootCgroupID: cgroup id of alcub3's parent cgroup; sandboxes are its children.
     ///   - rootLevel: level of that parent in the cgroup2 hierarchy.
-    public init(rootCgroupID: UInt64, rootLevel: UInt32) throws {
+    ///   - pinDirectory: for the service: maps and links are pinned there, so
+    ///     the programs keep recording while the service is down and a restarted
+    ///     service adopts them (same object and same parent cgroup) instead of
+    ///     loading anew.
+    ///   - pinVersionFile: where the pins' version is kept (bpffs holds only pins).
+    public init(rootCgroupID: UInt64, rootLevel: UInt32, pinDirectory: String? = nil, pinVersionFile: String? = nil) throws {
         self.rootCgroupID = rootCgroupID
-        let object = try BPFObject(name: "telemetry", image: BPFObjectBytes.decoded(BPFObjectBytes.telemetry))
+        let image = BPFObjectBytes.decoded(BPFObjectBytes.telemetry)
+        let version = "\(Self.fingerprint(image)) root=\(rootCgroupID) level=\(rootLevel)\n"
+        let versionFile = pinVersionFile ?? "/run/alcub3/bpf-pins.version"
+        if let pinDirectory, let fds = Self.adoptPinned(pinDirectory, version: version, versionFile: versionFile) {
+            object = nil
+            adopted = true
+            entryPrograms = []
+            sandboxes = BPFMap(fd: fds["sandboxes"]!, name: "sandboxes")
+            countersMap = BPFMap(fd: fds["counters"]!, name: "counters")
+            writeStats = BPFMap(fd: fds["write_stats"]!, name: "write_stats")
+            ringFDs = (fds["events"]!, fds["syscalls"]!)
+            return
+        }
+        if let pinDirectory { Self.removePins(pinDirectory, versionFile: versionFile) }
+        let object = try BPFObject(name: "telemetry", image: image)
         try object.setReadOnlyGlobal("alcub3_root_cgid", to: rootCgroupID)
         try object.setReadOnlyGlobal("alcub3_root_level", to: rootLevel)
         try object.load()
         let programs = object.programs
-        entryPrograms = programs.filter { $0.section.hasSuffix("sys_enter") }.map(\.name)
+        let entry = programs.filter { $0.section.hasSuffix("sys_enter") }.map(\.name)
         // Entry records are opt-in per sandbox: their program is attached on demand.
-        for program in programs where !entryPrograms.contains(program.name) {
-            try object.attach(program.name)
+        let always = programs.map(\.name).filter { !entry.contains($0) }
+        for name in always { try object.attach(name) }
+        if let pinDirectory {
+            do {
+                try Self.pin(object, programs: always, in: pinDirectory, version: version, versionFile: versionFile)
+            } catch {
+                Self.removePins(pinDirectory, versionFile: versionFile)
+                throw error
+            }
         }
+        entryPrograms = entry
         self.object = object
+        adopted = false
         sandboxes = BPFMap(fd: try object.mapFD("sandboxes"), name: "sandboxes")
         countersMap = BPFMap(fd: try object.mapFD("counters"), name: "counters")
         writeStats = BPFMap(fd: try object.mapFD("write_stats"), name: "write_stats")
         ringFDs = (try object.mapFD("events"), try object.mapFD("syscalls"))
+    }
+
+    static let pinnedMaps = ["sandboxes", "counters", "write_stats", "events", "syscalls"]
+
+    /// FNV-1a of the object: which programs a pin directory holds.
+    static func fingerprint(_ bytes: [UInt8]) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { hash = (hash ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return String(hash, radix: 16)
+    }
+
+    /// Opens the pinned maps when the pins are of this object and parent cgroup.
+    static func adoptPinned(_ dir: String, version: String, versionFile: String) -> [String: Int32]? {
+        guard (try? FileIO.read(versionFile)) == version else { return nil }
+        var fds: [String: Int32] = [:]
+        for name in pinnedMaps {
+            let fd = bpf_obj_get(dir + "/maps/" + name)
+            if fd < 0 {
+                fds.values.forEach { close($0) }
+                return nil
+            }
+            fds[name] = fd
+        }
+        return fds
+    }
+
+    static func pin(_ object: BPFObject, programs: [String], in dir: String, version: String, versionFile: String) throws {
+        try BPFFilesystem.ensureMounted()
+        for sub in ["", "/maps", "/links"] {
+            if mkdir(dir + sub, 0o700) != 0 && errno != EEXIST {
+                throw SystemError(errno: errno, call: "mkdir", context: dir + sub)
+            }
+        }
+        for name in pinnedMaps { try object.pinMap(name, at: dir + "/maps/" + name) }
+        for name in programs { try object.pinLink(name, at: dir + "/links/" + name) }
+        try FileIO.write(version, to: versionFile, create: true)
+    }
+
+    /// Removes a pin directory: its links detach once no process holds them.
+    public static func removePins(_ dir: String, versionFile: String) {
+        for sub in ["/links", "/maps"] {
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: dir + sub) {
+                for name in names { unlink(dir + sub + "/" + name) }
+            }
+            rmdir(dir + sub)
+        }
+        unlink(versionFile)
+        rmdir(dir)
     }
 
     /// Options for one watched sandbox.
@@ -65,6 +144,10 @@ public final class TelemetryMonitor: Sendable {
     /// Starts sending records for the tasks in this cgroup and its descendants.
     public func watch(sandboxCgroupID: UInt64, options: WatchOptions = WatchOptions()) throws {
         if options.syscallEntry {
+            guard let object else {
+                throw BPFError(errno: EOPNOTSUPP, operation: "attach syscall entry program",
+                               subject: "programs adopted from a previous service; restart the service with no sandbox to reload")
+            }
             for name in entryPrograms { try object.attach(name) }
         }
         var config = alcub3_sandbox_config()

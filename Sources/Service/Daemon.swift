@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KernelSupport
+import Logging
+import Policy
+import Sandbox
+import Store
+import Telemetry
+
+/// `alcub3 daemon`: owns the BPF programs, the sandboxes it launched, the
+/// store and the event pipeline; serves the CLI on a Unix socket.
+public final class Daemon: @unchecked Sendable {
+    // @unchecked: set up once in `start`, then read-only; requests run on their own threads.
+    public let configuration: ServiceConfiguration
+    let log: Logger
+    private(set) var manager: SandboxManager!
+    private var server: ControlServer!
+    private var parentLock: CgroupParentLock!
+    private var pipelineTask: Task<Void, Never>?
+    private var metrics: MetricsServer?
+    let startedNs = WallClock.nowUnixNanos()
+
+    public init(configuration: ServiceConfiguration, log: Logger) {
+        self.configuration = configuration
+        self.log = log
+    }
+
+    /// Sets everything up; throws (with nothing left behind) if any part fails.
+    public func start() throws {
+        guard geteuid() == 0 else { throw ServiceFailure(ExitCodes.notAllowed, "alcub3 daemon needs root (BPF, cgroups, namespaces)") }
+        try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        let store = try EventStore(path: configuration.databasePath)
+        let layout = try CgroupLayout.detect()
+        parentLock = try CgroupParentLock(layout: layout)
+        let monitor = try TelemetryMonitor(rootCgroupID: try FileIO.inode(of: layout.alcub3Root),
+                                           rootLevel: layout.alcub3RootLevel, pinDirectory: configuration.pinDirectory,
+                                           pinVersionFile: configuration.pinVersionFile)
+        log.info("telemetry \(monitor.adopted ? "adopted from" : "loaded and pinned in") \(configuration.pinDirectory)")
+        manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, layout: layout, log: log)
+        let pipeline = EventPipeline(manager: manager, log: log)
+        pipelineTask = Task.detached { await pipeline.run() }
+        try monitor.start()
+        let adopted = try manager.adoptRunningSandboxes(serviceStartNs: startedNs)
+        if !adopted.isEmpty { log.info("re-adopted sandboxes: \(adopted.joined(separator: ", "))") }
+        _ = try? store.appendAudit(actor: "service", action: "service.start", subject: "alcub3",
+                               details: ServiceJSON.encode(["pid": String(getpid()), "adopted": adopted.joined(separator: ",")]))
+        server = try ControlServer(path: configuration.socketPath, allowedGroup: configuration.allowedGroup)
+        if let address = configuration.metricsAddress {
+            do {
+                metrics = try MetricsServer(address: address, daemon: self)
+            } catch {
+                log.warning("metrics endpoint \(address) not started: \(error)")
+            }
+        }
+        log.info("listening on \(configuration.socketPath)")
+    }
+
+    /// Serves until `stop` (SIGTERM); blocks the calling thread.
+    public func serve() {
+        let handler = RequestHandler(daemon: self)
+        server.serve { request, connection in handler.handle(request, connection) }
+    }
+
+    /// Clean shutdown: no new clients, the last events drained into the store.
+    /// Running sandboxes keep running, enforced, and their programs stay pinned
+    /// for the next service to adopt; with none left, the pins are removed.
+    public func stop() {
+        server?.shutdown()
+        metrics?.stop()
+        manager?.monitor.stop()
+        if let pipelineTask {
+            let done = DispatchSemaphore(value: 0)
+            Task.detached { await pipelineTask.value; done.signal() }
+            done.wait()
+        }
+        if let manager, manager.liveSandboxes.isEmpty {
+            TelemetryMonitor.removePins(configuration.pinDirectory, versionFile: configuration.pinVersionFile)
+        }
+        _ = try? manager?.store.appendAudit(actor: "service", action: "service.stop", subject: "alcub3",
+                                        details: ServiceJSON.encode(["sandboxes_left_running": String(manager?.liveSandboxes.count ?? 0)]))
+        parentLock?.releaseAndRemoveParentIfUnused()
+        log.info("stopped")
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import Logging
+import Store
+import Telemetry
+
+/// Carries the event stream into the store: each record rendered as OCSF
+/// JSON with its sandbox's ids, written in batches (one transaction each).
+/// Syscall records are counted, not stored one by one.
+final class EventPipeline: Sendable {
+    let manager: SandboxManager
+    let subscription: EventSubscription
+    let log: Logger
+
+    init(manager: SandboxManager, log: Logger) {
+        self.manager = manager
+        self.subscription = manager.monitor.hub.subscribe(bufferedEvents: 1 << 22)
+        self.log = log
+    }
+
+    /// Runs until the hub finishes the stream (the monitor stopped).
+    func run() async {
+        for await batch in subscription.events {
+            var rows: [StoredEvent] = []
+            rows.reserveCapacity(batch.count / 4)
+            for event in batch {
+                if let row = render(event) { rows.append(row) }
+            }
+            guard !rows.isEmpty else { continue }
+            do {
+                try manager.store.appendEvents(rows)
+            } catch {
+                log.error("could not store \(rows.count) events: \(error)")
+            }
+        }
+    }
+
+    private func render(_ event: TelemetryEvent) -> StoredEvent? {
+        if case .drops(let counters, let newly) = event {
+            // Not tied to one sandbox: stored under every live one, never silent.
+            let now = WallClock.nowUnixNanos()
+            for sandbox in manager.liveSandboxes {
+                let json = OCSFEncoder.jsonLine([
+                    "record": "kernel_drops", "sandbox_id": sandbox.record.sandboxID, "agent_id": sandbox.record.agentID,
+                    "time_dt": WallClock.iso8601(unixNanos: now), "dropped": newly, "dropped_total": counters.dropped,
+                ])
+                try? manager.store.appendEvents([StoredEvent(timeNs: now, sandboxID: sandbox.record.sandboxID,
+                                                             agentID: sandbox.record.agentID, kind: "alcub3", json: json)])
+            }
+            return nil
+        }
+        guard let cgroupID = event.sandboxCgroupID, let sandbox = manager.sandbox(cgroupID: cgroupID) else { return nil }
+        sandbox.processes.observe(event)
+        switch event {
+        case .syscall:
+            sandbox.syscalls += 1
+            return nil
+        case .writeVolume(let w):
+            let now = WallClock.nowUnixNanos()
+            let json = OCSFEncoder.jsonLine([
+                "record": "write_volume", "sandbox_id": sandbox.record.sandboxID, "agent_id": sandbox.record.agentID,
+                "time_dt": WallClock.iso8601(unixNanos: now), "pid": Int(w.pid), "file_id": String(w.fileID, radix: 16),
+                "bytes": w.totalBytes, "writes": w.totalWrites, "new_bytes": w.newBytes,
+            ])
+            return StoredEvent(timeNs: now, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                               kind: "alcub3", json: json)
+        default:
+            guard let object = sandbox.encoder.encode(event, processes: sandbox.processes) else { return nil }
+            let kind: String = switch event {
+            case .process: "process"
+            case .file: "file"
+            case .network: "network"
+            default: "alcub3"
+            }
+            let time = (object["time_dt"] as? String).flatMap { _ in originNanos(event, sandbox) } ?? WallClock.nowUnixNanos()
+            return StoredEvent(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                               kind: kind, classUID: object["class_uid"] as? Int, json: OCSFEncoder.jsonLine(object))
+        }
+    }
+
+    private func originNanos(_ event: TelemetryEvent, _ sandbox: LiveSandbox) -> Int64? {
+        let boot: UInt64? = switch event {
+        case .process(let e): e.origin.bootNanos
+        case .file(let e): e.origin.bootNanos
+        case .network(let e): e.origin.bootNanos
+        default: nil
+        }
+        return boot.map { sandbox.encoder.clock.unixNanos(boot: $0) }
+    }
+}

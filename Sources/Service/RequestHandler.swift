@@ -1,0 +1,191 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KernelSupport
+import Policy
+import Sandbox
+import Store
+import Telemetry
+
+/// Answers one client request. Every failure becomes one `error` message with
+/// the exit code the CLI passes on; nothing half-made is left behind (the
+/// manager undoes a failed creation).
+struct RequestHandler: Sendable {
+    let daemon: Daemon
+    var manager: SandboxManager { daemon.manager }
+
+    func handle(_ request: ServiceRequest, _ connection: ControlConnection) {
+        do {
+            try dispatch(request, connection)
+        } catch let failure as ServiceFailure {
+            connection.send(.error(failure.code, failure.message))
+        } catch let error as SandboxError {
+            connection.send(.error(ExitCodes.kernelRefused, error.description))
+        } catch let error as StoreError {
+            connection.send(.error(ExitCodes.internalError, "store: \(error)"))
+        } catch {
+            connection.send(.error(ExitCodes.kernelRefused, "\(error)"))
+        }
+    }
+
+    private func dispatch(_ request: ServiceRequest, _ connection: ControlConnection) throws {
+        switch request.op {
+        case .ping:
+            connection.send(.result(["pid": String(getpid()), "sandboxes": String(manager.liveSandboxes.count)]))
+        case .create:
+            try create(request, connection)
+        case .exec:
+            let agent = try agentID(request)
+            let code = try manager.exec(agentID: agent, command: request.command ?? [], workingDirectory: request.workingDirectory,
+                                        environment: request.environment ?? [], output: { stream, bytes in
+                connection.send(ServiceMessage(type: .output, stream: stream, data: Data(bytes).base64EncodedString()))
+            })
+            connection.send(.result(ExecResult(exitCode: code)))
+        case .list:
+            let states: Set<SandboxState>
+            switch request.status ?? "active" {
+            case "active": states = [.creating, .running]
+            case "stopped": states = [.stopped, .failed]
+            case "all": states = Set(SandboxState.allCases)
+            case let other: throw ServiceFailure(ExitCodes.usage, "unknown status '\(other)': use active, stopped or all")
+            }
+            connection.send(.result(try manager.store.sandboxes(states: states)))
+        case .show:
+            let agent = try agentID(request)
+            guard let record = try manager.store.sandbox(agentID: agent) else {
+                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+            }
+            connection.send(.result(record))
+        case .terminate:
+            let record = try manager.terminate(agentID: try agentID(request), grace: request.graceSeconds ?? 10,
+                                               force: request.force ?? false)
+            connection.send(.result(record))
+        case .export:
+            let agent = try agentID(request)
+            guard let record = try manager.store.sandbox(agentID: agent) else {
+                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+            }
+            connection.send(.result(try SandboxExport(record: record)))
+        case .importPolicy:
+            try importPolicy(request, connection)
+        case .events:
+            try events(request, connection)
+        case .monitor:
+            connection.send(.result(try MonitorSnapshot.take(manager: manager, agentID: try agentID(request))))
+        case .auditVerify:
+            connection.send(.result(try manager.store.verifyAudit()))
+        }
+    }
+
+    private func agentID(_ request: ServiceRequest) throws -> String {
+        guard let agent = request.agentID, !agent.isEmpty else { throw ServiceFailure(ExitCodes.usage, "--agent-id is required") }
+        if let problem = Identifier.validate(agent) {
+            throw ServiceFailure(ExitCodes.invalidAgentID, "invalid agent id '\(agent)': \(problem)")
+        }
+        return agent
+    }
+
+    private func create(_ request: ServiceRequest, _ connection: ControlConnection) throws {
+        let agent = try agentID(request)
+        let resolved = try PolicyResolver.resolve(classification: request.classification, isolation: request.isolation,
+                                                  policyFiles: request.policyYAML ?? [])
+        if request.dryRun == true {
+            connection.send(.result(DryRun(agentID: agent, policy: resolved.policy, limits: resolved.limits,
+                                           command: request.command ?? [])))
+            return
+        }
+        try startSandbox(agent: agent, resolved: resolved, request: request, connection: connection)
+    }
+
+    private func startSandbox(agent: String, resolved: ResolvedPolicy, request: ServiceRequest,
+                              connection: ControlConnection) throws {
+        guard resolved.policy.isolation == .process else {
+            throw ServiceFailure(ExitCodes.unsupportedIsolation,
+                                 "isolation level '\(resolved.policy.isolation.rawValue)' is not available yet; this service provides 'process' (pass --isolation-level process to accept it)")
+        }
+        let record = try manager.create(
+            CreateRequest(agentID: agent, policy: resolved.policy, limits: resolved.limits, command: request.command ?? [],
+                          workingDirectory: request.workingDirectory ?? "/", environment: request.environment ?? []),
+            steps: request.verbose == true ? { step in
+                connection.send(ServiceMessage(type: .step, json: ServiceJSON.encode(step), message: step.step))
+            } : nil)
+        connection.send(.result(record))
+    }
+
+    private func importPolicy(_ request: ServiceRequest, _ connection: ControlConnection) throws {
+        let agent = try agentID(request)
+        guard let text = request.policyJSON,
+              let exported = try? JSONDecoder().decode(SandboxExport.self, from: Data(text.utf8)) else {
+            throw ServiceFailure(ExitCodes.invalidPolicy, "the file is not an alcub3 sandbox export (see alcub3 sandbox export)")
+        }
+        let resolved = ResolvedPolicy(policy: exported.policy, limits: exported.limits)
+        var copy = request
+        if copy.command == nil { copy.command = exported.command }
+        if copy.workingDirectory == nil { copy.workingDirectory = exported.workingDirectory }
+        try startSandbox(agent: agent, resolved: resolved, request: copy, connection: connection)
+    }
+
+    private func events(_ request: ServiceRequest, _ connection: ControlConnection) throws {
+        var sandboxID: String?
+        if let agent = request.agentID {
+            guard let record = try manager.store.sandbox(agentID: agent) else {
+                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+            }
+            sandboxID = record.sandboxID
+        }
+        if let kind = request.kind, !["process", "file", "network", "alcub3", "alert"].contains(kind) {
+            throw ServiceFailure(ExitCodes.usage, "unknown kind '\(kind)': use process, file, network, alcub3 or alert")
+        }
+        var after = request.afterID ?? 0
+        var first = true
+        repeat {
+            let rows = try manager.store.events(EventFilter(sandboxID: sandboxID, kind: request.kind, sinceNs: request.sinceNs,
+                                                            afterID: after, limit: first ? (request.limit ?? 1000) : 1000))
+            for row in rows {
+                if !connection.send(ServiceMessage(type: .event, json: row.json)) { return }
+                after = row.id
+            }
+            first = false
+            if request.follow == true && rows.isEmpty {
+                if connection.clientGone { return }
+                usleep(200_000)
+            }
+        } while request.follow == true
+        connection.send(.result(["last_id": String(after)]))
+    }
+}
+
+struct ExecResult: Codable { var exitCode: Int32 }
+
+/// What `sandbox create --dry-run` shows.
+struct DryRun: Codable {
+    var agentID: String
+    var policy: SandboxPolicy
+    var limits: ResourceLimits
+    var command: [String]
+}
+
+/// `sandbox export`: enough to recreate an identical policy under a new agent id.
+public struct SandboxExport: Codable, Sendable {
+    public var format = "alcub3-sandbox-export/1"
+    public var agentID: String
+    public var sandboxID: String
+    public var policy: SandboxPolicy
+    public var limits: ResourceLimits
+    public var command: [String]
+    public var workingDirectory: String
+
+    init(record: SandboxRecord) throws {
+        guard let policy = try? JSONDecoder().decode(SandboxPolicy.self, from: Data(record.policyJSON.utf8)),
+              let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((record.detailsJSON ?? "").utf8)) else {
+            throw ServiceFailure(ExitCodes.internalError, "the stored policy of \(record.sandboxID) cannot be read")
+        }
+        agentID = record.agentID
+        sandboxID = record.sandboxID
+        self.policy = policy
+        limits = details.limits
+        command = (try? JSONDecoder().decode([String].self, from: Data(record.commandJSON.utf8))) ?? []
+        workingDirectory = details.workingDirectory
+    }
+}

@@ -1,0 +1,374 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import KernelSupport
+import Logging
+import Policy
+import Sandbox
+import Store
+import Telemetry
+
+/// One sandbox the service holds: its kernel objects and its view of events.
+final class LiveSandbox: @unchecked Sendable {
+    // @unchecked: `processes`, `eventCounts` and `syscalls` are touched only by
+    // the event pipeline's task; the rest is immutable after creation.
+    let record: SandboxRecord
+    let policy: SandboxPolicy
+    let cgroup: SandboxCgroup
+    let initProcess: SandboxedProcess
+    let limits: AppliedLimits
+    let encoder: OCSFEncoder
+    var processes = ProcessTable()
+    var syscalls: UInt64 = 0
+
+    init(record: SandboxRecord, policy: SandboxPolicy, cgroup: SandboxCgroup, initProcess: SandboxedProcess,
+         limits: AppliedLimits) {
+        self.record = record
+        self.policy = policy
+        self.cgroup = cgroup
+        self.initProcess = initProcess
+        self.limits = limits
+        self.encoder = OCSFEncoder(sandboxID: record.sandboxID, agentID: record.agentID, clock: WallClock())
+    }
+}
+
+/// What `sandbox create` needs, already validated by the caller's parsing.
+public struct CreateRequest: Sendable {
+    public var agentID: String
+    public var policy: SandboxPolicy
+    public var limits: ResourceLimits
+    public var command: [String]
+    public var workingDirectory: String
+    public var environment: [String]
+
+    public init(agentID: String, policy: SandboxPolicy, limits: ResourceLimits, command: [String],
+                workingDirectory: String, environment: [String]) {
+        self.agentID = agentID
+        self.policy = policy
+        self.limits = limits
+        self.command = command
+        self.workingDirectory = workingDirectory
+        self.environment = environment
+    }
+}
+
+/// A step of creation, timed, with the kernel's answer (for `debug-create`).
+public struct CreationStep: Codable, Sendable {
+    public var step: String
+    public var microseconds: Int
+    public var result: String
+}
+
+/// The service's sandboxes: creation, commands inside them, termination,
+/// adoption after a restart, and the event pipeline into the store.
+public final class SandboxManager: @unchecked Sendable {
+    // @unchecked: `live` is guarded by `lock`; everything else is immutable.
+    let configuration: ServiceConfiguration
+    let store: EventStore
+    let monitor: TelemetryMonitor
+    let layout: CgroupLayout
+    let log: Logger
+    private let lock = NSLock()
+    private var live: [String: LiveSandbox] = [:]      // by agent id
+    private var byCgroup: [UInt64: LiveSandbox] = [:]
+    let seccomp: SeccompProgram
+
+    public init(configuration: ServiceConfiguration, store: EventStore, monitor: TelemetryMonitor,
+                layout: CgroupLayout, log: Logger) throws {
+        self.configuration = configuration
+        self.store = store
+        self.monitor = monitor
+        self.layout = layout
+        self.log = log
+        self.seccomp = try SeccompProfile.compile()
+    }
+
+    var liveSandboxes: [LiveSandbox] { lock.withLock { Array(live.values) } }
+
+    func sandbox(agentID: String) -> LiveSandbox? { lock.withLock { live[agentID] } }
+    func sandbox(cgroupID: UInt64) -> LiveSandbox? { lock.withLock { byCgroup[cgroupID] } }
+
+    // MARK: create
+
+    /// Creates and starts a sandbox. Every step is undone when a later one fails.
+    public func create(_ request: CreateRequest, steps: ((CreationStep) -> Void)? = nil) throws -> SandboxRecord {
+        let sandboxID = "sb-" + (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        var undo: [() -> Void] = []
+        func step<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            let start = DispatchTime.now().uptimeNanoseconds
+            do {
+                let value = try body()
+                steps?(CreationStep(step: name, microseconds: Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), result: "ok"))
+                return value
+            } catch {
+                steps?(CreationStep(step: name, microseconds: Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), result: "\(error)"))
+                throw error
+            }
+        }
+        do {
+            // The agent id is claimed in memory first: two creates cannot race past each other.
+            try lock.withLock {
+                if live[request.agentID] != nil {
+                    throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by a running sandbox")
+                }
+                live[request.agentID] = nil
+            }
+            if let existing = try store.sandbox(agentID: request.agentID), existing.state.isActive {
+                throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
+            }
+            let executable: String? = try request.command.first.map { program in
+                try step("resolve command \(program)") { try CommandResolver.resolve(program) }
+            }
+            let directory = configuration.sandboxDirectory(sandboxID)
+            try step("make state directory \(directory)") {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o700])
+            }
+            undo.append { try? FileManager.default.removeItem(atPath: directory) }
+            let cgroup = try step("mkdir cgroup \(layout.alcub3Root)/\(sandboxID)") { try SandboxCgroup(layout: layout, name: sandboxID) }
+            undo.append { try? cgroup.destroy() }
+            let limits = try step("apply limits cpu \(request.limits.cpuCores) memory \(request.limits.memoryBytes) pids \(request.limits.pids)") {
+                try cgroup.apply(request.limits)
+            }
+            undo.append { SandboxCgroup.removeV1(limits) }
+            try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
+                try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
+            }
+            undo.append { [monitor] in monitor.unwatch(sandboxCgroupID: cgroup.id) }
+
+            let output = directory + "/output.log"
+            let outputFD = try OwnedDescriptor(path: output, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+            let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
+            var spec = ProcessSpec(
+                executable: executable, arguments: request.command, environment: request.environment,
+                workingDirectory: request.workingDirectory, hostname: sandboxID,
+                namespaces: NamespaceSet.forPolicy(request.policy), seccomp: seccomp, dieWithParent: false)
+            spec.hiddenPaths = hiddenPaths()
+            spec.v1ProcsFiles = limits.v1ProcsFiles
+            spec.statusFile = directory + "/exit_status"
+            spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)
+            let initProcess = try step("clone3 into the cgroup with namespaces \(spec.namespaces.names.joined(separator: ","))") {
+                try SandboxedProcess(spec: spec, cgroup: cgroup)
+            }
+            let record = SandboxRecord(
+                sandboxID: sandboxID, agentID: request.agentID, classification: request.policy.classification.rawValue,
+                isolation: request.policy.isolation.rawValue, state: .running,
+                policyJSON: ServiceJSON.encode(request.policy), commandJSON: ServiceJSON.encode(request.command),
+                cgroupPath: cgroup.path, cgroupID: cgroup.id, initPID: initProcess.pid,
+                createdNs: WallClock.nowUnixNanos(),
+                detailsJSON: ServiceJSON.encode(SandboxDetails(limits: request.limits, applied: limits, workingDirectory: request.workingDirectory)))
+            try step("record the sandbox in the store") { try store.upsertSandbox(record) }
+            let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
+            lock.withLock {
+                live[request.agentID] = sandbox
+                byCgroup[cgroup.id] = sandbox
+            }
+            try? store.appendAudit(actor: "service", action: "sandbox.create", subject: sandboxID,
+                                   details: ServiceJSON.encode(["agent_id": request.agentID, "classification": record.classification,
+                                                                "command": request.command.joined(separator: " ")]))
+            watchForExit(sandbox)
+            log.info("created sandbox", metadata: ["sandbox": "\(sandboxID)", "agent": "\(request.agentID)", "pid": "\(initProcess.pid)"])
+            return record
+        } catch {
+            for action in undo.reversed() { action() }
+            throw error
+        }
+    }
+
+    /// The service's own files are invisible inside every sandbox.
+    func hiddenPaths() -> [String] {
+        [(configuration.socketPath as NSString).deletingLastPathComponent, configuration.stateDirectory, configuration.pinDirectory]
+    }
+
+    // MARK: exec
+
+    /// Runs a command inside a running sandbox; its output goes to `output` as it comes.
+    public func exec(agentID: String, command: [String], workingDirectory: String?, environment: [String],
+                     output: (String, [UInt8]) -> Bool) throws -> Int32 {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
+        let executable: String
+        do {
+            executable = try CommandResolver.resolve(program)
+        } catch SandboxError.commandNotExecutable {
+            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(program)")
+        } catch {
+            throw ServiceFailure(ExitCodes.commandNotFound, "command not found: \(program)")
+        }
+        let (outRead, outWrite) = try Self.pipe()
+        let (errRead, errWrite) = try Self.pipe()
+        let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
+        var spec = ProcessSpec(
+            executable: executable, arguments: command, environment: environment,
+            workingDirectory: workingDirectory ?? "/", hostname: sandbox.record.sandboxID,
+            namespaces: NamespaceSet.forPolicy(sandbox.policy), seccomp: seccomp, dieWithParent: false)
+        spec.v1ProcsFiles = sandbox.limits.v1ProcsFiles
+        spec.stdio = (devNull.raw, outWrite, errWrite)
+        let process: SandboxedProcess
+        do {
+            defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF
+            process = try SandboxedProcess(spec: spec, cgroup: sandbox.cgroup, joining: sandbox.initProcess)
+        } catch SandboxError.commandNotFound(let c) {
+            throw ServiceFailure(ExitCodes.commandNotFound, "command not found in the sandbox: \(c)")
+        }
+        Self.pump([(outRead, "stdout"), (errRead, "stderr")], output: output)
+        return process.wait().shellCode
+    }
+
+    /// A pipe: the read end owned, the write end raw (closed by the caller after the spawn).
+    static func pipe() throws -> (OwnedDescriptor, Int32) {
+        var fds: [Int32] = [-1, -1]
+        try syscallChecked("pipe") { Glibc.pipe(&fds) }
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)  // pipe2 is not exported to Swift's Glibc module
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        return (OwnedDescriptor(fds[0]), fds[1])
+    }
+
+    /// Copies both pipes to `output` until both reach EOF.
+    static func pump(_ readers: [(OwnedDescriptor, String)], output: (String, [UInt8]) -> Bool) {
+        var open = readers
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !open.isEmpty {
+            var fds = open.map { pollfd(fd: $0.0.raw, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            var stillOpen: [(OwnedDescriptor, String)] = []
+            for (i, reader) in open.enumerated() {
+                if fds[i].revents == 0 { stillOpen.append(reader); continue }
+                let n = buffer.withUnsafeMutableBytes { read(reader.0.raw, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    _ = output(reader.1, Array(buffer[0..<n]))
+                    stillOpen.append(reader)
+                } else if n < 0 && errno == EINTR {
+                    stillOpen.append(reader)
+                }
+            }
+            open = stillOpen
+        }
+    }
+
+    // MARK: terminate
+
+    /// SIGTERM to every process, SIGKILL after the grace period (at once with
+    /// force), then everything the sandbox had is removed.
+    public func terminate(agentID: String, grace: Double, force: Bool) throws -> SandboxRecord {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            if let record = try store.sandbox(agentID: agentID), !record.state.isActive {
+                throw ServiceFailure(ExitCodes.notFound, "sandbox of agent '\(agentID)' has already stopped (\(record.sandboxID))")
+            }
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        if !force {
+            for pid in sandbox.cgroup.processes() { kill(pid, SIGTERM) }
+            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(grace * 1e9)
+            while sandbox.initProcess.isRunning && DispatchTime.now().uptimeNanoseconds < deadline {
+                if sandbox.cgroup.processes().allSatisfy({ $0 == sandbox.initProcess.pid }) { break }
+                usleep(20_000)
+            }
+        }
+        return try finish(sandbox, reason: force ? "terminated (force)" : "terminated")
+    }
+
+    /// Kills what is left, removes the kernel objects, records the end.
+    @discardableResult
+    func finish(_ sandbox: LiveSandbox, reason: String) throws -> SandboxRecord {
+        let removed = lock.withLock { () -> Bool in
+            guard live[sandbox.record.agentID] === sandbox else { return false }
+            live[sandbox.record.agentID] = nil
+            byCgroup[sandbox.record.cgroupID ?? 0] = nil
+            return true
+        }
+        guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
+        try? sandbox.cgroup.destroy()
+        SandboxCgroup.removeV1(sandbox.limits)
+        if !sandbox.initProcess.isRunning { reap(sandbox.initProcess.pid) }
+        monitor.unwatch(sandboxCgroupID: sandbox.cgroup.id)
+        var record = sandbox.record
+        record.state = .stopped
+        record.endedNs = WallClock.nowUnixNanos()
+        let statusFile = configuration.sandboxDirectory(record.sandboxID) + "/exit_status"
+        record.exitCode = (try? FileIO.read(statusFile)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        try store.upsertSandbox(record)
+        try? store.appendAudit(actor: "service", action: "sandbox.stop", subject: record.sandboxID,
+                               details: ServiceJSON.encode(["reason": reason, "exit_code": record.exitCode.map(String.init) ?? "none"]))
+        log.info("sandbox ended", metadata: ["sandbox": "\(record.sandboxID)", "reason": "\(reason)"])
+        return record
+    }
+
+    private func reap(_ pid: Int32) {
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, WNOHANG)  // ECHILD for an adopted init: nothing to reap
+    }
+
+    /// A sandbox whose init ends on its own (its command finished) is finished too.
+    func watchForExit(_ sandbox: LiveSandbox) {
+        Thread.detachNewThread { [self] in
+            var p = pollfd(fd: sandbox.initProcess.descriptor, events: Int16(POLLIN), revents: 0)
+            while poll(&p, 1, -1) < 0 && errno == EINTR {}
+            _ = try? finish(sandbox, reason: "its init exited")
+        }
+    }
+
+    // MARK: adoption after a restart
+
+    /// Takes back the sandboxes the store says are running. One whose init is
+    /// gone is closed with its recorded exit status; each adopted one gets a
+    /// `monitoring_gap` record with the kernel's counters.
+    public func adoptRunningSandboxes(serviceStartNs: Int64) throws -> [String] {
+        var adopted: [String] = []
+        let counters = monitor.counters()
+        for record in try store.sandboxes(states: [.running, .creating]) {
+            guard let pid = record.initPID, let cgroupID = record.cgroupID,
+                  let policy = try? JSONDecoder().decode(SandboxPolicy.self, from: Data(record.policyJSON.utf8)),
+                  let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout), cgroup.id == cgroupID,
+                  cgroup.processes().contains(pid), let initProcess = try? SandboxedProcess(adopting: pid) else {
+                var ended = record
+                ended.state = .stopped
+                ended.endedNs = WallClock.nowUnixNanos()
+                ended.exitCode = (try? FileIO.read(configuration.sandboxDirectory(record.sandboxID) + "/exit_status"))
+                    .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                try store.upsertSandbox(ended)
+                if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy() }
+                continue
+            }
+            let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((record.detailsJSON ?? "").utf8))
+            let sandbox = LiveSandbox(record: record, policy: policy, cgroup: cgroup, initProcess: initProcess,
+                                      limits: details?.applied ?? AppliedLimits())
+            try monitor.watch(sandboxCgroupID: cgroupID, options: .init(syscalls: policy.traceSyscalls))
+            lock.withLock {
+                live[record.agentID] = sandbox
+                byCgroup[cgroupID] = sandbox
+            }
+            let last = try store.events(EventFilter(sandboxID: record.sandboxID, limit: 1, newest: true)).first
+            let gap: [String: Any] = [
+                "record": "monitoring_gap", "sandbox_id": record.sandboxID, "agent_id": record.agentID,
+                "time_dt": WallClock.iso8601(unixNanos: serviceStartNs),
+                "last_event_before_gap": last.map { WallClock.iso8601(unixNanos: $0.timeNs) } ?? "none",
+                "service_restarted_at": WallClock.iso8601(unixNanos: serviceStartNs),
+                "programs_adopted": monitor.adopted,
+                "kernel": ["seen": counters.seen, "submitted": counters.submitted, "dropped": counters.dropped],
+                "detail": "the service was not running; records the kernel kept in its ring buffers meanwhile follow, "
+                    + "and kernel.dropped counts those it could not keep",
+            ]
+            try store.appendEvents([StoredEvent(timeNs: serviceStartNs, sandboxID: record.sandboxID, agentID: record.agentID,
+                                                kind: "alcub3", json: OCSFEncoder.jsonLine(gap))])
+            try? store.appendAudit(actor: "service", action: "sandbox.adopt", subject: record.sandboxID,
+                                   details: ServiceJSON.encode(["agent_id": record.agentID]))
+            watchForExit(sandbox)
+            adopted.append(record.agentID)
+        }
+        return adopted
+    }
+}
+
+/// What the store keeps about a sandbox beyond its record's columns.
+struct SandboxDetails: Codable {
+    var limits: ResourceLimits
+    var applied: AppliedLimits
+    var workingDirectory: String
+}

@@ -1,0 +1,44 @@
+import Foundation
+
+/// Where the service keeps its things. Defaults follow the FHS; the tests
+/// point them at temporary directories.
+public struct ServiceConfiguration: Sendable, Codable, Equatable {
+    public var socketPath: String
+    public var stateDirectory: String
+    public var pinDirectory: String
+    /// A group allowed on the socket besides root (by gid).
+    public var allowedGroup: UInt32?
+    /// host:port for the Prometheus text endpoint; nil disables it.
+    public var metricsAddress: String?
+    public var retentionMaxAgeSeconds: Double?
+    public var retentionMaxBytes: UInt64?
+
+    public init(socketPath: String = "/run/alcub3/alcub3.sock", stateDirectory: String = "/var/lib/alcub3",
+                pinDirectory: String = "/sys/fs/bpf/alcub3", allowedGroup: UInt32? = nil,
+                metricsAddress: String? = "127.0.0.1:9464", retentionMaxAgeSeconds: Double? = 7 * 86400,
+                retentionMaxBytes: UInt64? = 1 << 30) {
+        self.socketPath = socketPath
+        self.stateDirectory = stateDirectory
+        self.pinDirectory = pinDirectory
+        self.allowedGroup = allowedGroup
+        self.metricsAddress = metricsAddress
+        self.retentionMaxAgeSeconds = retentionMaxAgeSeconds
+        self.retentionMaxBytes = retentionMaxBytes
+    }
+
+    public var databasePath: String { stateDirectory + "/alcub3.db" }
+    /// Which object and parent cgroup the pins belong to (bpffs itself holds only pins).
+    public var pinVersionFile: String { stateDirectory + "/bpf-pins.version" }
+    public func sandboxDirectory(_ sandboxID: String) -> String { stateDirectory + "/sandboxes/" + sandboxID }
+
+    /// Environment overrides (ALCUB3_SOCKET, ALCUB3_STATE_DIR, ALCUB3_PIN_DIR), for tests and side-by-side services.
+    public static func fromEnvironment() -> ServiceConfiguration {
+        let env = ProcessInfo.processInfo.environment
+        var c = ServiceConfiguration()
+        if let v = env["ALCUB3_SOCKET"], !v.isEmpty { c.socketPath = v }
+        if let v = env["ALCUB3_STATE_DIR"], !v.isEmpty { c.stateDirectory = v }
+        if let v = env["ALCUB3_PIN_DIR"], !v.isEmpty { c.pinDirectory = v }
+        if let v = env["ALCUB3_METRICS"] { c.metricsAddress = v.isEmpty || v == "off" ? nil : v }
+        return c
+    }
+}

@@ -1,1 +1,0 @@
-// Store: SQLite event store, audit chain (being written).

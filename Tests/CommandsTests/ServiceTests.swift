@@ -1,0 +1,310 @@
+import Foundation
+import Testing
+
+/// A private service for one test suite: its own socket, state and bpffs
+/// pins, so the tests never touch a real installation.
+final class TestService: @unchecked Sendable {
+    let root: String
+    let environment: [String: String]
+    private(set) var process: Process?
+
+    init() throws {
+        root = NSTemporaryDirectory() + "alcub3-svc-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        var env = ProcessInfo.processInfo.environment
+        env["ALCUB3_SOCKET"] = root + "/run/alcub3.sock"
+        env["ALCUB3_STATE_DIR"] = root + "/state"
+        env["ALCUB3_PIN_DIR"] = "/sys/fs/bpf/" + (root as NSString).lastPathComponent
+        env["ALCUB3_METRICS"] = "off"
+        environment = env
+    }
+
+    var pinDirectory: String { environment["ALCUB3_PIN_DIR"]! }
+    var database: String { environment["ALCUB3_STATE_DIR"]! + "/alcub3.db" }
+
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["daemon"]
+        p.environment = environment
+        p.standardOutput = FileHandle.nullDevice
+        let log = FileHandle(forWritingAtPath: root + "/daemon.log") ?? {
+            FileManager.default.createFile(atPath: root + "/daemon.log", contents: nil)
+            return FileHandle(forWritingAtPath: root + "/daemon.log")!
+        }()
+        log.seekToEndOfFile()
+        p.standardError = log
+        try p.run()
+        process = p
+        for _ in 0..<200 {
+            if (try? run(["sandbox", "list"], autoStart: false))?.code == 0 { return }
+            usleep(50_000)
+        }
+        throw TestFailure("the service did not come up: \(log())")
+    }
+
+    func log() -> String { (try? String(contentsOfFile: root + "/daemon.log", encoding: .utf8)) ?? "" }
+
+    func kill9() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    func stop() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    func run(_ arguments: [String], autoStart: Bool = true, in directory: String? = nil, as uid: UInt32? = nil) throws -> Result {
+        let p = Process()
+        if let uid {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments
+        } else {
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = arguments
+        }
+        p.environment = environment
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// Terminates every sandbox, stops the service, removes its files and pins.
+    func tearDown() {
+        if process != nil {
+            if let list = try? run(["sandbox", "list", "--format", "json"], autoStart: false),
+               let records = try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]] {
+                for r in records { _ = try? run(["sandbox", "terminate", "--force", "--agent-id", r["agentID"] as? String ?? ""]) }
+            }
+            stop()
+        }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+@Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups and namespaces"))
+struct ServiceTests {
+    @Test func sandboxLifecycleThroughTheService() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+
+        let created = try service.run(["sandbox", "create", "--agent-id", "life-1", "--classification", "UNCLASSIFIED"])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        let again = try service.run(["sandbox", "create", "--agent-id", "life-1"])
+        #expect(again.code == 73 && again.stderr.contains("already in use"), "\(again.stderr)")
+
+        let list = try service.run(["sandbox", "list", "--format", "json"])
+        let records = try #require(try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])
+        #expect(records.contains { $0["agentID"] as? String == "life-1" && $0["state"] as? String == "running" })
+
+        let exec = try service.run(["sandbox", "exec", "--agent-id", "life-1", "--", "sh", "-c", "echo inside; echo oops >&2; exit 3"])
+        #expect(exec.code == 3)
+        #expect(exec.stdout == "inside\n" && exec.stderr == "oops\n", "exec: \(exec)")
+        // The command ran in the sandbox's pid namespace: its init is pid 1 there.
+        let ps = try service.run(["sandbox", "exec", "--agent-id", "life-1", "--", "cat", "/proc/1/comm"])
+        #expect(ps.stdout == "alcub3-init\n", "\(ps)")
+        // The service's socket directory is hidden inside the sandbox.
+        let hidden = try service.run(["sandbox", "exec", "--agent-id", "life-1", "--", "ls", "-A", (service.environment["ALCUB3_SOCKET"]! as NSString).deletingLastPathComponent])
+        #expect(hidden.stdout.isEmpty, "socket dir visible in the sandbox: \(hidden)")
+
+        let monitor = try service.run(["sandbox", "monitor", "--agent-id", "life-1", "--interval", "0.2s", "--count", "2", "--format", "json"])
+        #expect(monitor.code == 0)
+        let views = monitor.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(views.count == 2 && views[0]["state"] as? String == "running")
+        #expect((views.last?["eventsByKind"] as? [String: Any])?["process"] != nil, "\(views)")
+
+        let dir = service.root
+        let exported = try service.run(["sandbox", "export", "--agent-id", "life-1", "--output", "life-1.json"], in: dir)
+        #expect(exported.code == 0, "\(exported.stderr)")
+        let escape = try service.run(["sandbox", "export", "--agent-id", "life-1", "--output", "../x.json"], in: dir)
+        #expect(escape.code == 64 && escape.stderr.contains("leaves the working directory"))
+        let imported = try service.run(["sandbox", "import", "--config", "life-1.json", "--agent-id", "life-2"], in: dir)
+        #expect(imported.code == 0, "\(imported.stderr)")
+        let policies = try ["life-1", "life-2"].map { agent -> String in
+            let r = try service.run(["sandbox", "export", "--agent-id", agent, "--output", "\(agent)-again.json"], in: dir)
+            #expect(r.code == 0)
+            let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/\(agent)-again.json"))) as? [String: Any]
+            let p = try JSONSerialization.data(withJSONObject: ["policy": o?["policy"] ?? "", "limits": o?["limits"] ?? ""], options: .sortedKeys)
+            return String(decoding: p, as: UTF8.self)
+        }
+        #expect(policies[0] == policies[1])
+
+        for agent in ["life-1", "life-2"] {
+            let t = try service.run(["sandbox", "terminate", "--agent-id", agent, "--grace", "1"])
+            #expect(t.code == 0, "\(t.stderr)")
+        }
+        let gone = try service.run(["sandbox", "terminate", "--agent-id", "life-1"])
+        #expect(gone.code == 72)
+        let events = try service.run(["events", "tail", "--agent-id", "life-1", "--kind", "process"])
+        #expect(events.stdout.contains("\"class_uid\":1007"), "\(events.stdout.prefix(300))")
+        service.stop()
+        #expect(HostState.settled(like: before), "left behind after terminate and stop")
+        #expect(!FileManager.default.fileExists(atPath: service.pinDirectory))
+    }
+
+    /// kill -9 the service while a sandbox works: the sandbox keeps running and
+    /// isolated, and the restarted service adopts it, records the gap and keeps
+    /// monitoring.
+    @Test func killedServiceRestartsWithoutLoss() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let host = try HostListener()
+        let loop = "i=0; while true; do i=$((i+1)); echo $i > count.txt; "
+            + "python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex((\"127.0.0.1\", \(host.port))))'; "
+            + "echo $? > connect.txt; sleep 0.2; done"
+        let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "TOP_SECRET",
+                                       "--isolation-level", "process", "--", "sh", "-c", loop], in: service.root)
+        #expect(created.code == 0, "\(created.stderr)")
+        usleep(800_000)
+        service.kill9()
+        let countAtKill = Int((try? String(contentsOfFile: service.root + "/count.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        usleep(800_000)
+        let countLater = Int((try? String(contentsOfFile: service.root + "/count.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        #expect(countLater > countAtKill, "the sandbox stopped when the service died")
+        // Still isolated: its network namespace has no route to the host's listener.
+        #expect((try? String(contentsOfFile: service.root + "/connect.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "111")
+        #expect(host.accepted == 0)
+
+        try service.start()
+        let list = try service.run(["sandbox", "list", "--format", "json"])
+        #expect(list.stdout.contains("\"survivor\""), "\(list.stdout) \(service.log())")
+        let tail = try service.run(["events", "tail", "--agent-id", "survivor", "--lines", "100000"])
+        #expect(tail.stdout.contains("\"record\":\"monitoring_gap\""), "no gap record")
+        let lastID = tail.stdout.split(separator: "\n").count
+        usleep(1_000_000)
+        let later = try service.run(["events", "tail", "--agent-id", "survivor", "--lines", "100000"])
+        #expect(later.stdout.split(separator: "\n").count > lastID, "no new events after the restart")
+        #expect(later.stdout.contains("\"class_uid\":4001"), "connect attempts are not monitored after the restart")
+        let t = try service.run(["sandbox", "terminate", "--agent-id", "survivor", "--force"])
+        #expect(t.code == 0, "\(t.stderr)")
+    }
+
+    @Test func auditVerifyNamesTheAlteredRecord() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        for agent in ["audit-a", "audit-b"] {
+            #expect(try service.run(["sandbox", "create", "--agent-id", agent]).code == 0)
+            #expect(try service.run(["sandbox", "terminate", "--agent-id", agent, "--force"]).code == 0)
+        }
+        let ok = try service.run(["audit", "verify"])
+        #expect(ok.code == 0 && ok.stdout.contains("intact"), "\(ok)")
+        service.stop()
+        let sqlite = Process()
+        sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        sqlite.arguments = [service.database, "UPDATE audit_log SET details_json = '{\"tampered\":true}' WHERE seq = 3;"]
+        try sqlite.run()
+        sqlite.waitUntilExit()
+        let broken = try service.run(["audit", "verify", "--database", service.database])
+        #expect(broken.code == 1)
+        #expect(broken.stdout.contains("record 3"), "\(broken.stdout)")
+    }
+
+    @Test func classificationsGetTheirMultipliedLimitsAndNetwork() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        #expect(try service.run(["sandbox", "create", "--agent-id", "lim-u", "--classification", "UNCLASSIFIED"]).code == 0)
+        let s = try service.run(["sandbox", "create", "--agent-id", "lim-s", "--classification", "SECRET", "--isolation-level", "process"])
+        #expect(s.code == 0, "\(s.stderr)")
+        func limits(_ agent: String) throws -> (cpu: Int, memory: UInt64, pids: Int) {
+            let r = try service.run(["sandbox", "export", "--agent-id", agent, "--output", "\(agent).json"], in: service.root)
+            let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: service.root + "/\(agent).json"))) as? [String: Any]
+            let id = o?["sandboxID"] as? String ?? ""
+            #expect(r.code == 0)
+            func read(_ path: String) -> String { ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines) }
+            let v2 = "/sys/fs/cgroup/unified/alcub3/\(id)"
+            if FileManager.default.fileExists(atPath: v2 + "/cpu.max") {
+                return (Int(read(v2 + "/cpu.max").split(separator: " ")[0]) ?? -1, UInt64(read(v2 + "/memory.max")) ?? 0, Int(read(v2 + "/pids.max")) ?? -1)
+            }
+            return (Int(read("/sys/fs/cgroup/cpu/alcub3/\(id)/cpu.cfs_quota_us")) ?? -1,
+                    UInt64(read("/sys/fs/cgroup/memory/alcub3/\(id)/memory.limit_in_bytes")) ?? 0,
+                    Int(read("/sys/fs/cgroup/pids/alcub3/\(id)/pids.max")) ?? -1)
+        }
+        let u = try limits("lim-u"), secret = try limits("lim-s")
+        #expect(u.cpu == 200_000)            // 2.0 cores x 1.0
+        #expect(secret.cpu == 60_000)        // 1.0 core x 0.6
+        #expect(u.memory / 4096 == 4_000_000_000 / 4096)   // 4GB x 1.0 (the kernel rounds to pages)
+        #expect(secret.memory / 4096 == 1_200_000_000 / 4096)  // 2GB x 0.6
+        #expect(u.pids > 0 && secret.pids > 0)
+        // UNCLASSIFIED shares the host network; SECRET (classified_network) gets its own namespace.
+        let netU = try service.run(["sandbox", "exec", "--agent-id", "lim-u", "--", "python3", "-c", "import socket; print(len(socket.if_nameindex()) > 1)"])
+        let netS = try service.run(["sandbox", "exec", "--agent-id", "lim-s", "--", "python3", "-c", "import socket; print([n for _, n in socket.if_nameindex()])"])
+        #expect(netU.stdout == "True\n", "\(netU)")
+        #expect(netS.stdout == "['lo']\n", "\(netS)")
+    }
+
+    @Test func badInputIsRefusedWithOneLine() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let cases: [([String], Int32, String)] = [
+            (["sandbox", "create", "--agent-id", "x", "--classification", "COSMIC"], 65, "unknown classification 'COSMIC'"),
+            (["sandbox", "create", "--agent-id", "x", "--isolation-level", "cloud"], 64, "unknown isolation level 'cloud'"),
+            (["sandbox", "create", "--agent-id", "../x"], 66, "invalid agent id"),
+            (["sandbox", "create", "--agent-id", "x", "--policy-file", "/nonexistent.yaml"], 68, "policy file not found"),
+            (["sandbox", "exec", "--agent-id", "nobody-here", "--", "true"], 72, "no running sandbox"),
+            (["sandbox", "list", "--status", "sleeping"], 64, "unknown status 'sleeping'"),
+        ]
+        for (arguments, code, message) in cases {
+            let r = try service.run(arguments)
+            #expect(r.code == code, "\(arguments): \(r.stderr)")
+            #expect(r.stderr.contains(message), "\(arguments): \(r.stderr)")
+        }
+        let list = try service.run(["sandbox", "list", "--status", "all", "--format", "json"])
+        #expect(list.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || list.stdout.contains("[]"), "\(list.stdout)")
+        // A user that is not root (nor in the configured group) is refused.
+        let nobody = try service.run(["sandbox", "list"], autoStart: false, as: 65534)
+        #expect(nobody.code == 77 || nobody.code == 69, "\(nobody)")
+        #expect(nobody.stderr.contains("not allowed") || nobody.stderr.contains("may not use"), "\(nobody.stderr)")
+    }
+}
+
+/// A TCP listener on the host's loopback, outside every sandbox, counting accepts.
+final class HostListener: @unchecked Sendable {
+    let fd: Int32
+    let port: UInt16
+    var accepted: Int { acceptedCount }
+    private var acceptedCount = 0
+
+    init() throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(fd, 8)
+        var bound = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        port = UInt16(bigEndian: bound.sin_port)
+        Thread.detachNewThread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { return }
+                acceptedCount += 1
+                close(c)
+            }
+        }
+    }
+
+    deinit { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+}
