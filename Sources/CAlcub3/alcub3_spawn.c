@@ -45,7 +45,31 @@ static int bring_up_loopback(void) {
     return rc;
 }
 
+/*
+ * Closes every descriptor from 3 up except those in keep (-1 entries ignored).
+ * The init never execs, so without this it would hold the supervisor's
+ * listening socket, database and BPF maps open for the sandbox's lifetime;
+ * and the command would inherit whatever a library opened without CLOEXEC.
+ */
+static void close_other_fds(const int *keep, int count) {
+    int sorted[8], n = 0;
+    for (int i = 0; i < count && n < 8; i++) {
+        if (keep[i] < 3) continue;
+        int j = n++;
+        while (j > 0 && sorted[j - 1] > keep[i]) { sorted[j] = sorted[j - 1]; j--; }
+        sorted[j] = keep[i];
+    }
+    unsigned int from = 3;
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)sorted[i] > from) syscall(SYS_close_range, from, (unsigned)sorted[i] - 1, 0);
+        from = (unsigned)sorted[i] + 1;
+    }
+    syscall(SYS_close_range, from, ~0U, 0);
+}
+
 static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
+    int keep[] = { report_fd };
+    close_other_fds(keep, 1);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_NO_NEW_PRIVS);
     if (c->filter) {
         /* Last step before exec: the filter may deny the syscalls used above. */
@@ -148,6 +172,10 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
         if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
     }
 
+    {
+        int keep[] = { report_fd, c->status_fd };
+        close_other_fds(keep, 2);
+    }
     if (c->namespaces & CLONE_NEWPID) {
         /* We are pid 1 of the sandbox: the kernel ignores default-action signals
            sent to pid 1 and gives it every orphan to reap, so a small init runs
@@ -246,6 +274,10 @@ static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, in
     sigprocmask(SIG_SETMASK, &none, NULL);
     for (int s = 1; s < NSIG; s++) {
         if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+    {
+        int keep[] = { report_fd };
+        close_other_fds(keep, 1);
     }
     if (joined & CLONE_NEWPID) {
         /* setns(CLONE_NEWPID) applies to children only: the command is our child. */

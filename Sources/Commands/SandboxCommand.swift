@@ -20,6 +20,8 @@ struct SandboxCommand: ParsableCommand {
         var isolationLevel: String?
         @Option(name: .customLong("policy-file"), help: "YAML overriding parts of the default policy (repeatable).")
         var policyFiles: [String] = []
+        @Option(name: .customLong("capability"), help: "network, filesystem_write, subprocess, python (repeatable or comma-separated; default: the level's).")
+        var capabilities: [String] = []
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
         var command: [String] = []
 
@@ -31,6 +33,8 @@ struct SandboxCommand: ParsableCommand {
             request.agentID = agentID
             request.classification = classification
             request.isolation = isolationLevel
+            request.policyFileNames = policyFiles
+            request.capabilities = capabilities.isEmpty ? nil : capabilities.flatMap { $0.split(separator: ",").map(String.init) }
             request.policyYAML = try policyFiles.map { path in
                 guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
                     throw fail(ExitCodes.invalidPolicy, "policy file not found or unreadable: \(path)")

@@ -20,7 +20,8 @@ enum ServiceAccess {
         } catch {
             // not running: start it below, or say how
         }
-        guard autoStart else {
+        // ALCUB3_NO_AUTOSTART=1: scripts and tests that manage the service themselves.
+        guard autoStart, ProcessInfo.processInfo.environment["ALCUB3_NO_AUTOSTART"] != "1" else {
             throw fail(ExitCodes.serviceUnavailable, "the alcub3 service is not running: start it with `alcub3 daemon` (or systemctl start alcub3)")
         }
         guard geteuid() == 0 else {

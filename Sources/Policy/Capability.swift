@@ -2,22 +2,13 @@
 /// adds a group of x86_64 syscalls to the sandbox's allow-list. The groups
 /// were taken from strace of coreutils, sh and CPython 3.11 doing each kind
 /// of work (docs/policy.md lists them with the reasons).
-public enum Capability: String, CaseIterable, Sendable, Codable, Comparable {
+public enum Capability: String, NamedCase, Codable {
     case network
     case filesystemWrite = "filesystem_write"
     case subprocess
     case python
 
-    public static func named(_ name: String) throws -> Capability {
-        guard let found = Capability(rawValue: name) else {
-            throw PolicyError.unknown("capability", name, valid: allCases.map(\.rawValue))
-        }
-        return found
-    }
-
-    public static func < (lhs: Self, rhs: Self) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
-    }
+    public static let noun = "capability"
 
     /// The sorted, duplicate-free allow-list for a set of capabilities.
     public static func allowedSyscalls(for capabilities: some Sequence<Capability>) -> [String] {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// The four classification levels of the product's policy model, lowest first.
-public enum Classification: String, CaseIterable, Sendable, Codable, Comparable {
+public enum Classification: String, NamedCase, Codable {
     case unclassified = "UNCLASSIFIED"
     case confidential = "CONFIDENTIAL"
     case secret = "SECRET"
@@ -15,14 +15,12 @@ public enum Classification: String, CaseIterable, Sendable, Codable, Comparable 
         self.init(rawValue: normalized)
     }
 
-    public static func < (lhs: Self, rhs: Self) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
-    }
+    public static let noun = "classification"
 
     /// Like `init?(parsing:)`, but an unknown name is an error listing the valid ones.
     public static func named(_ name: String) throws -> Classification {
         guard let found = Classification(parsing: name) else {
-            throw PolicyError.unknown("classification", name, valid: allCases.map(\.rawValue))
+            throw PolicyError.unknown(noun, name, valid: allCases.map(\.rawValue))
         }
         return found
     }
@@ -54,19 +52,10 @@ public enum Classification: String, CaseIterable, Sendable, Codable, Comparable 
 }
 
 /// How strongly a sandbox is separated from its host.
-public enum IsolationLevel: String, CaseIterable, Sendable, Codable, Comparable {
+public enum IsolationLevel: String, NamedCase, Codable {
     case process, container, vm, hardware
 
-    public static func named(_ name: String) throws -> IsolationLevel {
-        guard let found = IsolationLevel(rawValue: name) else {
-            throw PolicyError.unknown("isolation level", name, valid: allCases.map(\.rawValue))
-        }
-        return found
-    }
-
-    public static func < (lhs: Self, rhs: Self) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
-    }
+    public static let noun = "isolation level"
 }
 
 /// Identifiers that become file and cgroup names: refused unless they are

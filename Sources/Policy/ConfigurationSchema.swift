@@ -169,6 +169,15 @@ enum YAMLValue {
         }
     }
 
+    static func duration(_ node: Node) throws -> Duration {
+        try Quantity.duration(text(node))
+    }
+
+    /// Sandbox paths, sorted, each once.
+    static func paths(_ node: Node) throws -> [String] {
+        Set(try list(node) { try PolicyValue.sandboxPath(text($0)) }).sorted()
+    }
+
     /// `~`, `null` or nothing at all after the colon.
     static func isNull(_ node: Node) -> Bool {
         node.tag.description == Tag.Name.null.rawValue

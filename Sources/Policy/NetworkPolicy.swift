@@ -1,15 +1,10 @@
 /// The network classes a policy names in `network_access`.
-public enum NetworkClass: String, CaseIterable, Sendable, Codable {
+public enum NetworkClass: String, NamedCase, Codable {
     case internet, intranet
     case classifiedNetwork = "classified_network"
     case airGappedOnly = "air_gapped_only"
 
-    public static func named(_ name: String) throws -> NetworkClass {
-        guard let found = NetworkClass(rawValue: name) else {
-            throw PolicyError.unknown("network class", name, valid: allCases.map(\.rawValue))
-        }
-        return found
-    }
+    public static let noun = "network class"
 
     /// Refuses lists whose meaning would be a guess: nothing at all, air-gapped
     /// next to a network, or intranet next to classified_network (whose ports

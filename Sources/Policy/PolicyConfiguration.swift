@@ -153,8 +153,10 @@ public struct BehavioralAnalysis: Sendable, Equatable {
     public internal(set) var sensitivity = Sensitivity.high
 }
 
-public enum Sensitivity: String, CaseIterable, Sendable, Codable {
+public enum Sensitivity: String, NamedCase, Codable {
     case low, medium, high
+
+    public static let noun = "sensitivity"
 }
 
 /// The `service:` section: how `alcub3 daemon` is reached and keeps its state.
@@ -291,12 +293,8 @@ extension DefaultPolicy {
                 try PolicyValue.ports(YAMLValue.list(node) { try PolicyValue.port(YAMLValue.integer($0)) })
             },
             .value("workspace", \.workspace) { try PolicyValue.sandboxPath(YAMLValue.text($0)) },
-            .value("hidden_paths", \.hiddenPaths) { node in
-                Set(try YAMLValue.list(node) { try PolicyValue.sandboxPath(YAMLValue.text($0)) }).sorted()
-            },
-            .value("read_only_paths", \.readOnlyPaths) { node in
-                Set(try YAMLValue.list(node) { try PolicyValue.sandboxPath(YAMLValue.text($0)) }).sorted()
-            },
+            .value("hidden_paths", \.hiddenPaths, YAMLValue.paths),
+            .value("read_only_paths", \.readOnlyPaths, YAMLValue.paths),
         ]
     }
 }
@@ -305,8 +303,8 @@ extension IntegrityMonitoring {
     static var schema: [SchemaKey<IntegrityMonitoring>] {
         [
             .value("enabled", \.enabled, YAMLValue.bool),
-            .value("check_interval", \.checkInterval) { try Quantity.duration(YAMLValue.text($0)) },
-            .value("baseline_update_interval", \.baselineUpdateInterval) { try Quantity.duration(YAMLValue.text($0)) },
+            .value("check_interval", \.checkInterval, YAMLValue.duration),
+            .value("baseline_update_interval", \.baselineUpdateInterval, YAMLValue.duration),
             .value("anomaly_threshold", \.anomalyThreshold) { node in
                 let text = try YAMLValue.text(node)
                 guard DecimalNumber(Substring(text)) != nil, let value = Double(text) else {
@@ -322,7 +320,7 @@ extension BehavioralAnalysis {
     static var schema: [SchemaKey<BehavioralAnalysis>] {
         [
             .value("enabled", \.enabled, YAMLValue.bool),
-            .value("observation_window", \.observationWindow) { try Quantity.duration(YAMLValue.text($0)) },
+            .value("observation_window", \.observationWindow, YAMLValue.duration),
             .value("ml_model", \.mlModel) { node in
                 let name = try YAMLValue.text(node)
                 if let problem = Identifier.validate(name) {
@@ -330,13 +328,7 @@ extension BehavioralAnalysis {
                 }
                 return name
             },
-            .value("sensitivity", \.sensitivity) { node in
-                let name = try YAMLValue.text(node)
-                guard let value = Sensitivity(rawValue: name) else {
-                    throw PolicyError.unknown("sensitivity", name, valid: Sensitivity.allCases.map(\.rawValue))
-                }
-                return value
-            },
+            .value("sensitivity", \.sensitivity) { try Sensitivity.named(YAMLValue.text($0)) },
         ]
     }
 }
@@ -352,7 +344,7 @@ extension ServiceConfiguration {
             .value("state_dir", \.stateDir) { try PolicyValue.sandboxPath(YAMLValue.text($0)) },
             .value("metrics_address", \.metricsAddress) { try ListenAddress(YAMLValue.text($0)) },
             .section("retention", \.retention, [
-                .value("max_age", \.maxAge) { try Quantity.duration(YAMLValue.text($0)) },
+                .value("max_age", \.maxAge, YAMLValue.duration),
                 .value("max_size", \.maxSizeBytes) { try Quantity.bytes(YAMLValue.text($0)) },
             ]),
         ]

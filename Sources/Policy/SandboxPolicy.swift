@@ -213,15 +213,15 @@ func codingPathText(_ path: [CodingKey]) -> String {
 extension PolicyError {
     /// A JSON decoding failure as one line naming the key.
     public init(decoding error: DecodingError, source: String) {
+        func place(_ path: [CodingKey]) -> String { path.isEmpty ? "" : codingPathText(path) + ": " }
         switch error {
         case .keyNotFound(let key, let context):
             self.init(.missingKey, "missing key '\(codingPathText(context.codingPath + [key]))'", source: source)
         case .typeMismatch(_, let context), .valueNotFound(_, let context):
-            self.init(.wrongType, "\(codingPathText(context.codingPath)): \(context.debugDescription)", source: source)
+            self.init(.wrongType, "\(place(context.codingPath))\(context.debugDescription)", source: source)
         case .dataCorrupted(let context):
-            let place = context.codingPath.isEmpty ? "" : "\(codingPathText(context.codingPath)): "
-            let underlying = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
-            self.init(.malformedJSON, "\(place)\(context.debugDescription)\(underlying.map { " (\($0))" } ?? "")", source: source)
+            let underlying = context.underlyingError.map { " (\($0))" } ?? ""
+            self.init(.malformedJSON, "\(place(context.codingPath))\(context.debugDescription)\(underlying)", source: source)
         @unknown default:
             self.init(.malformedJSON, "\(error)", source: source)
         }

@@ -29,7 +29,16 @@ public final class CgroupParentLock: Sendable {
     }
 
     static func removeEmptySandboxes(layout: CgroupLayout) {
-        guard let dir = opendir(layout.alcub3Root) else { return }
+        removeEmptySandboxes(under: layout.alcub3Root)
+        // v1 hierarchies (hybrid hosts) hold the limits of the same sandboxes.
+        for mount in Set(layout.v1Controllers.values) {
+            removeEmptySandboxes(under: mount + "/alcub3")
+            rmdir(mount + "/alcub3")
+        }
+    }
+
+    static func removeEmptySandboxes(under root: String) {
+        guard let dir = opendir(root) else { return }
         var names: [String] = []
         while let entry = readdir(dir) {
             guard entry.pointee.d_type == UInt8(DT_DIR) else { continue }
@@ -38,7 +47,7 @@ public final class CgroupParentLock: Sendable {
         }
         closedir(dir)
         for name in names {
-            let path = layout.alcub3Root + "/" + name
+            let path = root + "/" + name
             var pids: [Int32] = []
             forEachDirectory(path) { sub in
                 pids += ((try? FileIO.read(sub + "/cgroup.procs")) ?? "").split(separator: "\n").compactMap { Int32($0) }

@@ -133,6 +133,7 @@ public final class SandboxCgroup: Sendable {
     /// ENOTEMPTY mean another sandbox still lives there, which is fine.
     public static func removeRootIfEmpty(layout: CgroupLayout) {
         rmdir(layout.alcub3Root)
+        for mount in Set(layout.v1Controllers.values) { rmdir(mount + "/alcub3") }
     }
 }
 

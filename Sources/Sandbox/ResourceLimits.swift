@@ -81,6 +81,13 @@ extension SandboxCgroup {
                     v1: [("memory.limit_in_bytes", String(limits.memoryBytes))])
             try set("pids", v2File: "pids.max", v2Value: String(limits.pids),
                     v1: [("pids.max", String(limits.pids))])
+            // cpu usage for `sandbox monitor`: cpuacct is its own v1 hierarchy on some hosts.
+            if !v2.contains("cpu"), let mount = layout.v1Controllers["cpuacct"], mount != layout.v1Controllers["cpu"] {
+                let dir = mount + "/alcub3/" + name
+                try AgentLock.makeDirectories(dir)
+                applied.v1Directories.append(dir)
+                applied.v1ProcsFiles.append(dir + "/cgroup.procs")
+            }
         } catch {
             for dir in applied.v1Directories.reversed() { rmdir(dir) }
             throw error

@@ -6,26 +6,41 @@ import Sandbox
 struct ResolvedPolicy: Sendable {
     var policy: SandboxPolicy
     var limits: ResourceLimits
+
+    init(policy: SandboxPolicy) {
+        self.policy = policy
+        self.limits = ResourceLimits(cpuCores: policy.cpuLimit, memoryBytes: policy.memoryLimitBytes, pids: policy.pidsLimit)
+    }
 }
 
-/// From the request's classification, isolation override and policy files to
-/// the effective policy (docs/policy.md).
+/// From the request's classification, isolation override, capabilities and
+/// policy files to the effective policy (docs/policy.md): the shipped
+/// configuration, each policy file merged over it in order, then the
+/// classification's multipliers.
 enum PolicyResolver {
-    static func resolve(classification: String?, isolation: String?, policyFiles: [String]) throws -> ResolvedPolicy {
+    static func resolve(classification: String?, isolation: String?, capabilities: [String]?,
+                        policyFiles: [(name: String, text: String)]) throws -> ResolvedPolicy {
         let text = classification ?? "UNCLASSIFIED"
         guard let level = Classification(parsing: text) else {
             throw ServiceFailure(ExitCodes.unknownClassification,
                                  "unknown classification '\(text)': use one of \(Classification.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        var policy = SandboxPolicy.builtIn(level)
+        var chosen: IsolationLevel?
         if let isolation {
-            guard let chosen = IsolationLevel(rawValue: isolation.lowercased()) else {
+            guard let level = IsolationLevel(rawValue: isolation.lowercased()) else {
                 throw ServiceFailure(ExitCodes.usage, "unknown isolation level '\(isolation)': use process, container, vm or hardware")
             }
-            policy.isolation = chosen
+            chosen = level
         }
-        let multiplier: Double = [Classification.unclassified: 1.0, .confidential: 0.8, .secret: 0.6, .topSecret: 0.4][level]!
-        return ResolvedPolicy(policy: policy, limits: ResourceLimits(cpuCores: 2.0 * multiplier,
-                                                                     memoryBytes: UInt64(4e9 * multiplier), pids: 512))
+        do {
+            var configuration = PolicyConfiguration.shipped
+            for file in policyFiles {
+                configuration = try configuration.merging(try PolicyOverrides.parse(file.text, source: file.name))
+            }
+            let requested = try capabilities.map { try $0.map { try Capability.named($0) } }
+            return ResolvedPolicy(policy: try configuration.sandboxPolicy(for: level, isolation: chosen, capabilities: requested))
+        } catch let error as PolicyError {
+            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+        }
     }
 }

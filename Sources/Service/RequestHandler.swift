@@ -88,8 +88,12 @@ struct RequestHandler: Sendable {
 
     private func create(_ request: ServiceRequest, _ connection: ControlConnection) throws {
         let agent = try agentID(request)
+        let names = request.policyFileNames ?? []
+        let files = (request.policyYAML ?? []).enumerated().map { (i, text) in
+            (name: i < names.count ? names[i] : "policy file \(i + 1)", text: text)
+        }
         let resolved = try PolicyResolver.resolve(classification: request.classification, isolation: request.isolation,
-                                                  policyFiles: request.policyYAML ?? [])
+                                                  capabilities: request.capabilities, policyFiles: files)
         if request.dryRun == true {
             connection.send(.result(DryRun(agentID: agent, policy: resolved.policy, limits: resolved.limits,
                                            command: request.command ?? [])))
@@ -116,10 +120,21 @@ struct RequestHandler: Sendable {
     private func importPolicy(_ request: ServiceRequest, _ connection: ControlConnection) throws {
         let agent = try agentID(request)
         guard let text = request.policyJSON,
-              let exported = try? JSONDecoder().decode(SandboxExport.self, from: Data(text.utf8)) else {
+              let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+              object["format"] as? String == SandboxExport.formatName else {
             throw ServiceFailure(ExitCodes.invalidPolicy, "the file is not an alcub3 sandbox export (see alcub3 sandbox export)")
         }
-        let resolved = ResolvedPolicy(policy: exported.policy, limits: exported.limits)
+        let exported: SandboxExport
+        do {
+            exported = try JSONDecoder().decode(SandboxExport.self, from: Data(text.utf8))
+            // The policy goes through the same checks as any policy from outside.
+            _ = try SandboxPolicy.fromJSON(try exported.policy.jsonData(), source: "the imported file")
+        } catch let error as PolicyError {
+            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+        } catch {
+            throw ServiceFailure(ExitCodes.invalidPolicy, "the imported file is not a valid export: \(error)")
+        }
+        let resolved = ResolvedPolicy(policy: exported.policy)
         var copy = request
         if copy.command == nil { copy.command = exported.command }
         if copy.workingDirectory == nil { copy.workingDirectory = exported.workingDirectory }
@@ -168,7 +183,8 @@ struct DryRun: Codable {
 
 /// `sandbox export`: enough to recreate an identical policy under a new agent id.
 public struct SandboxExport: Codable, Sendable {
-    public var format = "alcub3-sandbox-export/1"
+    public static let formatName = "alcub3-sandbox-export/1"
+    public var format = SandboxExport.formatName
     public var agentID: String
     public var sandboxID: String
     public var policy: SandboxPolicy

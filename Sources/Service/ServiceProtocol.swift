@@ -15,6 +15,8 @@ public struct ServiceRequest: Codable, Sendable {
     public var classification: String?
     public var isolation: String?
     public var policyYAML: [String]?        // --policy-file contents, in order
+    public var policyFileNames: [String]?   // their names, for error messages
+    public var capabilities: [String]?
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

@@ -14,10 +14,11 @@ struct AppendOnlyQuery {
         self.columns = columns
     }
 
+    /// Adds `condition` when `value` is set, binding it to each `?` in the condition.
     mutating func require<V: SQLiteBindable>(_ condition: String, _ value: V?) {
         guard let value else { return }
         conditions.append(condition)
-        values.append(value)
+        values += Array(repeating: value, count: condition.count(where: { $0 == "?" }))
     }
 
     /// The first `limit` matching rows, or the last `limit` when `newest`; in id order either way.
@@ -36,12 +37,13 @@ extension EventStore {
     static let insertEventSQL = "INSERT INTO events (time_ns, sandbox_id, agent_id, kind, class_uid, json) VALUES (?, ?, ?, ?, ?, ?)"
     /// Adds to (or, with negative numbers, takes from) a sandbox's count of one kind.
     static let addEventCountSQL = """
-        INSERT INTO event_counts (sandbox_id, kind, events, bytes) VALUES (?, ?, ?, ?)
+        INSERT INTO event_counts (sandbox_id, agent_id, kind, events, bytes) VALUES (?, ?, ?, ?, ?)
         ON CONFLICT (sandbox_id, kind) DO UPDATE SET events = events + excluded.events, bytes = bytes + excluded.bytes
         """
 
     struct CountKey: Hashable {
         let sandboxID: String
+        let agentID: String
         let kind: String
     }
 
@@ -69,11 +71,11 @@ extension EventStore {
                     try insert.bind(event.timeNs, event.sandboxID, event.agentID, event.kind, event.classUID, event.json,
                                     operation: "append an event of sandbox \(event.sandboxID)")
                     while try insert.step("append an event of sandbox \(event.sandboxID)") {}
-                    totals[CountKey(sandboxID: event.sandboxID, kind: event.kind), default: CountDelta()].add(bytes: event.json.utf8.count)
+                    totals[CountKey(sandboxID: event.sandboxID, agentID: event.agentID, kind: event.kind), default: CountDelta()].add(bytes: event.json.utf8.count)
                 }
                 let lastID = database.lastInsertRowID
                 for (key, total) in totals {
-                    try database.run(Self.addEventCountSQL, key.sandboxID, key.kind, total.events, total.bytes,
+                    try database.run(Self.addEventCountSQL, key.sandboxID, key.agentID, key.kind, total.events, total.bytes,
                                      operation: "count events of sandbox \(key.sandboxID)")
                 }
                 return lastID
@@ -85,9 +87,13 @@ extension EventStore {
     public func events(_ filter: EventFilter) throws(StoreError) -> [StoredEvent] {
         var query = AppendOnlyQuery(table: "events", columns: "id, time_ns, sandbox_id, agent_id, kind, class_uid, json")
         query.require("sandbox_id = ?", filter.sandboxID)
-        query.require("agent_id = ?", filter.agentID)
+        // A sandbox's events all carry its agent id; the sandbox index finds them.
+        query.require("agent_id = ? AND sandbox_id IN (SELECT sandbox_id FROM event_counts WHERE agent_id = ?)", filter.agentID)
         query.require("kind = ?", filter.kind)
-        query.require("time_ns >= ?", filter.sinceNs)
+        // Ids follow time closely but not exactly, so the first id at or after the
+        // time (found in the time index) bounds the id-ordered scan; without it
+        // SQLite would walk every older event.
+        query.require("time_ns >= ? AND id >= (SELECT min(id) FROM events INDEXED BY events_time WHERE time_ns >= ?)", filter.sinceNs)
         query.require("id > ?", filter.afterID)
         return try withDatabase { database throws(StoreError) in
             try query.rows(in: database, limit: filter.limit, newest: filter.newest, operation: "read events") { row in

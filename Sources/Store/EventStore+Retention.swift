@@ -32,7 +32,7 @@ extension EventStore {
                 var result = RetentionResult(deletedEvents: deletedEvents, deletedAlerts: deletedAlerts,
                                              eventBytesBefore: before, eventBytesAfter: after, auditSeq: nil, pagesReturned: 0)
                 if deletedEvents + deletedAlerts > 0 {
-                    let details = Self.json([
+                    let details = Self.jsonObject([
                         ("cutoff_ns", cutoff), ("deleted_alerts", Int64(deletedAlerts)), ("deleted_events", Int64(deletedEvents)),
                         ("event_bytes_after", after), ("event_bytes_before", before), ("max_age_ns", maxAgeNs), ("max_bytes", maxBytes),
                     ])
@@ -62,12 +62,13 @@ extension EventStore {
     /// Deletes the events matching `condition` and takes them off event_counts.
     private static func deleteEvents(_ database: SQLiteDatabase, where condition: String, _ bound: Int64) throws(StoreError) -> Int {
         let removed = try database.query("""
-            SELECT sandbox_id, kind, count(*), sum(length(CAST(json AS BLOB))) FROM events WHERE \(condition) GROUP BY sandbox_id, kind
+            SELECT sandbox_id, agent_id, kind, count(*), sum(length(CAST(json AS BLOB))) FROM events WHERE \(condition)
+            GROUP BY sandbox_id, agent_id, kind
             """, bound, operation: "count the events retention deletes") { row in
-            (sandboxID: row.text(0), kind: row.text(1), events: row.int64(2), bytes: row.int64(3))
+            (sandboxID: row.text(0), agentID: row.text(1), kind: row.text(2), events: row.int64(3), bytes: row.int64(4))
         }
         for group in removed {
-            try database.run(addEventCountSQL, group.sandboxID, group.kind, -group.events, -group.bytes,
+            try database.run(addEventCountSQL, group.sandboxID, group.agentID, group.kind, -group.events, -group.bytes,
                              operation: "uncount deleted events of sandbox \(group.sandboxID)")
         }
         try database.run("DELETE FROM event_counts WHERE events <= 0", operation: "drop empty event counts")
@@ -93,7 +94,7 @@ extension EventStore {
     }
 
     /// A flat JSON object of integer fields, in the order given (sorted by the caller).
-    private static func json(_ fields: [(String, Int64?)]) -> String {
+    private static func jsonObject(_ fields: [(String, Int64?)]) -> String {
         "{" + fields.map { "\"\($0.0)\":\($0.1.map { String($0) } ?? "null")" }.joined(separator: ",") + "}"
     }
 }

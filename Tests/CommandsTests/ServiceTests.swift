@@ -6,7 +6,9 @@ import Testing
 final class TestService: @unchecked Sendable {
     let root: String
     let environment: [String: String]
-    private(set) var process: Process?
+    /// The daemon's pid. posix_spawn and waitpid, not Foundation's Process:
+    /// its reaper missed a SIGKILLed child here and waitUntilExit hung.
+    private(set) var pid: pid_t = 0
 
     init() throws {
         root = NSTemporaryDirectory() + "alcub3-svc-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
@@ -16,6 +18,7 @@ final class TestService: @unchecked Sendable {
         env["ALCUB3_STATE_DIR"] = root + "/state"
         env["ALCUB3_PIN_DIR"] = "/sys/fs/bpf/" + (root as NSString).lastPathComponent
         env["ALCUB3_METRICS"] = "off"
+        env["ALCUB3_NO_AUTOSTART"] = "1"
         environment = env
     }
 
@@ -23,19 +26,18 @@ final class TestService: @unchecked Sendable {
     var database: String { environment["ALCUB3_STATE_DIR"]! + "/alcub3.db" }
 
     func start() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["daemon"]
-        p.environment = environment
-        p.standardOutput = FileHandle.nullDevice
-        let log = FileHandle(forWritingAtPath: root + "/daemon.log") ?? {
-            FileManager.default.createFile(atPath: root + "/daemon.log", contents: nil)
-            return FileHandle(forWritingAtPath: root + "/daemon.log")!
-        }()
-        log.seekToEndOfFile()
-        p.standardError = log
-        try p.run()
-        process = p
+        let logPath = root + "/daemon.log"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup(binary), strdup("daemon"), nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        let rc = posix_spawn(&pid, binary, &actions, nil, argv, envp)
+        guard rc == 0 else { throw TestFailure("posix_spawn: \(rc)") }
         for _ in 0..<200 {
             if (try? run(["sandbox", "list"], autoStart: false))?.code == 0 { return }
             usleep(50_000)
@@ -45,19 +47,16 @@ final class TestService: @unchecked Sendable {
 
     func log() -> String { (try? String(contentsOfFile: root + "/daemon.log", encoding: .utf8)) ?? "" }
 
-    func kill9() {
-        guard let process else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        self.process = nil
+    private func end(_ signal: Int32) {
+        guard pid > 0 else { return }
+        kill(pid, signal)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        pid = 0
     }
 
-    func stop() {
-        guard let process else { return }
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
-        self.process = nil
-    }
+    func kill9() { end(SIGKILL) }
+    func stop() { end(SIGTERM) }
 
     func run(_ arguments: [String], autoStart: Bool = true, in directory: String? = nil, as uid: UInt32? = nil) throws -> Result {
         let p = Process()
@@ -81,7 +80,7 @@ final class TestService: @unchecked Sendable {
 
     /// Terminates every sandbox, stops the service, removes its files and pins.
     func tearDown() {
-        if process != nil {
+        if pid > 0 {
             if let list = try? run(["sandbox", "list", "--format", "json"], autoStart: false),
                let records = try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]] {
                 for r in records { _ = try? run(["sandbox", "terminate", "--force", "--agent-id", r["agentID"] as? String ?? ""]) }
@@ -168,7 +167,7 @@ struct ServiceTests {
         try service.start()
         let host = try HostListener()
         let loop = "i=0; while true; do i=$((i+1)); echo $i > count.txt; "
-            + "python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex((\"127.0.0.1\", \(host.port))))'; "
+            + "/usr/bin/python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex((\"127.0.0.1\", \(host.port))))'; "
             + "echo $? > connect.txt; sleep 0.2; done"
         let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "TOP_SECRET",
                                        "--isolation-level", "process", "--", "sh", "-c", loop], in: service.root)
@@ -210,7 +209,8 @@ struct ServiceTests {
         service.stop()
         let sqlite = Process()
         sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-        sqlite.arguments = [service.database, "UPDATE audit_log SET details_json = '{\"tampered\":true}' WHERE seq = 3;"]
+        // The store's trigger refuses updates; someone with write access to the file can drop it first.
+        sqlite.arguments = [service.database, "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET details_json = '{\"tampered\":true}' WHERE seq = 3;"]
         try sqlite.run()
         sqlite.waitUntilExit()
         let broken = try service.run(["audit", "verify", "--database", service.database])
@@ -286,15 +286,16 @@ final class HostListener: @unchecked Sendable {
     private var acceptedCount = 0
 
     init() throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        listen(fd, 8)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(s, 8)
         var bound = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &length) } }
+        fd = s
         port = UInt16(bigEndian: bound.sin_port)
         Thread.detachNewThread { [self] in
             while true {

@@ -5,13 +5,16 @@ import Testing
 @Suite struct OpeningTests {
     @Test func createsAPrivateWALDatabaseWithTheCurrentSchema() throws {
         let directory = TemporaryDirectory()
-        _ = try EventStore(path: directory.storePath)
-        for (path, mode) in [(directory.path + "/state", 0o700), (directory.path + "/state/alcub3", 0o700), (directory.storePath, 0o600)] {
+        let store = try EventStore(path: directory.storePath)  // open: its -wal file exists
+        let owned = [(directory.path + "/state", 0o700), (directory.path + "/state/alcub3", 0o700),
+                     (directory.storePath, 0o600), (directory.storePath + "-wal", 0o600)]
+        for (path, mode) in owned {
             var info = stat()
             #expect(stat(path, &info) == 0)
             #expect(Int(info.st_mode) & 0o777 == mode, "\(path)")
         }
         #expect(try sqlite3(directory.storePath, "PRAGMA journal_mode") == "wal")
+        #expect(store.path == directory.storePath)
         #expect(try sqlite3(directory.storePath, "PRAGMA user_version") == String(EventStore.schemaVersion))
         #expect(try sqlite3(directory.storePath, "PRAGMA auto_vacuum") == "2")  // incremental
         let tables = try sqlite3(directory.storePath, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
