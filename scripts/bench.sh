@@ -6,6 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 [ "$(id -u)" -eq 0 ] || { echo "make bench needs root (BPF, cgroups)" >&2; exit 77; }
 swift build -c release --product alcub3-bench >/dev/null
+swift build -c release --product alcub3 >/dev/null
 work="$(mktemp -d /tmp/alcub3-bench.XXXXXX)"
 mounted_tracefs=""
 cleanup() {
@@ -18,7 +19,7 @@ cc -O2 -o "$work/getppid_loop" bench/getppid_loop.c
 if [ ! -d /sys/kernel/tracing/events ]; then
     mount -t tracefs nodev /sys/kernel/tracing && mounted_tracefs=1
 fi
-.build/release/alcub3-bench "$work/getppid_loop" "$work/telemetry.md"
+.build/release/alcub3-bench "$work/getppid_loop" "$work/telemetry.md" "$root/.build/release/alcub3"
 {
     echo "# Benchmarks"
     echo

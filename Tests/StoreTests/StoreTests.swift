@@ -158,6 +158,28 @@ import Testing
         #expect(try store.events(EventFilter(sandboxID: "nobody")).isEmpty)
     }
 
+    @Test func sinceFindsEventsStoredOutOfTimeOrder() throws {
+        let directory = TemporaryDirectory()
+        let store = try EventStore(path: directory.storePath)
+        try store.appendEvents([10, 105, 101, 5, 120].enumerated().map { n, time in
+            event(n, sandbox: "sb-0", agent: "a", kind: "file", timeNs: time)
+        })
+        #expect(try store.events(EventFilter(sinceNs: 100)).map(\.id) == [2, 3, 5])
+        #expect(try store.events(EventFilter(sandboxID: "sb-0", sinceNs: 103, afterID: 2)).map(\.id) == [5])
+        #expect(try store.events(EventFilter(sinceNs: 121)).isEmpty)
+    }
+
+    @Test func anAgentsEventsSpanItsSandboxesInIDOrder() throws {
+        let directory = TemporaryDirectory()
+        let store = try EventStore(path: directory.storePath)
+        try store.appendEvents((0..<9).map { n in
+            event(n, sandbox: ["sb-old", "sb-new", "sb-other"][n % 3], agent: n % 3 == 2 ? "b" : "a", kind: "file", timeNs: Int64(n))
+        })
+        #expect(try store.events(EventFilter(agentID: "a")).map(\.id) == [1, 2, 4, 5, 7, 8])
+        #expect(try store.events(EventFilter(agentID: "a", afterID: 4, limit: 2)).map(\.id) == [5, 7])
+        #expect(try store.events(EventFilter(agentID: "b", newest: true)).map(\.id) == [3, 6, 9])
+    }
+
     @Test func afterIDPagesThroughEverythingOnce() throws {
         let directory = TemporaryDirectory()
         let store = try filledStore(directory)
