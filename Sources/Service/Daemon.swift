@@ -55,7 +55,27 @@ public final class Daemon: @unchecked Sendable {
                 log.warning("metrics endpoint \(address) not started: \(error)")
             }
         }
+        startRetention(store)
         log.info("listening on \(configuration.socketPath)")
+    }
+
+    /// Applies the configured retention now and every 10 minutes (never to the audit log).
+    private func startRetention(_ store: EventStore) {
+        let maxAge = configuration.retentionMaxAgeSeconds.map { Int64($0 * 1e9) }
+        let maxBytes = configuration.retentionMaxBytes.map { Int64(clamping: $0) }
+        guard maxAge != nil || maxBytes != nil else { return }
+        let log = self.log
+        Thread.detachNewThread {
+            while true {
+                do {
+                    let result = try store.applyRetention(maxAgeNs: maxAge, maxBytes: maxBytes, actor: "service")
+                    if result.deletedEvents > 0 { log.info("retention removed \(result.deletedEvents) events") }
+                } catch {
+                    log.error("retention failed: \(error)")
+                }
+                sleep(600)
+            }
+        }
     }
 
     /// Serves until `stop` (SIGTERM); blocks the calling thread.

@@ -73,7 +73,7 @@ import Testing
     }
 }
 
-@Suite struct SandboxTests {
+@Suite struct SandboxRecordTests {
     @Test func savesReadsAndReplacesSandboxes() throws {
         let directory = TemporaryDirectory()
         let store = try EventStore(path: directory.storePath)
