@@ -269,6 +269,25 @@ struct ServiceTests {
             #expect(r.code == code, "\(arguments): \(r.stderr)")
             #expect(r.stderr.contains(message), "\(arguments): \(r.stderr)")
         }
+        // Policy files: located errors, the nearest valid key, units.
+        let files: [(String, String, String)] = [
+            ("typo.yaml", "sandbox_configuration:\n  default_policies:\n    SECRET: {memroy_limit: \"1GB\"}\n",
+             "typo.yaml:3:14: unknown key 'memroy_limit' in sandbox_configuration.default_policies.SECRET; did you mean 'memory_limit'?"),
+            ("bad.yaml", "sandbox_configuration:\n  default_policies:\n    SECRET: {memory_limit: \"1GB\"\n", "bad.yaml:4:1: malformed YAML"),
+            ("zero.yaml", "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {cpu_limit: \"0\"}\n", "cpu_limit: '0' is zero"),
+            ("neg.yaml", "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {memory_limit: \"-1GB\"}\n", "memory_limit"),
+            ("junk.yaml", "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {memory_limit: \"lots\"}\n", "memory_limit"),
+        ]
+        for (name, text, message) in files {
+            try text.write(toFile: service.root + "/" + name, atomically: true, encoding: .utf8)
+            let r = try service.run(["sandbox", "create", "--agent-id", "p", "--policy-file", name], in: service.root)
+            #expect(r.code == 68, "\(name): \(r.stderr)")
+            #expect(r.stderr.contains(message) && r.stderr.split(separator: "\n").count == 1, "\(name): \(r.stderr)")
+        }
+        try "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {memory_limit: \"512Mi\"}\n"
+            .write(toFile: service.root + "/mi.yaml", atomically: true, encoding: .utf8)
+        let dry = try service.run(["sandbox", "create", "--agent-id", "p", "--policy-file", "mi.yaml", "--dry-run"], in: service.root)
+        #expect(dry.code == 0 && dry.stdout.contains("\"memoryBytes\" : 536870912"), "\(dry.stdout.prefix(400))")
         let list = try service.run(["sandbox", "list", "--status", "all", "--format", "json"])
         #expect(list.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || list.stdout.contains("[]"), "\(list.stdout)")
         // A user that is not root (nor in the configured group) is refused.
