@@ -4,6 +4,42 @@ import CAlcub3
 /// event. Records shorter than their kind's struct are refused: the kernel is
 /// an input like any other.
 public enum EventDecoder {
+    /// Decodes one record into `events`: most records are one event, a syscall
+    /// batch is many. Returns false for a record that is malformed.
+    @discardableResult
+    public static func decode(_ record: UnsafeRawBufferPointer, into events: inout [TelemetryEvent]) -> Bool {
+        guard record.count >= MemoryLayout<alcub3_header>.size, let base = record.baseAddress else { return false }
+        if base.loadUnaligned(fromByteOffset: MemoryLayout<alcub3_header>.offset(of: \.kind)!, as: UInt16.self)
+            == UInt16(ALCUB3_KIND_SYSCALL_BATCH.rawValue) {
+            return decodeBatch(record, into: &events)
+        }
+        guard let event = decode(record) else { return false }
+        events.append(event)
+        return true
+    }
+
+    /// A syscall batch: one thread's syscalls, in the order they returned. The
+    /// record is cut after its last entry; a count that does not fit the record
+    /// is refused whole.
+    static func decodeBatch(_ record: UnsafeRawBufferPointer, into events: inout [TelemetryEvent]) -> Bool {
+        let base = record.baseAddress!
+        let entriesOffset = MemoryLayout<alcub3_syscall_batch>.offset(of: \.entries)!
+        guard record.count >= entriesOffset else { return false }
+        let header = base.loadUnaligned(as: alcub3_header.self)
+        let count = Int(base.loadUnaligned(fromByteOffset: MemoryLayout<alcub3_syscall_batch>.offset(of: \.count)!, as: UInt32.self))
+        let stride = MemoryLayout<alcub3_syscall_entry>.size
+        guard count >= 1, count <= Int(ALCUB3_SYSCALL_BATCH_MAX), entriesOffset + count * stride <= record.count else { return false }
+        var origin = EventOrigin(bootNanos: header.ts_ns, sandboxCgroupID: header.sandbox_cgid,
+                                 pid: Int32(bitPattern: header.pid), tid: Int32(bitPattern: header.tid), uid: header.uid)
+        for i in 0..<count {
+            let e = base.loadUnaligned(fromByteOffset: entriesOffset + i * stride, as: alcub3_syscall_entry.self)
+            origin.bootNanos = header.ts_ns &+ UInt64(e.ts_delta)
+            events.append(.syscall(SyscallEvent(origin: origin, number: Int32(bitPattern: e.nr), returnValue: e.ret,
+                                                arguments: (e.args.0, e.args.1, e.args.2), isEntry: false)))
+        }
+        return true
+    }
+
     public static func decode(_ record: UnsafeRawBufferPointer) -> TelemetryEvent? {
         guard record.count >= MemoryLayout<alcub3_header>.size, let base = record.baseAddress else { return nil }
         let header = base.loadUnaligned(as: alcub3_header.self)

@@ -296,9 +296,7 @@ final class RingConsumer: @unchecked Sendable {
 private let ringSample: ring_buffer_sample_fn = { context, data, size in
     guard let context, let data else { return 0 }
     let consumer = Unmanaged<RingConsumer>.fromOpaque(context).takeUnretainedValue()
-    if let event = EventDecoder.decode(UnsafeRawBufferPointer(start: data, count: size)) {
-        consumer.pending.append(event)
-    } else {
+    if !EventDecoder.decode(UnsafeRawBufferPointer(start: data, count: size), into: &consumer.pending) {
         consumer.malformed += 1
     }
     return 0

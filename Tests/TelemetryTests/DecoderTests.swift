@@ -34,6 +34,27 @@ import Testing
         #expect(s.origin.sandboxCgroupID == 42 && s.origin.pid == 100 && s.origin.tid == 101)
     }
 
+    @Test func decodesSyscallBatchesCutAfterTheLastEntry() {
+        var b = alcub3_syscall_batch()
+        b.hdr = header(kind: ALCUB3_KIND_SYSCALL_BATCH)
+        b.count = 2
+        b.entries.0 = alcub3_syscall_entry(ts_delta: 0, nr: 110, ret: 1, args: (0, 0, 0))
+        b.entries.1 = alcub3_syscall_entry(ts_delta: 500, nr: 39, ret: 2, args: (7, 8, 9))
+        let full = bytes(b)
+        let used = MemoryLayout<alcub3_syscall_batch>.offset(of: \.entries)! + 2 * MemoryLayout<alcub3_syscall_entry>.size
+        var events: [TelemetryEvent] = []
+        #expect(full.prefix(used).withUnsafeBytes { EventDecoder.decode($0, into: &events) })
+        let syscalls = events.compactMap { if case .syscall(let s) = $0 { s } else { nil } }
+        #expect(syscalls.map(\.number) == [110, 39])
+        #expect(syscalls[1].origin.bootNanos == 1_500 && syscalls[1].arguments.2 == 9 && syscalls[1].origin.tid == 101)
+        // A count the record cannot hold is refused whole.
+        var lying = b
+        lying.count = 3
+        var none: [TelemetryEvent] = []
+        #expect(!bytes(lying).prefix(used).withUnsafeBytes { EventDecoder.decode($0, into: &none) })
+        #expect(none.isEmpty)
+    }
+
     @Test func decodesExecWithArgv() {
         var e = alcub3_exec_event()
         e.hdr = header(kind: ALCUB3_KIND_EXEC)

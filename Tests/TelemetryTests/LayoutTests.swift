@@ -22,6 +22,8 @@ import Testing
         offsets(alcub3_header.self, [("ts_ns", \.ts_ns), ("sandbox_cgid", \.sandbox_cgid), ("pid", \.pid), ("tid", \.tid),
                                      ("kind", \.kind), ("flags", \.flags), ("uid", \.uid)]),
         offsets(alcub3_syscall_event.self, [("hdr", \.hdr), ("nr", \.nr), ("ret", \.ret), ("args", \.args)]),
+        offsets(alcub3_syscall_entry.self, [("ts_delta", \.ts_delta), ("nr", \.nr), ("ret", \.ret), ("args", \.args)]),
+        offsets(alcub3_syscall_batch.self, [("hdr", \.hdr), ("count", \.count), ("entries", \.entries)]),
         offsets(alcub3_fork_event.self, [("hdr", \.hdr), ("child_pid", \.child_pid), ("child_tid", \.child_tid), ("comm", \.comm)]),
         offsets(alcub3_exec_event.self, [("ppid", \.ppid), ("old_tid", \.old_tid), ("euid", \.euid), ("argv_len", \.argv_len),
                                          ("comm", \.comm), ("filename", \.filename), ("argv", \.argv)]),
