@@ -5,7 +5,9 @@
  * Every program first asks whether the current task lives under alcub3's
  * cgroup v2 directory; a task outside pays one helper call and leaves. For a
  * sandboxed task, records are built in place in a ring buffer and submitted
- * without wakeup: user space polls both buffers every millisecond.
+ * without wakeup: user space polls both buffers every millisecond. Exit-side
+ * syscall records, the flood, are staged per thread instead and sent in
+ * batches (see "syscall batches" below).
  *
  * Record layouts come from alcub3_events.h, shared with the Swift side.
  */
@@ -58,6 +60,26 @@ struct {
 	__type(value, struct alcub3_counters);
 } counters SEC(".maps");
 
+/*
+ * Each sandboxed thread's syscall batch, being filled (see "syscall batches"
+ * below). Task storage: a batch belongs to one thread wherever it runs, and
+ * is only touched by that thread, or by sched_switch while the thread is
+ * being switched out on its CPU.
+ */
+struct thread_batch {
+	struct alcub3_syscall_batch b; /* first: sent as is */
+	__u64 cset;                    /* the thread's css_set address when the batch began */
+	__u32 sandbox_flags;           /* its sandbox's flags then */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct thread_batch);
+} syscall_batches SEC(".maps");
+
 /* LRU: a file that is never closed cleanly must not pin an entry for ever. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -89,6 +111,8 @@ struct {
  */
 struct alcub3_header *alcub3_btf_header __attribute__((unused));
 struct alcub3_syscall_event *alcub3_btf_syscall __attribute__((unused));
+struct alcub3_syscall_batch *alcub3_btf_syscall_batch __attribute__((unused));
+struct alcub3_syscall_entry *alcub3_btf_syscall_entry __attribute__((unused));
 struct alcub3_fork_event *alcub3_btf_fork __attribute__((unused));
 struct alcub3_exec_event *alcub3_btf_exec __attribute__((unused));
 struct alcub3_exit_event *alcub3_btf_exit __attribute__((unused));
@@ -416,6 +440,118 @@ static __always_inline void emit_syscall(__u64 cgid, struct pt_regs *regs, __u32
 	SUBMIT(e);
 }
 
+/*
+ * Syscall batches. One ring buffer record per syscall costs the traced thread
+ * more than all the rest of the program (the reserve and commit, and the
+ * ring's cache lines shared with the consumer on another CPU), so exit-side
+ * syscalls are staged in the thread's task storage and copied out as one
+ * record of up to ALCUB3_SYSCALL_BATCH_MAX entries. A batch is sent:
+ *   - when it is full;
+ *   - before a syscall is added, if its first entry is older than
+ *     BATCH_MAX_AGE_NS, if the thread changed cgroups, or if the syscall is a
+ *     credentials change (the header's uid then describes every entry);
+ *   - before any other record of the thread (fork, exec, exit, namespace,
+ *     credentials, network, file) and before an entry-mode syscall record, so
+ *     each thread's records keep their order;
+ *   - when the thread exits or execs;
+ *   - when the thread is switched out (alcub3_switch), so that one that blocks
+ *     or goes idle holds nothing back. Only this rule needs that program:
+ *     without it, a batch waits for one of the others.
+ * The counters count a batch's entries when the batch is sent.
+ */
+#define BATCH_MAX_AGE_NS 2000000ULL /* 2 ms: twice the consumer's polling period */
+#define BATCH_HDR_SIZE   __builtin_offsetof(struct alcub3_syscall_batch, entries)
+
+static __always_inline void batch_send(struct alcub3_syscall_batch *b)
+{
+	struct alcub3_counters *c;
+	__u32 zero = 0, n = b->count;
+	long err;
+
+	if (!n)
+		return;
+	if (n > ALCUB3_SYSCALL_BATCH_MAX) /* cannot happen; bounds the size for the verifier */
+		n = ALCUB3_SYSCALL_BATCH_MAX;
+	err = bpf_ringbuf_output(&syscalls, b, BATCH_HDR_SIZE + n * sizeof(struct alcub3_syscall_entry),
+				 BPF_RB_NO_WAKEUP);
+	b->count = 0;
+	c = bpf_map_lookup_elem(&counters, &zero);
+	if (c) {
+		c->seen += n;
+		if (!err) {
+			c->submitted += n;
+		} else {
+			c->dropped += n;
+			c->syscall_dropped += n;
+		}
+	}
+}
+
+/* Sends the staged syscalls of task t, if any. */
+static __always_inline void batch_flush_task(struct task_struct *t)
+{
+	struct thread_batch *tb = bpf_task_storage_get(&syscall_batches, t, 0, 0);
+
+	if (tb && tb->b.count)
+		batch_send(&tb->b);
+}
+
+static __always_inline void batch_flush_current(void)
+{
+	batch_flush_task(bpf_get_current_task_btf());
+}
+
+/*
+ * Adds one exit-side syscall of the current thread, whose css_set is cset and
+ * sandbox (cgid, sandbox_flags), to its batch tb.
+ */
+static __always_inline void batch_add(struct thread_batch *tb, __u64 cset, __u64 cgid, __u32 sandbox_flags,
+				      struct pt_regs *regs, __u32 nr, long ret, int new_uid)
+{
+	struct alcub3_syscall_batch *b = &tb->b;
+	struct alcub3_syscall_entry *e;
+	__u64 now, pid_tgid;
+	__u32 n;
+
+	now = bpf_ktime_get_boot_ns();
+	n = b->count;
+	if (n && (now - b->hdr.ts_ns >= BATCH_MAX_AGE_NS || tb->cset != cset ||
+		  b->hdr.sandbox_cgid != cgid || new_uid)) {
+		batch_send(b);
+		n = 0;
+	}
+	if (n >= ALCUB3_SYSCALL_BATCH_MAX) { /* cannot happen: a full batch is sent at once */
+		batch_send(b);
+		n = 0;
+	}
+	if (n == 0) {
+		pid_tgid = bpf_get_current_pid_tgid();
+		tb->cset = cset;
+		tb->sandbox_flags = sandbox_flags;
+		b->hdr.ts_ns = now;
+		b->hdr.sandbox_cgid = cgid;
+		b->hdr.pid = pid_tgid >> 32;
+		b->hdr.tid = (__u32)pid_tgid;
+		b->hdr.kind = ALCUB3_KIND_SYSCALL_BATCH;
+		b->hdr.flags = 0;
+		b->hdr.uid = (__u32)bpf_get_current_uid_gid();
+		b->_pad = 0;
+	}
+	e = &b->entries[n];
+	e->ts_delta = now - b->hdr.ts_ns;
+	e->nr = nr;
+	e->ret = ret;
+	e->args[0] = regs->di;
+	e->args[1] = regs->si;
+	e->args[2] = regs->dx;
+	b->count = ++n;
+	if (n == ALCUB3_SYSCALL_BATCH_MAX)
+		batch_send(b);
+}
+
+/* A record of the events buffer: the thread's staged syscalls go out first. */
+#define RESERVE_EVENT(type) (batch_flush_current(), RESERVE(events, type, 0))
+
 __noinline int handle_namespace(struct sc_args *a)
 {
 	struct alcub3_namespace_event *e;
@@ -449,7 +585,7 @@ __noinline int handle_namespace(struct sc_args *a)
 	default:
 		return 0;
 	}
-	e = RESERVE(events, struct alcub3_namespace_event, 0);
+	e = RESERVE_EVENT(struct alcub3_namespace_event);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, a->cgid, ALCUB3_KIND_NAMESPACE, 0);
@@ -469,7 +605,7 @@ __noinline int handle_credentials(struct sc_args *a)
 
 	if (!a)
 		return 0;
-	e = RESERVE(events, struct alcub3_credentials_event, 0);
+	e = RESERVE_EVENT(struct alcub3_credentials_event);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, a->cgid, ALCUB3_KIND_CREDENTIALS, 0);
@@ -662,7 +798,7 @@ __noinline int handle_network(struct sc_args *a)
 		return 0;
 	}
 
-	e = RESERVE(events, struct alcub3_network_event, 0);
+	e = RESERVE_EVENT(struct alcub3_network_event);
 	if (!e)
 		return 0;
 	__builtin_memset(e, 0, sizeof(*e));
@@ -842,7 +978,7 @@ __noinline int handle_file(struct sc_args *a)
 		op = ALCUB3_FILE_OPEN;
 	}
 
-	e = RESERVE(events, struct alcub3_file_event, 0);
+	e = RESERVE_EVENT(struct alcub3_file_event);
 	if (!e)
 		return 0;
 	/*
@@ -947,17 +1083,35 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(alcub3_sys_exit, struct pt_regs *regs, long ret)
 {
 	struct alcub3_sandbox_config *cfg;
+	struct thread_batch *tb;
 	struct task_struct *t;
 	struct sc_args a;
-	__u64 cgid = current_sandbox(&cfg);
-	__u32 nr;
+	__u64 cgid, cset;
+	__u32 nr, flags;
 	int cat;
 
-	if (!cgid)
+	/* All a task outside alcub3's tree pays, as in current_sandbox. */
+	if (bpf_get_current_ancestor_cgroup_id(alcub3_root_level) != alcub3_root_cgid)
 		return 0;
+	t = bpf_get_current_task_btf();
+	cset = (__u64)t->cgroups;
+	tb = bpf_task_storage_get(&syscall_batches, t, 0, 0);
+	if (tb && tb->b.count && tb->cset == cset) {
+		/*
+		 * The thread is in the cgroups its batch began in: its sandbox is
+		 * the batch's, as looked up then. (Unwatching a sandbox thus takes
+		 * effect at its threads' next batch, at most 2 ms later.)
+		 */
+		cgid = tb->b.hdr.sandbox_cgid;
+		flags = tb->sandbox_flags;
+	} else {
+		cgid = bpf_get_current_ancestor_cgroup_id(alcub3_root_level + 1);
+		cfg = bpf_map_lookup_elem(&sandboxes, &cgid);
+		if (!cfg)
+			return 0;
+		flags = cfg->flags;
+	}
 	nr = regs->orig_ax;
-	if (cfg->flags & ALCUB3_SANDBOX_SYSCALLS)
-		emit_syscall(cgid, regs, nr, ret, ALCUB3_KIND_SYSCALL, 0);
 
 	switch (nr) {
 	case NR_write:
@@ -965,9 +1119,7 @@ int BPF_PROG(alcub3_sys_exit, struct pt_regs *regs, long ret)
 	case NR_pwrite64:
 	case NR_pwritev:
 	case NR_pwritev2:
-		if (ret <= 0)
-			return 0;
-		cat = CAT_WRITE;
+		cat = ret > 0 ? CAT_WRITE : 0;
 		break;
 	case NR_setns:
 	case NR_unshare:
@@ -1024,8 +1176,26 @@ int BPF_PROG(alcub3_sys_exit, struct pt_regs *regs, long ret)
 		cat = CAT_FILE;
 		break;
 	default:
-		return 0;
+		cat = 0;
 	}
+
+	if (flags & ALCUB3_SANDBOX_SYSCALLS) {
+		if (flags & ALCUB3_SANDBOX_SYSCALL_ENTRY) {
+			/* Entry mode: single records, so entry and exit records alternate in order. */
+			if (tb && tb->b.count)
+				batch_send(&tb->b);
+			emit_syscall(cgid, regs, nr, ret, ALCUB3_KIND_SYSCALL, 0);
+		} else {
+			if (!tb)
+				tb = bpf_task_storage_get(&syscall_batches, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (tb)
+				batch_add(tb, cset, cgid, flags, regs, nr, ret, cat == CAT_CREDENTIALS);
+			else /* no memory for the thread's batch */
+				emit_syscall(cgid, regs, nr, ret, ALCUB3_KIND_SYSCALL, 0);
+		}
+	}
+	if (!cat)
+		return 0;
 	/*
 	 * An ia32 syscall (int 0x80 or a 32-bit task) has other numbers and
 	 * argument registers: the decoders below do not apply. The generic record
@@ -1068,6 +1238,7 @@ int BPF_PROG(alcub3_sys_enter, struct pt_regs *regs, long id)
 
 	if (!cgid || !(cfg->flags & ALCUB3_SANDBOX_SYSCALL_ENTRY))
 		return 0;
+	batch_flush_current(); /* staged before entry mode was turned on */
 	emit_syscall(cgid, regs, (__u32)id, 0, ALCUB3_KIND_SYSCALL_ENTER, ALCUB3_FLAG_ENTRY);
 	return 0;
 }
@@ -1083,7 +1254,7 @@ int BPF_PROG(alcub3_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (!cgid)
 		return 0;
-	e = RESERVE(events, struct alcub3_fork_event, 0);
+	e = RESERVE_EVENT(struct alcub3_fork_event);
 	if (!e)
 		return 0;
 	pid = child->pid;
@@ -1102,13 +1273,19 @@ int BPF_PROG(alcub3_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 {
 	struct alcub3_sandbox_config *cfg;
 	struct alcub3_exec_event *e;
-	__u64 cgid = current_sandbox(&cfg);
-	__u64 start, end, len;
+	__u64 cgid, start, end, len;
 	const char *fname;
 	__u16 flags = 0;
 	long n;
 	char c = 0;
 
+	/*
+	 * Staged syscalls go out under the old image, even if the sandbox was
+	 * unwatched since: a batch header (pid, tid, uid) must not cover
+	 * syscalls from both sides of an exec.
+	 */
+	batch_flush_current();
+	cgid = current_sandbox(&cfg);
 	if (!cgid)
 		return 0;
 	e = RESERVE(events, struct alcub3_exec_event, 0);
@@ -1148,8 +1325,11 @@ int BPF_PROG(alcub3_exit, struct task_struct *p)
 {
 	struct alcub3_sandbox_config *cfg;
 	struct alcub3_exit_event *e;
-	__u64 cgid = current_sandbox(&cfg);
+	__u64 cgid;
 
+	/* Whatever the thread staged goes out, even if it left the sandbox since. */
+	batch_flush_current();
+	cgid = current_sandbox(&cfg);
 	if (!cgid)
 		return 0;
 	e = RESERVE(events, struct alcub3_exit_event, 0);
@@ -1160,5 +1340,19 @@ int BPF_PROG(alcub3_exit, struct task_struct *p)
 	e->exit_code = p->exit_code; /* wait status, (code << 8) | signal */
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	SUBMIT(e);
+	return 0;
+}
+
+/*
+ * A thread being switched out sends its staged syscalls: one that blocks or
+ * goes idle would otherwise hold them until its next syscall, exec or exit.
+ * Runs at every context switch of the machine; a thread that never staged
+ * anything pays one task storage lookup that finds nothing. Nothing else
+ * depends on this program: leaving it detached trades that cost for the wait.
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(alcub3_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	batch_flush_task(prev);
 	return 0;
 }

@@ -59,16 +59,19 @@ struct alcub3_syscall_event {
 };
 
 /*
- * Exit-side syscall records come in batches: the kernel stages the syscalls of
- * each thread and sends them together, one ring buffer record per batch instead
- * of one per syscall. A batch holds one thread's syscalls in the order they
- * returned; it is sent when it is full, before the thread's next syscall if its
- * first entry is older than a few milliseconds, when the thread is switched out
- * (so an idle or blocked thread holds nothing back), and before any other record
- * of the thread (fork, exec, exit, file, network, ...).
+ * Exit-side syscall records (sandboxes without ALCUB3_SANDBOX_SYSCALL_ENTRY)
+ * come in batches: the kernel stages each thread's syscalls and sends them as
+ * one ring buffer record instead of one record per syscall. A batch holds one
+ * thread's syscalls in the order they returned. It is sent when it is full;
+ * before the thread's next syscall if its first entry is 2 ms old, if the
+ * thread changed cgroups, or if that syscall changes credentials; before any
+ * other record of the thread (fork, exec, exit, file, network, ...); when the
+ * thread execs or exits; and when it is switched out (program alcub3_switch),
+ * so a blocked or idle thread holds nothing back.
  *
  * The record is cut after the last entry used: its size is
- * offsetof(struct alcub3_syscall_batch, entries) + count * sizeof(struct alcub3_syscall_entry).
+ * offsetof(struct alcub3_syscall_batch, entries) + count * sizeof(struct alcub3_syscall_entry),
+ * less than sizeof(struct alcub3_syscall_batch) unless the batch is full.
  */
 #define ALCUB3_SYSCALL_BATCH_MAX 32
 
