@@ -50,7 +50,7 @@ struct {
 /* Syscall records only, so a syscall flood cannot crowd out the rarer records. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 << 20);
+	__uint(max_entries, 32 << 20);
 } syscalls SEC(".maps");
 
 struct {

@@ -15,8 +15,7 @@ guard arguments.count == 3 || arguments.count == 4 else {
 }
 let loopBinary = arguments[1]
 let outputPath = arguments[2]
-let iterations = 2_000_000
-let repeats = 5
+let iterations = 1_000_000
 let resultFile = NSTemporaryDirectory() + "alcub3-bench-result"
 
 func log(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
@@ -49,36 +48,67 @@ func loopIn(_ cgroup: SandboxCgroup) throws -> Double {
     return readResult()
 }
 
-func measure(_ name: String, _ body: () throws -> Double) rethrows -> Double {
-    var samples: [Double] = []
-    for _ in 0..<repeats { samples.append(try body()) }
-    let m = median(samples)
-    log(String(format: "%-48@ %8.1f ns/call (median of %d)", name as NSString, m, repeats))
-    return m
-}
 
 let layout = try CgroupLayout.detect()
 let parent = try CgroupParentLock(layout: layout)
 defer { parent.releaseAndRemoveParentIfUnused() }
 let rootID = try FileIO.inode(of: layout.alcub3Root)
 
-// 1. No BPF at all.
+// Telemetry: every setup is measured once per round, rounds interleaved, and
+// each figure is the median over rounds of its ratio to the round's own
+// baseline: this VM's speed drifts by 20-30 % between runs, a round does not.
+let rounds = 15
 let plainCgroup = try SandboxCgroup(layout: layout, name: "bench-plain")
-let plainInside = try measure("no monitor, loop in a cgroup") { try loopIn(plainCgroup) }
-let plainOutside = measure("no monitor, loop outside") { loopOutside() }
+let watchedCgroup = try SandboxCgroup(layout: layout, name: "bench-watched")
+var samples: [String: [Double]] = [:]
+var rates: [Double] = []
+var counters = KernelCounters()
+var streamDropped = 0
+@MainActor func record(_ name: String, _ value: Double) { samples[name, default: []].append(value) }
 
-// 2. The floor: a do-nothing program on the syscall tracepoint alcub3 uses
-// (sys_exit; sys_enter is attached only when a sandbox asks for entry records).
-var floorOutside = 0.0
-do {
-    let noop = try BPFObject(name: "noop", image: BPFObjectBytes.decoded(BPFObjectBytes.noop))
-    try noop.load()
-    for program in noop.programs where program.section.hasSuffix("sys_exit") { try noop.attach(program.name) }
-    floorOutside = measure("do-nothing BPF on sys_exit, outside") { loopOutside() }
+for round in 0..<rounds {
+    // No BPF at all.
+    record("plainInside", try loopIn(plainCgroup))
+    record("plainOutside", loopOutside())
+    // The floor: a do-nothing program on the syscall tracepoint alcub3 uses
+    // (sys_exit; sys_enter is attached only when a sandbox asks for entry records).
+    do {
+        let noop = try BPFObject(name: "noop", image: BPFObjectBytes.decoded(BPFObjectBytes.noop))
+        try noop.load()
+        for program in noop.programs where program.section.hasSuffix("sys_exit") { try noop.attach(program.name) }
+        record("floorOutside", loopOutside())
+    }
+    // alcub3 telemetry: every syscall of the sandbox recorded and delivered to Swift.
+    do {
+        let monitor = try TelemetryMonitor(rootCgroupID: rootID, rootLevel: layout.alcub3RootLevel)
+        try monitor.watch(sandboxCgroupID: watchedCgroup.id)
+        let subscription = monitor.hub.subscribe(bufferedEvents: 1 << 24)
+        let delivered = Atomic<Int>(0)
+        let drained = DispatchSemaphore(value: 0)
+        Task.detached {
+            for await batch in subscription.events { delivered.add(batch.count, ordering: .relaxed) }
+            drained.signal()
+        }
+        try monitor.start()
+        let start = DispatchTime.now().uptimeNanoseconds
+        record("watchedInside", try loopIn(watchedCgroup))
+        usleep(20_000)  // the consumer's last millisecond
+        rates.append(Double(delivered.load(ordering: .relaxed)) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+        record("telemetryOutside", loopOutside())
+        monitor.stop()
+        drained.wait()
+        let c = monitor.counters()
+        counters.seen += c.seen
+        counters.submitted += c.submitted
+        counters.dropped += c.dropped
+        streamDropped += subscription.dropped
+        monitor.unwatch(sandboxCgroupID: watchedCgroup.id)
+    }
+    log("round \(round + 1)/\(rounds) done")
 }
-
-// 3. bpftrace counting the same tracepoint, filtered to the loop's cgroup.
-func bpftraceRun() throws -> Double? {
+// bpftrace counting the same tracepoint, filtered to the loop's cgroup (its
+// start-up takes seconds, so its rounds run after the others, with fresh baselines).
+func bpftraceRound() throws -> Double? {
     guard FileManager.default.isExecutableFile(atPath: "/usr/bin/bpftrace") else { return nil }
     let script = "tracepoint:raw_syscalls:sys_enter /cgroup == cgroupid(\"\(plainCgroup.path)\")/ { @[args->id] = count(); }"
     let bt = Process()
@@ -88,7 +118,6 @@ func bpftraceRun() throws -> Double? {
     bt.standardOutput = out
     bt.standardError = out
     try bt.run()
-    // bpftrace says "Attaching 1 probe..." once the probe is live.
     var seen = ""
     while !seen.contains("Attaching") {
         let chunk = out.fileHandleForReading.availableData
@@ -96,45 +125,32 @@ func bpftraceRun() throws -> Double? {
         seen += String(decoding: chunk, as: UTF8.self)
     }
     usleep(200_000)
-    let result = try measure("bpftrace count, cgroup filter, loop in cgroup") { try loopIn(plainCgroup) }
+    var ratios: [Double] = []
+    for _ in 0..<rounds { ratios.append(try loopIn(plainCgroup)) }
     bt.interrupt()
     bt.waitUntilExit()
-    return result
+    return median(ratios)
 }
-let bpftraceInside = try bpftraceRun()
+let bpftraceInside = try bpftraceRound()
+let plainAfter = median(try (0..<rounds).map { _ in try loopIn(plainCgroup) })
 try plainCgroup.destroy()
+try watchedCgroup.destroy()
 
-// 4. alcub3 telemetry: every syscall of the sandbox recorded and delivered to Swift.
-let monitor = try TelemetryMonitor(rootCgroupID: rootID, rootLevel: layout.alcub3RootLevel)
-let sandbox = try SandboxCgroup(layout: layout, name: "bench-watched")
-try monitor.watch(sandboxCgroupID: sandbox.id)
-let subscription = monitor.hub.subscribe(bufferedEvents: 1 << 24)
-let delivered = Atomic<Int>(0)
-let drained = DispatchSemaphore(value: 0)
-Task.detached {
-    for await batch in subscription.events { delivered.add(batch.count, ordering: .relaxed) }
-    drained.signal()
-}
-try monitor.start()
-var rates: [Double] = []
-let watchedInside = try measure("alcub3 telemetry, loop in a watched sandbox") {
-    let before = delivered.load(ordering: .relaxed)
-    let start = DispatchTime.now().uptimeNanoseconds
-    let ns = try loopIn(sandbox)
-    usleep(20_000)  // let the consumer finish the last millisecond
-    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    rates.append(Double(delivered.load(ordering: .relaxed) - before) / seconds)
-    return ns
-}
-let eventsPerSecondLoop = Double(iterations) / (watchedInside * Double(iterations) / 1e9)
-let outsideWithTelemetry = measure("alcub3 telemetry loaded, loop outside") { loopOutside() }
-monitor.stop()
-drained.wait()
-let counters = monitor.counters()
-monitor.unwatch(sandboxCgroupID: sandbox.id)
-try sandbox.destroy()
+@MainActor func ratios(_ a: String, _ b: String) -> Double { median(zip(samples[a]!, samples[b]!).map { $0 / $1 }) }
+let plainInside = median(samples["plainInside"]!)
+let watchedInside = median(samples["watchedInside"]!)
+let plainOutside = median(samples["plainOutside"]!)
+let floorOutside = median(samples["floorOutside"]!)
+let outsideWithTelemetry = median(samples["telemetryOutside"]!)
+let slowdown = ratios("watchedInside", "plainInside")
+let bpftraceSlowdown = bpftraceInside.map { $0 / plainAfter }
+let floorSlowdown = ratios("floorOutside", "plainOutside")
+let outsiderSlowdown = ratios("telemetryOutside", "plainOutside")
+let outsiderVsFloor = ratios("telemetryOutside", "floorOutside")
+let eventsPerSecondLoop = 1e9 / watchedInside
+let medianRate = median(rates)
+let dropped = counters.dropped + UInt64(streamDropped)
 
-// Report.
 func host() -> String {
     let cpu = (try? FileIO.read("/proc/cpuinfo"))?.split(separator: "\n").first { $0.hasPrefix("model name") }
         .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) } ?? "unknown CPU"
@@ -143,13 +159,6 @@ func host() -> String {
     let release = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB, Linux \(release)"
 }
-let slowdown = watchedInside / plainInside
-let bpftraceSlowdown = bpftraceInside.map { $0 / plainInside }
-let floorSlowdown = floorOutside / plainOutside
-let outsiderSlowdown = outsideWithTelemetry / plainOutside
-let outsiderVsFloor = outsideWithTelemetry / floorOutside
-let medianRate = median(rates)
-let dropped = counters.dropped + UInt64(subscription.dropped)
 
 func f(_ x: Double) -> String { String(format: "%.2f", x) }
 let ok = { (b: Bool) in b ? "yes" : "**no**" }
@@ -157,20 +166,21 @@ let report = """
     ## Telemetry overhead (getppid loop)
 
     Measured by `make bench` on \(WallClock.iso8601(unixNanos: WallClock.nowUnixNanos()).prefix(10)), \(host()).
-    \(iterations) getppid calls per run, median of \(repeats) runs, all in one `alcub3-bench` process.
+    \(iterations) getppid calls per run; \(rounds) interleaved rounds, each setup once per round; a slowdown is the
+    median over rounds of the ratio to that round's baseline (ns columns: medians). All in one `alcub3-bench` process.
 
     | setup | ns per call | slowdown | target |
     |---|---:|---:|---|
     | no monitor (loop in a cgroup) | \(f(plainInside)) | 1.00x | |
     | alcub3 telemetry, loop in a watched sandbox (one record per syscall into Swift) | \(f(watchedInside)) | \(f(slowdown))x | <= 2.0x: \(ok(slowdown <= 2.0)) |
-    | bpftrace counting raw_syscalls:sys_enter with a cgroup filter | \(bpftraceInside.map(f) ?? "n/a") | \(bpftraceSlowdown.map { f($0) + "x" } ?? "n/a") | alcub3 below it: \(bpftraceSlowdown.map { ok(slowdown < $0) } ?? "n/a") |
+    | bpftrace counting raw_syscalls:sys_enter with a cgroup filter (rounds after the others, against a fresh baseline of \(f(plainAfter)) ns) | \(bpftraceInside.map(f) ?? "n/a") | \(bpftraceSlowdown.map { f($0) + "x" } ?? "n/a") | alcub3 below it: \(bpftraceSlowdown.map { ok(slowdown < $0) } ?? "n/a") |
     | no monitor, loop outside every sandbox | \(f(plainOutside)) | 1.00x | |
     | floor: do-nothing BPF on sys_exit (the hook alcub3 uses), loop outside | \(f(floorOutside)) | \(f(floorSlowdown))x | |
     | alcub3 telemetry loaded, loop outside every sandbox | \(f(outsideWithTelemetry)) | \(f(outsiderSlowdown))x (\(f(outsiderVsFloor))x the floor) | <= 1.10x the floor: \(ok(outsiderVsFloor <= 1.10)) |
 
     Records delivered into Swift while the loop ran: \(String(format: "%.2f", medianRate / 1e6)) M/s (median; the loop
     itself makes \(String(format: "%.2f", eventsPerSecondLoop / 1e6)) M syscalls/s under telemetry; target >= 1.5 M/s).
-    Drops: \(counters.dropped) in the kernel (ring buffer full), \(subscription.dropped) in the Swift stream;
+    Drops: \(counters.dropped) in the kernel (ring buffer full), \(streamDropped) in the Swift stream;
     kernel counters \(counters.seen) records seen, \(counters.submitted) submitted. Target: 0 drops: \(ok(dropped == 0)).
 
     """
