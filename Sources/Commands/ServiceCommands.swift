@@ -9,7 +9,16 @@ import Store
 /// Connects to the service, starting it in the background when it is not
 /// running (root only), and turns its answers into output and exit codes.
 enum ServiceAccess {
-    static var configuration: Service.ServiceConfiguration { .fromEnvironment() }
+    /// Where the service is: the configuration in ALCUB3_CONFIG (as given to
+    /// `alcub3 daemon --config`) over the shipped defaults, then the environment.
+    static var configuration: Service.ServiceConfiguration {
+        if let file = ProcessInfo.processInfo.environment["ALCUB3_CONFIG"], !file.isEmpty,
+           let policy = try? PolicyConfiguration.load(overrides: [URL(fileURLWithPath: file)]),
+           let configuration = try? Service.ServiceConfiguration.from(policy) {
+            return configuration
+        }
+        return .fromEnvironment()
+    }
 
     static func client(autoStart: Bool = true) throws -> ServiceClient {
         let path = configuration.socketPath
@@ -101,8 +110,21 @@ struct DaemonCommand: ParsableCommand {
     @Flag(help: "Detach from the terminal (used when a command starts the service); logs go to STATE_DIR/daemon.log.")
     var detach = false
 
+    @Option(help: "A configuration file (sandbox_config.yaml schema) over the shipped defaults; also ALCUB3_CONFIG.")
+    var config: String?
+
     func run() throws {
-        let configuration = Service.ServiceConfiguration.fromEnvironment()
+        let file = config ?? ProcessInfo.processInfo.environment["ALCUB3_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
+        let policy: PolicyConfiguration
+        let configuration: Service.ServiceConfiguration
+        do {
+            policy = try PolicyConfiguration.load(overrides: file.map { [URL(fileURLWithPath: $0)] } ?? [])
+            configuration = try Service.ServiceConfiguration.from(policy)
+        } catch let error as PolicyError {
+            throw fail(ExitCodes.invalidPolicy, error.description)
+        } catch let failure as ServiceFailure {
+            throw fail(failure.code, failure.message)
+        }
         if detach {
             setsid()
             try? FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true,
@@ -113,7 +135,7 @@ struct DaemonCommand: ParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "alcub3.daemon")
         logger.logLevel = .info
-        let daemon = Daemon(configuration: configuration, log: logger)
+        let daemon = Daemon(configuration: configuration, policyConfiguration: policy, log: logger)
         do {
             try daemon.start()
         } catch let failure as ServiceFailure {

@@ -14,6 +14,8 @@ import Telemetry
 public final class Daemon: @unchecked Sendable {
     // @unchecked: set up once in `start`, then read-only; requests run on their own threads.
     public let configuration: ServiceConfiguration
+    /// The configuration sandboxes' policies start from (shipped defaults and --config).
+    public let policyConfiguration: PolicyConfiguration
     let log: Logger
     private(set) var manager: SandboxManager!
     private var server: ControlServer!
@@ -22,8 +24,9 @@ public final class Daemon: @unchecked Sendable {
     private var metrics: MetricsServer?
     let startedNs = WallClock.nowUnixNanos()
 
-    public init(configuration: ServiceConfiguration, log: Logger) {
+    public init(configuration: ServiceConfiguration, policyConfiguration: PolicyConfiguration = .shipped, log: Logger) {
         self.configuration = configuration
+        self.policyConfiguration = policyConfiguration
         self.log = log
     }
 

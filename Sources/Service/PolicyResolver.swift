@@ -18,7 +18,7 @@ struct ResolvedPolicy: Sendable {
 /// configuration, each policy file merged over it in order, then the
 /// classification's multipliers.
 enum PolicyResolver {
-    static func resolve(classification: String?, isolation: String?, capabilities: [String]?,
+    static func resolve(base: PolicyConfiguration, classification: String?, isolation: String?, capabilities: [String]?,
                         policyFiles: [(name: String, text: String)]) throws -> ResolvedPolicy {
         let text = classification ?? "UNCLASSIFIED"
         guard let level = Classification(parsing: text) else {
@@ -33,7 +33,7 @@ enum PolicyResolver {
             chosen = level
         }
         do {
-            var configuration = PolicyConfiguration.shipped
+            var configuration = base
             for file in policyFiles {
                 configuration = try configuration.merging(try PolicyOverrides.parse(file.text, source: file.name))
             }

@@ -1,4 +1,8 @@
 import Foundation
+import Policy
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where the service keeps its things. Defaults follow the FHS; the tests
 /// point them at temporary directories.
@@ -31,10 +35,34 @@ public struct ServiceConfiguration: Sendable, Codable, Equatable {
     public var pinVersionFile: String { stateDirectory + "/bpf-pins.version" }
     public func sandboxDirectory(_ sandboxID: String) -> String { stateDirectory + "/sandboxes/" + sandboxID }
 
+    /// The `service:` section of the configuration (shipped defaults, then the
+    /// file given to `alcub3 daemon --config`), then the environment.
+    public static func from(_ policy: PolicyConfiguration) throws -> ServiceConfiguration {
+        let section = policy.service
+        var c = ServiceConfiguration()
+        c.socketPath = section.socketPath
+        c.stateDirectory = section.stateDir
+        c.metricsAddress = section.metricsAddress.port == 0 ? nil : "\(section.metricsAddress.host):\(section.metricsAddress.port)"
+        c.retentionMaxAgeSeconds = section.retention.maxAge == .zero ? nil
+            : Double(section.retention.maxAge.components.seconds) + Double(section.retention.maxAge.components.attoseconds) / 1e18
+        c.retentionMaxBytes = section.retention.maxSizeBytes == 0 ? nil : section.retention.maxSizeBytes
+        if let group = section.socketGroup {
+            guard let entry = getgrnam(group) else {
+                throw ServiceFailure(ExitCodes.invalidPolicy, "service.socket_group '\(group)' is not a group on this host")
+            }
+            c.allowedGroup = entry.pointee.gr_gid
+        }
+        return c.applyingEnvironment()
+    }
+
     /// Environment overrides (ALCUB3_SOCKET, ALCUB3_STATE_DIR, ALCUB3_PIN_DIR), for tests and side-by-side services.
     public static func fromEnvironment() -> ServiceConfiguration {
+        (try? from(.shipped)) ?? ServiceConfiguration().applyingEnvironment()
+    }
+
+    func applyingEnvironment() -> ServiceConfiguration {
         let env = ProcessInfo.processInfo.environment
-        var c = ServiceConfiguration()
+        var c = self
         if let v = env["ALCUB3_SOCKET"], !v.isEmpty { c.socketPath = v }
         if let v = env["ALCUB3_STATE_DIR"], !v.isEmpty { c.stateDirectory = v }
         if let v = env["ALCUB3_PIN_DIR"], !v.isEmpty { c.pinDirectory = v }

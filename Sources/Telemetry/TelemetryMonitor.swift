@@ -236,7 +236,7 @@ final class RingConsumer: @unchecked Sendable {
 
     func run(shouldStop: () -> Bool) {
         var lastChecks = DispatchTime.now().uptimeNanoseconds
-        var idleRounds = 0
+        var pause: UInt32 = 1000
         while !shouldStop() {
             let consumed = drainOnce()
             let now = DispatchTime.now().uptimeNanoseconds
@@ -246,12 +246,12 @@ final class RingConsumer: @unchecked Sendable {
                 flush()
                 lastChecks = now
             }
-            idleRounds = consumed > 0 ? 0 : idleRounds + 1
-            // 1 ms while busy (polling faster costs the traced tasks more, measured:
-            // the ring's cache lines bounce between CPUs); 5 ms after a second of
-            // silence, to keep an idle service cheap. The 32 MiB syscall ring
-            // absorbs bursts of about 150 ms at full speed.
-            usleep(idleRounds > 1000 ? 5000 : 1000)
+            // 1 ms while records come (polling faster costs the traced tasks more,
+            // measured: the ring's cache lines bounce between CPUs); each empty
+            // drain doubles the pause up to 8 ms, so an idle service wakes rarely.
+            // The 32 MiB syscall ring absorbs about 150 ms at full speed.
+            pause = consumed > 0 ? 1000 : min(pause * 2, 8000)
+            usleep(pause)
         }
         drainOnce()
         sweepWriteStats()

@@ -217,17 +217,21 @@ func timeAlcub3Sandbox() throws -> Double {
     SandboxCgroup.removeV1(limits)
     return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
 }
-func meanOf(_ body: () throws -> Double) rethrows -> Double {
-    _ = try body()  // warm-up
-    var total = 0.0
-    for _ in 0..<creationRuns { total += try body() }
-    return total / Double(creationRuns)
+// Interleaved: one of each per iteration, so drift hits all three alike.
+var createTimes: [String: [Double]] = [:]
+_ = try timeAlcub3Sandbox()  // warm-up
+for _ in 0..<creationRuns {
+    createTimes["alcub3", default: []].append(try timeAlcub3Sandbox())
+    createTimes["bwrap", default: []].append(timeSpawn(["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
+                                                        "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"]))
+    createTimes["unshare", default: []].append(timeSpawn(["/usr/bin/unshare", "--mount", "--pid", "--fork", "--ipc", "--uts", "--net",
+                                                          "--cgroup", "--mount-proc", "/bin/true"]))
 }
-let createAlcub3 = try meanOf(timeAlcub3Sandbox)
-let createBwrap = meanOf { timeSpawn(["/usr/bin/bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", "/", "/",
-                                      "--proc", "/proc", "--dev", "/dev", "/bin/true"]) }
-let createUnshare = meanOf { timeSpawn(["/usr/bin/unshare", "--mount", "--pid", "--fork", "--ipc", "--uts", "--net", "--cgroup",
-                                        "--mount-proc", "/bin/true"]) }
+let createAlcub3 = median(createTimes["alcub3"]!)
+let createBwrap = median(createTimes["bwrap"]!)
+let createUnshare = median(createTimes["unshare"]!)
+let creationRatio = median(zip(createTimes["alcub3"]!, createTimes["bwrap"]!).map { $0 / $1 })
+let unshareRatio = median(zip(createTimes["unshare"]!, createTimes["bwrap"]!).map { $0 / $1 })
 log(String(format: "creation: alcub3 %.2f ms, bwrap %.2f ms, unshare %.2f ms", createAlcub3, createBwrap, createUnshare))
 
 // 6. Events into the store.
@@ -300,9 +304,8 @@ if arguments.count == 4 {
         perSandbox < 19.07 ? "yes" : "**no**", median(createViaService))
 }
 
-let creationRatio = createAlcub3 / createBwrap
 let extra = String(format: """
-    ## Process-level sandbox creation (`/bin/true` inside, mean of %d after a warm-up)
+    ## Process-level sandbox creation (`/bin/true` inside; %d interleaved iterations, medians; ratio: median of per-iteration ratios)
 
     | tool | isolation | ms | vs bubblewrap |
     |---|---|---:|---:|
@@ -315,7 +318,7 @@ let extra = String(format: """
     %.0f events/s sustained over 300,000 events (%.0f bytes per event on disk); target >= 100,000 events/s: %@.
 
     """, creationRuns, createAlcub3, creationRatio, creationRatio <= 1.5 ? "yes" : "**no**", createBwrap, createUnshare,
-    createUnshare / createBwrap, storeRate.eventsPerSecond, storeRate.bytesPerEvent, storeRate.eventsPerSecond >= 100_000 ? "yes" : "**no**")
+    unshareRatio, storeRate.eventsPerSecond, storeRate.bytesPerEvent, storeRate.eventsPerSecond >= 100_000 ? "yes" : "**no**")
 let full = report + "\n" + extra + "\n" + memoryReport
 print(full)
 try full.write(toFile: outputPath, atomically: true, encoding: .utf8)

@@ -74,6 +74,10 @@ struct alcub3_syscall_event {
  * less than sizeof(struct alcub3_syscall_batch) unless the batch is full.
  */
 #define ALCUB3_SYSCALL_BATCH_MAX 32
+/* The kernel reads the clock for every 8th entry of a batch (the first included);
+   the entries between carry the last reading, so their time may be up to seven
+   syscalls early. Process, file and network records always have their own time. */
+#define ALCUB3_SYSCALL_CLOCK_EVERY 8
 
 /* One syscall of a batch. 40 bytes. */
 struct alcub3_syscall_entry {
