@@ -130,6 +130,20 @@ static void run_init(pid_t command, int status_fd) {
     }
 }
 
+/* The command's stdio, and signals as a fresh process has them: what the
+   parent blocked or ignored must not leak into the agent. */
+static void prepare_stdio_and_signals(const struct alcub3_spawn_config *c, int report_fd) {
+    if (c->stdin_fd >= 0 && dup2(c->stdin_fd, 0) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stdout_fd >= 0 && dup2(c->stdout_fd, 1) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    if (c->stderr_fd >= 0 && dup2(c->stderr_fd, 2) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+}
+
 static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report_fd) {
     /* Named before anything else, so the fork of the command already says what it is. */
     prctl(PR_SET_NAME, "alcub3-init");
@@ -160,17 +174,7 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
         child_fail(report_fd, ALCUB3_STEP_LOOPBACK);
     if (c->cwd && chdir(c->cwd) != 0) child_fail(report_fd, ALCUB3_STEP_CHDIR);
 
-    if (c->stdin_fd >= 0 && dup2(c->stdin_fd, 0) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-    if (c->stdout_fd >= 0 && dup2(c->stdout_fd, 1) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-    if (c->stderr_fd >= 0 && dup2(c->stderr_fd, 2) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-
-    /* Signals the parent blocked or ignored must not leak into the agent. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int s = 1; s < NSIG; s++) {
-        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-    }
+    prepare_stdio_and_signals(c, report_fd);
 
     {
         int keep[] = { report_fd, c->status_fd };
@@ -266,15 +270,7 @@ static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, in
     if (joined && setns(target_pidfd, (int)joined) != 0) child_fail(report_fd, ALCUB3_STEP_SETNS);
     close(target_pidfd);
     if (chdir(c->cwd ? c->cwd : "/") != 0) child_fail(report_fd, ALCUB3_STEP_CHDIR);
-    if (c->stdin_fd >= 0 && dup2(c->stdin_fd, 0) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-    if (c->stdout_fd >= 0 && dup2(c->stdout_fd, 1) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-    if (c->stderr_fd >= 0 && dup2(c->stderr_fd, 2) < 0) child_fail(report_fd, ALCUB3_STEP_EXEC);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int s = 1; s < NSIG; s++) {
-        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
-    }
+    prepare_stdio_and_signals(c, report_fd);
     {
         int keep[] = { report_fd };
         close_other_fds(keep, 1);

@@ -11,10 +11,10 @@ import Store
 enum ServiceAccess {
     /// Where the service is: the configuration in ALCUB3_CONFIG (as given to
     /// `alcub3 daemon --config`) over the shipped defaults, then the environment.
-    static var configuration: Service.ServiceConfiguration {
+    static var configuration: ServiceSettings {
         if let file = ProcessInfo.processInfo.environment["ALCUB3_CONFIG"], !file.isEmpty,
            let policy = try? PolicyConfiguration.load(overrides: [URL(fileURLWithPath: file)]),
-           let configuration = try? Service.ServiceConfiguration.from(policy) {
+           let configuration = try? ServiceSettings.from(policy) {
             return configuration
         }
         return .fromEnvironment()
@@ -116,10 +116,10 @@ struct DaemonCommand: ParsableCommand {
     func run() throws {
         let file = config ?? ProcessInfo.processInfo.environment["ALCUB3_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
         let policy: PolicyConfiguration
-        let configuration: Service.ServiceConfiguration
+        let configuration: ServiceSettings
         do {
             policy = try PolicyConfiguration.load(overrides: file.map { [URL(fileURLWithPath: $0)] } ?? [])
-            configuration = try Service.ServiceConfiguration.from(policy)
+            configuration = try ServiceSettings.from(policy)
         } catch let error as PolicyError {
             throw fail(ExitCodes.invalidPolicy, error.description)
         } catch let failure as ServiceFailure {

@@ -13,7 +13,7 @@ import Telemetry
 /// store and the event pipeline; serves the CLI on a Unix socket.
 public final class Daemon: @unchecked Sendable {
     // @unchecked: set up once in `start`, then read-only; requests run on their own threads.
-    public let configuration: ServiceConfiguration
+    public let configuration: ServiceSettings
     /// The configuration sandboxes' policies start from (shipped defaults and --config).
     public let policyConfiguration: PolicyConfiguration
     let log: Logger
@@ -24,7 +24,7 @@ public final class Daemon: @unchecked Sendable {
     private var metrics: MetricsServer?
     let startedNs = WallClock.nowUnixNanos()
 
-    public init(configuration: ServiceConfiguration, policyConfiguration: PolicyConfiguration = .shipped, log: Logger) {
+    public init(configuration: ServiceSettings, policyConfiguration: PolicyConfiguration = .shipped, log: Logger) {
         self.configuration = configuration
         self.policyConfiguration = policyConfiguration
         self.log = log

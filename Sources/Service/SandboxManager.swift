@@ -64,7 +64,7 @@ public struct CreationStep: Codable, Sendable {
 /// adoption after a restart, and the event pipeline into the store.
 public final class SandboxManager: @unchecked Sendable {
     // @unchecked: `live` is guarded by `lock`; everything else is immutable.
-    let configuration: ServiceConfiguration
+    let configuration: ServiceSettings
     let store: EventStore
     let monitor: TelemetryMonitor
     let layout: CgroupLayout
@@ -74,7 +74,7 @@ public final class SandboxManager: @unchecked Sendable {
     private var byCgroup: [UInt64: LiveSandbox] = [:]
     let seccomp: SeccompProgram
 
-    public init(configuration: ServiceConfiguration, store: EventStore, monitor: TelemetryMonitor,
+    public init(configuration: ServiceSettings, store: EventStore, monitor: TelemetryMonitor,
                 layout: CgroupLayout, log: Logger) throws {
         self.configuration = configuration
         self.store = store

@@ -5,7 +5,7 @@ import Testing
 
 @Suite struct ServiceConfigurationTests {
     @Test func shippedDefaults() throws {
-        let c = try ServiceConfiguration.from(.shipped)
+        let c = try ServiceSettings.from(.shipped)
         #expect(c.socketPath == "/run/alcub3/alcub3.sock" || ProcessInfo.processInfo.environment["ALCUB3_SOCKET"] != nil)
         #expect(c.retentionMaxAgeSeconds.map { Int($0.rounded()) } == 604_800)
         #expect(c.retentionMaxBytes == 1_000_000_000)
@@ -19,7 +19,7 @@ import Testing
               metrics_address: "127.0.0.1:9999"
               retention: {max_age: "1h", max_size: "10Mi"}
             """, source: "test.yaml")
-        let c = try ServiceConfiguration.from(try PolicyConfiguration.shipped.merging(overrides))
+        let c = try ServiceSettings.from(try PolicyConfiguration.shipped.merging(overrides))
         #expect(c.allowedGroup == 0)
         #expect(c.metricsAddress == "127.0.0.1:9999" || ProcessInfo.processInfo.environment["ALCUB3_METRICS"] != nil)
         #expect(c.retentionMaxAgeSeconds.map { Int($0.rounded()) } == 3600)
@@ -28,7 +28,7 @@ import Testing
 
     @Test func anUnknownSocketGroupIsRefused() throws {
         let overrides = try PolicyOverrides.parse("service:\n  socket_group: \"no-such-group-alcub3\"\n", source: "test.yaml")
-        #expect(throws: ServiceFailure.self) { try ServiceConfiguration.from(try PolicyConfiguration.shipped.merging(overrides)) }
+        #expect(throws: ServiceFailure.self) { try ServiceSettings.from(try PolicyConfiguration.shipped.merging(overrides)) }
     }
 
     @Test func requestsAndMessagesRoundTrip() throws {

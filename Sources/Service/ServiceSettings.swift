@@ -6,7 +6,7 @@ import Glibc
 
 /// Where the service keeps its things. Defaults follow the FHS; the tests
 /// point them at temporary directories.
-public struct ServiceConfiguration: Sendable, Codable, Equatable {
+public struct ServiceSettings: Sendable, Codable, Equatable {
     public var socketPath: String
     public var stateDirectory: String
     public var pinDirectory: String
@@ -37,9 +37,9 @@ public struct ServiceConfiguration: Sendable, Codable, Equatable {
 
     /// The `service:` section of the configuration (shipped defaults, then the
     /// file given to `alcub3 daemon --config`), then the environment.
-    public static func from(_ policy: PolicyConfiguration) throws -> ServiceConfiguration {
+    public static func from(_ policy: PolicyConfiguration) throws -> ServiceSettings {
         let section = policy.service
-        var c = ServiceConfiguration()
+        var c = ServiceSettings()
         c.socketPath = section.socketPath
         c.stateDirectory = section.stateDir
         c.metricsAddress = section.metricsAddress.port == 0 ? nil : "\(section.metricsAddress.host):\(section.metricsAddress.port)"
@@ -56,11 +56,11 @@ public struct ServiceConfiguration: Sendable, Codable, Equatable {
     }
 
     /// Environment overrides (ALCUB3_SOCKET, ALCUB3_STATE_DIR, ALCUB3_PIN_DIR), for tests and side-by-side services.
-    public static func fromEnvironment() -> ServiceConfiguration {
-        (try? from(.shipped)) ?? ServiceConfiguration().applyingEnvironment()
+    public static func fromEnvironment() -> ServiceSettings {
+        (try? from(.shipped)) ?? ServiceSettings().applyingEnvironment()
     }
 
-    func applyingEnvironment() -> ServiceConfiguration {
+    func applyingEnvironment() -> ServiceSettings {
         let env = ProcessInfo.processInfo.environment
         var c = self
         if let v = env["ALCUB3_SOCKET"], !v.isEmpty { c.socketPath = v }
