@@ -33,14 +33,15 @@ let package = Package(
             dependencies: ["CLibBPF", "CAlcub3", "KernelSupport"],
             plugins: ["BPFObjects"]),
         .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy"]),
+        .target(name: "Enforcement", dependencies: ["Telemetry", "Sandbox", "Policy", "KernelSupport", "CLibBPF"]),
         .target(
             name: "Service",
-            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3",
+            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement",
                            .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "Commands",
             dependencies: [
-                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport",
+                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport", "Enforcement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -53,6 +54,7 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "ServiceTests", dependencies: ["Service"]),
+        .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Telemetry", "Sandbox", "Policy"]),
     ],
     swiftLanguageModes: [.v6]
 )

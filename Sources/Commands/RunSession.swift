@@ -1,4 +1,5 @@
 import Foundation
+import Enforcement
 import KernelSupport
 import Policy
 import Sandbox
@@ -59,6 +60,14 @@ final class RunSession: @unchecked Sendable {
         var cgroupRemoved = false
         defer { if !cgroupRemoved { try? cgroup.destroy() } }
 
+        // Allowed destinations (intranet, classified networks) are enforced by cgroup BPF.
+        let network = try NetworkEnforcer.rules(for: policy.network).map { _ in
+            try kernelStep("loading the network policy programs") { try NetworkEnforcer(rootLevel: layout.alcub3RootLevel) }
+        }
+        if let network {
+            try kernelStep("attaching the network policy to the sandbox cgroup") { try network.apply(policy.network, to: cgroup) }
+        }
+        defer { network?.remove(cgroup) }
         try kernelStep("watching the sandbox cgroup") {
             try monitor.watch(sandboxCgroupID: cgroup.id,
                               options: .init(syscalls: policy.traceSyscalls, syscallEntry: syscallEntry))

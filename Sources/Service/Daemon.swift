@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KernelSupport
+import Enforcement
 import Logging
 import Policy
 import Sandbox
@@ -42,7 +43,9 @@ public final class Daemon: @unchecked Sendable {
                                            rootLevel: layout.alcub3RootLevel, pinDirectory: configuration.pinDirectory,
                                            pinVersionFile: configuration.pinVersionFile)
         log.info("telemetry \(monitor.adopted ? "adopted from" : "loaded and pinned in") \(configuration.pinDirectory)")
-        manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, layout: layout, log: log)
+        let network = try NetworkEnforcer(rootLevel: layout.alcub3RootLevel, pinDirectory: configuration.pinDirectory + "/net")
+        manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
+                                     layout: layout, log: log)
         let pipeline = EventPipeline(manager: manager, log: log)
         pipelineTask = Task.detached { await pipeline.run() }
         try monitor.start()
@@ -100,6 +103,7 @@ public final class Daemon: @unchecked Sendable {
             done.wait()
         }
         if let manager, manager.liveSandboxes.isEmpty {
+            NetworkEnforcer.removePins(configuration.pinDirectory + "/net")
             TelemetryMonitor.removePins(configuration.pinDirectory, versionFile: configuration.pinVersionFile)
         }
         _ = try? manager?.store.appendAudit(actor: "service", action: "service.stop", subject: "alcub3",

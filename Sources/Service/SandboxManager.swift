@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import KernelSupport
+import Enforcement
 import Logging
 import Policy
 import Sandbox
@@ -67,6 +68,7 @@ public final class SandboxManager: @unchecked Sendable {
     let configuration: ServiceSettings
     let store: EventStore
     let monitor: TelemetryMonitor
+    let network: NetworkEnforcer
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()
@@ -75,10 +77,11 @@ public final class SandboxManager: @unchecked Sendable {
     let seccomp: SeccompProgram
 
     public init(configuration: ServiceSettings, store: EventStore, monitor: TelemetryMonitor,
-                layout: CgroupLayout, log: Logger) throws {
+                network: NetworkEnforcer, layout: CgroupLayout, log: Logger) throws {
         self.configuration = configuration
         self.store = store
         self.monitor = monitor
+        self.network = network
         self.layout = layout
         self.log = log
         self.seccomp = try SeccompProfile.compile()
@@ -132,6 +135,12 @@ public final class SandboxManager: @unchecked Sendable {
                 try cgroup.apply(request.limits)
             }
             undo.append { SandboxCgroup.removeV1(limits) }
+            if let rules = NetworkEnforcer.rules(for: request.policy.network) {
+                try step("attach cgroup/connect4,6 and sendmsg4,6 with \(rules.networks.count) networks, \(rules.ports.isEmpty ? "every port" : "\(rules.ports.count) ports")") {
+                    try network.apply(request.policy.network, to: cgroup)
+                }
+                undo.append { [network] in network.remove(cgroup) }
+            }
             try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
                 try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
             }
@@ -286,6 +295,7 @@ public final class SandboxManager: @unchecked Sendable {
         guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
         try? sandbox.cgroup.destroy()
         SandboxCgroup.removeV1(sandbox.limits)
+        network.remove(sandbox.cgroup)
         if !sandbox.initProcess.isRunning { reap(sandbox.initProcess.pid) }
         monitor.unwatch(sandboxCgroupID: sandbox.cgroup.id)
         var record = sandbox.record

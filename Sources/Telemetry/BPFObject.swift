@@ -18,6 +18,12 @@ public struct BPFError: Error, CustomStringConvertible, Sendable {
     public let operation: String
     public let subject: String
 
+    public init(errno: Int32, operation: String, subject: String) {
+        self.errno = errno
+        self.operation = operation
+        self.subject = subject
+    }
+
     public var description: String {
         SystemError(errno: errno, call: operation, context: subject).description
     }
@@ -132,6 +138,30 @@ public final class BPFObject: @unchecked Sendable {
         }
     }
 
+    /// Attaches a cgroup program (cgroup/connect4 and the like) to one cgroup;
+    /// the returned link detaches when released, unless pinned.
+    public func attachCgroup(_ programName: String, cgroupFD: Int32) throws -> BPFLink {
+        try lock.withLock {
+            guard let program = bpf_object__find_program_by_name(object, programName) else {
+                throw BPFError(errno: ENOENT, operation: "find program", subject: programName)
+            }
+            guard let link = bpf_program__attach_cgroup(program, cgroupFD) else {
+                throw BPFError(errno: errno, operation: "bpf_program__attach_cgroup", subject: programName)
+            }
+            return BPFLink(link)
+        }
+    }
+
+    /// Makes the object use an existing map (for instance a pinned one) instead
+    /// of creating its own; only before `load`.
+    public func reuseMap(_ mapName: String, fd: Int32) throws {
+        guard let map = bpf_object__find_map_by_name(object, mapName) else {
+            throw BPFError(errno: ENOENT, operation: "find map", subject: mapName)
+        }
+        let rc = bpf_map__reuse_fd(map, fd)
+        if rc < 0 { throw BPFError(errno: -rc, operation: "bpf_map__reuse_fd", subject: mapName) }
+    }
+
     public func pinMap(_ mapName: String, at path: String) throws {
         guard let map = bpf_object__find_map_by_name(object, mapName) else {
             throw BPFError(errno: ENOENT, operation: "find map", subject: mapName)
@@ -150,10 +180,30 @@ public final class BPFObject: @unchecked Sendable {
     }
 }
 
+/// One attachment of a program; detached when released, unless pinned.
+public final class BPFLink: @unchecked Sendable {
+    // @unchecked: the pointer is only handed to libbpf's link calls, which the kernel serializes.
+    private let link: OpaquePointer
+
+    init(_ link: OpaquePointer) { self.link = link }
+
+    deinit { bpf_link__destroy(link) }
+
+    public func pin(at path: String) throws {
+        let rc = bpf_link__pin(link, path)
+        if rc < 0 { throw BPFError(errno: -rc, operation: "bpf_link__pin", subject: path) }
+    }
+}
+
 /// Typed access to a map by fd.
 public struct BPFMap: Sendable {
     public let fd: Int32
     public let name: String
+
+    public init(fd: Int32, name: String) {
+        self.fd = fd
+        self.name = name
+    }
 
     public func update<K: BitwiseCopyable, V: BitwiseCopyable>(key: K, value: V) throws {
         var k = key, v = value

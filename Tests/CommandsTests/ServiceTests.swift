@@ -252,6 +252,40 @@ struct ServiceTests {
         #expect(netS.stdout == "['lo']\n", "\(netS)")
     }
 
+    /// intranet and classified_network are enforced by cgroup BPF: allowed
+    /// destinations connect, others get EPERM, and the refusal is an event.
+    @Test func networkClassesAreEnforcedInTheKernel() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let host = try HostListener(address: 0x7f00_0001)       // 127.0.0.1
+        let other = try HostListener(address: 0x7f00_0002)      // 127.0.0.2
+        let connect = { (ip: String, port: UInt16) in
+            ["--", "/usr/bin/python3", "-c", "import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(s.connect_ex((\"\(ip)\", \(port))))"]
+        }
+        // CONFIDENTIAL: intranet, the private and loopback ranges.
+        #expect(try service.run(["sandbox", "create", "--agent-id", "net-c", "--classification", "CONFIDENTIAL",
+                                 "--isolation-level", "process"]).code == 0)
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-c"] + connect("127.0.0.1", host.port)).code == 0)
+        // SECRET with one listed network and port: everything else is refused.
+        try """
+            sandbox_configuration:
+              default_policies:
+                SECRET: {allowed_destinations: ["127.0.0.2/32"], allowed_ports: [\(other.port)]}
+            """.write(toFile: service.root + "/listed.yaml", atomically: true, encoding: .utf8)
+        let created = try service.run(["sandbox", "create", "--agent-id", "net-s", "--classification", "SECRET",
+                                       "--isolation-level", "process", "--policy-file", "listed.yaml"], in: service.root)
+        #expect(created.code == 0, "\(created.stderr)")
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.2", other.port)).code == 0)
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.1", host.port)).code == 1)  // EPERM
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.2", host.port)).code == 1)  // port not listed
+        #expect(other.accepted == 1)
+        usleep(300_000)
+        let events = try service.run(["events", "tail", "--agent-id", "net-s", "--kind", "network"])
+        #expect(events.stdout.contains("\"status_code\":\"EPERM\"") && events.stdout.contains("\"ip\":\"127.0.0.1\""),
+                "\(events.stdout.prefix(600))")
+    }
+
     @Test func badInputIsRefusedWithOneLine() throws {
         let service = try TestService()
         defer { service.tearDown() }
@@ -304,11 +338,11 @@ final class HostListener: @unchecked Sendable {
     var accepted: Int { acceptedCount }
     private var acceptedCount = 0
 
-    init() throws {
+    init(address: UInt32 = 0x7f00_0001) throws {
         let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        addr.sin_addr.s_addr = address.bigEndian
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         listen(s, 8)
         var bound = sockaddr_in()
