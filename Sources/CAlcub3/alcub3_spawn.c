@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -130,6 +131,72 @@ static void run_init(pid_t command, int status_fd) {
     }
 }
 
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define ALCUB3_MOUNT_ATTR_RDONLY 0x1
+#define ALCUB3_AT_RECURSIVE 0x8000
+
+struct alcub3_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+
+static int set_read_only(const char *path, int read_only) {
+    struct alcub3_mount_attr attr = { 0, 0, 0, 0 };
+    if (read_only) attr.attr_set = ALCUB3_MOUNT_ATTR_RDONLY; else attr.attr_clr = ALCUB3_MOUNT_ATTR_RDONLY;
+    return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, ALCUB3_AT_RECURSIVE, &attr, sizeof attr);
+}
+
+/* mkdir -p for a path inside the sandbox's private /tmp (no malloc: a stack copy). */
+static int make_path(const char *path) {
+    char buffer[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof buffer) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buffer, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buffer[i] == '/' || buffer[i] == '\0') {
+            char saved = buffer[i];
+            buffer[i] = '\0';
+            if (mkdir(buffer, 0755) != 0 && errno != EEXIST) return -1;
+            buffer[i] = saved;
+        }
+    }
+    return 0;
+}
+
+/*
+ * The read-only system view: every mount read-only (the host's files, cgroupfs,
+ * sysfs, /proc/sys), a private tmpfs at /tmp, and the writable paths bound
+ * back at their own paths. A writable path under /tmp is opened before the
+ * tmpfs covers it and bound from its descriptor.
+ */
+static void read_only_view(const struct alcub3_spawn_config *c, int report_fd) {
+    int fds[8], count = 0;
+    for (const char *const *p = c->writable_paths; p && *p && count < 8; p++) {
+        fds[count] = open(*p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fds[count] < 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+        count++;
+    }
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0)
+        child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    for (int i = 0; i < count; i++) {
+        const char *target = c->writable_paths[i];
+        char source[64];
+        int n = 0, v = fds[i];
+        char digits[16];
+        do { digits[n++] = (char)('0' + v % 10); v /= 10; } while (v > 0);
+        memcpy(source, "/proc/self/fd/", 14);
+        for (int j = 0; j < n; j++) source[14 + j] = digits[n - 1 - j];
+        source[14 + n] = '\0';
+        if (make_path(target) != 0 || mount(source, target, NULL, MS_BIND | MS_REC, NULL) != 0)
+            child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    }
+    if (set_read_only("/", 1) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    if (set_read_only("/tmp", 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    for (int i = 0; i < count; i++) {
+        if (set_read_only(c->writable_paths[i], 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+        close(fds[i]);
+    }
+}
+
 /* The command's stdio, and signals as a fresh process has them: what the
    parent blocked or ignored must not leak into the agent. */
 static void prepare_stdio_and_signals(const struct alcub3_spawn_config *c, int report_fd) {
@@ -160,6 +227,7 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
         if ((c->namespaces & CLONE_NEWPID) &&
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(report_fd, ALCUB3_STEP_MOUNT_PROC);
+        if (c->read_only_root) read_only_view(c, report_fd);
         for (const char *const *p = c->hidden_paths; p && *p; p++) {
             /* An empty read-only tmpfs over the path: the sandbox sees nothing there. */
             if (mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000") != 0 &&

@@ -91,10 +91,13 @@ final class RunSession: @unchecked Sendable {
 
         let namespaces = NamespaceSet.forPolicy(policy)
         let seccomp = try kernelStep("compiling the seccomp filter") { try SeccompProfile.compile() }
-        let spec = ProcessSpec(
+        var spec = ProcessSpec(
             executable: executable, arguments: arguments, environment: Self.sandboxEnvironment(),
             workingDirectory: FileManager.default.currentDirectoryPath, hostname: sandboxID,
             namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
+        // The read-only system view: the working directory and a private /tmp stay writable.
+        spec.readOnlyRoot = policy.filesystem.readOnlySystem
+        spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
 
         // From here a signal kills the sandbox; before, set-up stops at this check.
         if let sig = interruptLock.withLock({ () -> Int32? in

@@ -48,6 +48,11 @@ public struct ProcessSpec: Sendable {
     public var v1ProcsFiles: [String] = []
     /// Where the init writes its command's exit status (for a supervisor that may restart).
     public var statusFile: String?
+    /// Every mount read-only except `writablePaths` (bound at their own paths)
+    /// and a private /tmp: the host's files, cgroupfs, sysfs and /proc/sys
+    /// cannot be changed from inside.
+    public var readOnlyRoot = false
+    public var writablePaths: [String] = []
     /// Descriptors for the command's stdin, stdout, stderr; nil inherits.
     public var stdio: (Int32, Int32, Int32)?
 
@@ -104,7 +109,7 @@ public final class SandboxedProcess: Sendable {
         1: "clone3", 2: "making mounts private", 3: "mounting /proc", 4: "setting the hostname",
         5: "bringing up loopback", 6: "changing directory", 7: "setting no_new_privs",
         8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups", 12: "hiding a path",
-        13: "joining the sandbox's namespaces",
+        13: "joining the sandbox's namespaces", 14: "making the system view read-only",
     ]
 
     /// Starts a new sandbox: its init (and the command, when there is one).
@@ -127,6 +132,8 @@ public final class SandboxedProcess: Sendable {
         let argv = cStrings.array(spec.arguments)
         let envp = cStrings.array(spec.environment)
         let hidden = cStrings.array(spec.hiddenPaths)
+        let writable = cStrings.array(spec.writablePaths)
+        precondition(spec.writablePaths.count <= 8, "at most 8 writable paths")
         var pid: pid_t = 0
         var pidfd: Int32 = -1
         var step: Int32 = 0
@@ -154,6 +161,8 @@ public final class SandboxedProcess: Sendable {
             config.die_with_parent = spec.dieWithParent ? 1 : 0
             config.hidden_paths = UnsafeRawPointer(hidden).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
             config.status_fd = status?.raw ?? -1
+            config.read_only_root = spec.readOnlyRoot ? 1 : 0
+            config.writable_paths = UnsafeRawPointer(writable).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
             if let target {
                 return alcub3_spawn_into(&config, target, &pid, &pidfd, &step, &err)
             }

@@ -154,6 +154,9 @@ public final class SandboxManager: @unchecked Sendable {
                 workingDirectory: request.workingDirectory, hostname: sandboxID,
                 namespaces: NamespaceSet.forPolicy(request.policy), seccomp: seccomp, dieWithParent: false)
             spec.hiddenPaths = hiddenPaths()
+            // The read-only system view: only the working directory (the agent's workspace) and a private /tmp are writable.
+            spec.readOnlyRoot = request.policy.filesystem.readOnlySystem
+            spec.writablePaths = [request.workingDirectory].filter { $0 != "/" }
             spec.v1ProcsFiles = limits.v1ProcsFiles
             spec.statusFile = directory + "/exit_status"
             spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)

@@ -185,4 +185,27 @@ struct RunCommandTests {
         #expect(next.code == 0, "stderr: \(next.stderr)")
         #expect(HostState.settled(like: before))
     }
+
+    /// The read-only system view: the working directory and a private /tmp are
+    /// writable; host files, cgroupfs and /proc/sys are not.
+    @Test func theSystemViewIsReadOnly() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-ro-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let marker = "alcub3-private-tmp-\(getpid())"
+        let script = """
+            echo a > workspace.txt || exit 10
+            echo b > /tmp/\(marker) || exit 11
+            echo c > /etc/alcub3-ro-test 2>/dev/null && exit 12
+            echo 0 > /sys/fs/cgroup/unified/cgroup.procs 2>/dev/null && exit 13
+            echo 0 > /proc/sys/kernel/sysrq 2>/dev/null && exit 14
+            mkdir /usr/alcub3-ro-test 2>/dev/null && exit 15
+            exit 0
+            """
+        let r = try alcub3(["run", "--", "sh", "-c", script], in: dir)
+        #expect(r.code == 0, "exit \(r.code): \(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/workspace.txt"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/" + marker), "the sandbox's /tmp is the host's")
+        #expect(!FileManager.default.fileExists(atPath: "/etc/alcub3-ro-test"))
+    }
 }

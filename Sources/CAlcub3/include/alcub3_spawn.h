@@ -29,6 +29,7 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_WAIT_PARENT = 11,
     ALCUB3_STEP_HIDE_PATH = 12,
     ALCUB3_STEP_SETNS = 13,
+    ALCUB3_STEP_READ_ONLY = 14,
 };
 
 struct alcub3_spawn_config {
@@ -46,6 +47,8 @@ struct alcub3_spawn_config {
     int die_with_parent;            /* PR_SET_PDEATHSIG SIGKILL: for the daemonless `run` */
     const char *const *hidden_paths;/* NULL-terminated; each gets an empty read-only tmpfs */
     int status_fd;                  /* init writes the command's wait status here at its end; -1: none */
+    int read_only_root;             /* every mount read-only but writable_paths, a private /tmp */
+    const char *const *writable_paths; /* NULL-terminated host directories that stay writable, at their own paths */
 };
 
 /*
