@@ -229,10 +229,14 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
             child_fail(report_fd, ALCUB3_STEP_MOUNT_PROC);
         if (c->read_only_root) read_only_view(c, report_fd);
         for (const char *const *p = c->hidden_paths; p && *p; p++) {
-            /* An empty read-only tmpfs over the path: the sandbox sees nothing there. */
-            if (mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000") != 0 &&
-                errno != ENOENT && errno != ENOTDIR)
-                child_fail(report_fd, ALCUB3_STEP_HIDE_PATH);
+            /* A directory gets an empty read-only tmpfs over it, a file /dev/null:
+               the sandbox sees nothing there. A path that does not exist needs nothing. */
+            struct stat st;
+            if (lstat(*p, &st) != 0) continue;
+            int rc = S_ISDIR(st.st_mode)
+                ? mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+                : mount("/dev/null", *p, NULL, MS_BIND, NULL);
+            if (rc != 0) child_fail(report_fd, ALCUB3_STEP_HIDE_PATH);
         }
     }
     if ((c->namespaces & CLONE_NEWUTS) && c->hostname &&

@@ -64,10 +64,11 @@ struct RunCommand: AsyncParsableCommand {
         }
         let executable: String
         do {
-            executable = try CommandResolver.resolve(program)
+            executable = try CommandResolver.resolve(program, hiddenPaths: policy.filesystem.hiddenPaths)
         } catch SandboxError.commandNotExecutable(let c) {
             throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
-        } catch {
+        } catch let error as SandboxError {
+            if case .commandHidden = error { throw fail(Alcub3Exit.commandNotFound, error.description) }
             throw fail(Alcub3Exit.commandNotFound, "command not found: \(program)")
         }
 

@@ -97,6 +97,7 @@ final class RunSession: @unchecked Sendable {
             namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
         // The read-only system view: the working directory and a private /tmp stay writable.
         spec.readOnlyRoot = policy.filesystem.readOnlySystem
+        spec.hiddenPaths = policy.filesystem.hiddenPaths
         spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
 
         // From here a signal kills the sandbox; before, set-up stops at this check.

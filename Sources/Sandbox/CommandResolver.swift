@@ -5,6 +5,19 @@ import Glibc
 /// Finds the program a command names, the way a shell would, before anything
 /// is created: a missing command must not leave a half-made sandbox behind.
 public enum CommandResolver {
+    /// The resolved program, refused when the sandbox will not see it (it or the
+    /// file a symlink leads to lies under a path the policy hides).
+    public static func resolve(_ command: String, hiddenPaths: [String]) throws -> String {
+        let path = try resolve(command)
+        let real = realpath(path, nil).map { p -> String in defer { free(p) }; return String(cString: p) } ?? path
+        for candidate in [path, real] {
+            if let hider = hiddenPaths.first(where: { candidate == $0 || candidate.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) {
+                throw SandboxError.commandHidden(command: command, path: candidate, hiddenBy: hider)
+            }
+        }
+        return path
+    }
+
     public static func resolve(_ command: String, path: String? = getenv("PATH").map { String(cString: $0) }) throws -> String {
         if command.contains("/") {
             return try check(command, named: command)

@@ -120,8 +120,9 @@ public final class SandboxManager: @unchecked Sendable {
             if let existing = try store.sandbox(agentID: request.agentID), existing.state.isActive {
                 throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
             }
+            let hidden = hiddenPaths() + request.policy.filesystem.hiddenPaths
             let executable: String? = try request.command.first.map { program in
-                try step("resolve command \(program)") { try CommandResolver.resolve(program) }
+                try step("resolve command \(program)") { try Self.resolve(program, hidden: hidden) }
             }
             let directory = configuration.sandboxDirectory(sandboxID)
             try step("make state directory \(directory)") {
@@ -153,7 +154,7 @@ public final class SandboxManager: @unchecked Sendable {
                 executable: executable, arguments: request.command, environment: request.environment,
                 workingDirectory: request.workingDirectory, hostname: sandboxID,
                 namespaces: NamespaceSet.forPolicy(request.policy), seccomp: seccomp, dieWithParent: false)
-            spec.hiddenPaths = hiddenPaths()
+            spec.hiddenPaths = hidden
             // The read-only system view: only the working directory (the agent's workspace) and a private /tmp are writable.
             spec.readOnlyRoot = request.policy.filesystem.readOnlySystem
             spec.writablePaths = [request.workingDirectory].filter { $0 != "/" }
@@ -188,6 +189,18 @@ public final class SandboxManager: @unchecked Sendable {
         }
     }
 
+    /// The program a command names, as the sandbox will see it; each refusal is one clear line.
+    static func resolve(_ program: String, hidden: [String]) throws -> String {
+        do {
+            return try CommandResolver.resolve(program, hiddenPaths: hidden)
+        } catch SandboxError.commandNotExecutable {
+            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(program)")
+        } catch let error as SandboxError {
+            if case .commandHidden = error { throw ServiceFailure(ExitCodes.commandNotFound, error.description) }
+            throw ServiceFailure(ExitCodes.commandNotFound, "command not found: \(program)")
+        }
+    }
+
     /// The service's own files are invisible inside every sandbox.
     func hiddenPaths() -> [String] {
         [(configuration.socketPath as NSString).deletingLastPathComponent, configuration.stateDirectory, configuration.pinDirectory]
@@ -202,14 +215,7 @@ public final class SandboxManager: @unchecked Sendable {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
-        let executable: String
-        do {
-            executable = try CommandResolver.resolve(program)
-        } catch SandboxError.commandNotExecutable {
-            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(program)")
-        } catch {
-            throw ServiceFailure(ExitCodes.commandNotFound, "command not found: \(program)")
-        }
+        let executable = try Self.resolve(program, hidden: hiddenPaths() + sandbox.policy.filesystem.hiddenPaths)
         let (outRead, outWrite) = try Self.pipe()
         let (errRead, errWrite) = try Self.pipe()
         let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)

@@ -208,4 +208,21 @@ struct RunCommandTests {
         #expect(!FileManager.default.fileExists(atPath: "/tmp/" + marker), "the sandbox's /tmp is the host's")
         #expect(!FileManager.default.fileExists(atPath: "/etc/alcub3-ro-test"))
     }
+
+    /// The policy's hidden paths are empty inside; a program under one is refused
+    /// before anything is made, with a line saying why.
+    @Test func hiddenPathsAreEmptyInside() throws {
+        let r = try alcub3(["run", "--format", "json", "--", "sh", "-c", "echo shadow=$(cat /etc/shadow | wc -c) root=$(ls -A /root | wc -l)"])
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("shadow=0 root=0"), "\(r.stdout.prefix(300))")
+        let program = "/root/.alcub3-hidden-test-\(getpid())"
+        try "#!/bin/sh\necho should-not-run\n".write(toFile: program, atomically: true, encoding: .utf8)
+        chmod(program, 0o755)
+        defer { unlink(program) }
+        let before = HostState.baseline()
+        let hidden = try alcub3(["run", "--", program])
+        #expect(hidden.code == 127)
+        #expect(hidden.stderr.contains("which the sandbox cannot see (the policy hides /root)"), "\(hidden.stderr)")
+        #expect(HostState.settled(like: before))
+    }
 }

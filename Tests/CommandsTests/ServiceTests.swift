@@ -246,8 +246,8 @@ struct ServiceTests {
         #expect(secret.memory / 4096 == 1_200_000_000 / 4096)  // 2GB x 0.6
         #expect(u.pids > 0 && secret.pids > 0)
         // UNCLASSIFIED shares the host network; SECRET (classified_network) gets its own namespace.
-        let netU = try service.run(["sandbox", "exec", "--agent-id", "lim-u", "--", "python3", "-c", "import socket; print(len(socket.if_nameindex()) > 1)"])
-        let netS = try service.run(["sandbox", "exec", "--agent-id", "lim-s", "--", "python3", "-c", "import socket; print([n for _, n in socket.if_nameindex()])"])
+        let netU = try service.run(["sandbox", "exec", "--agent-id", "lim-u", "--", "/usr/bin/python3", "-c", "import socket; print(len(socket.if_nameindex()) > 1)"])
+        let netS = try service.run(["sandbox", "exec", "--agent-id", "lim-s", "--", "/usr/bin/python3", "-c", "import socket; print([n for _, n in socket.if_nameindex()])"])
         #expect(netU.stdout == "True\n", "\(netU)")
         #expect(netS.stdout == "['lo']\n", "\(netS)")
     }
