@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KernelSupport
+import Service
 import Sandbox
 import Telemetry
 
@@ -18,6 +19,7 @@ struct DoctorCommand: ParsableCommand {
         results.append(KernelProbe.ringBuffer())
         results.append(Self.telemetrySelfTest())
         results.append(Self.telemetryDrops())
+        results.append(Self.service())
         results += Self.cgroupResults()
         results.append(KernelProbe.landlock())
         results.append(KernelProbe.seccompUserNotify())
@@ -100,6 +102,20 @@ struct DoctorCommand: ParsableCommand {
         return .init(name: "telemetry drops", available: true,
                      detail: warning + last + "since boot: \(stats.runs) runs, \(stats.kernelDropped) of \(stats.seen) kernel records dropped, \(stats.streamDropped) in the stream",
                      errno: nil, fallback: nil)
+    }
+
+    /// The service: does it answer, and what do its pinned programs count (live drops).
+    static func service() -> KernelProbe.Result {
+        let settings = ServiceAccess.configuration
+        let answering = ServiceClient.isListening(settings.socketPath)
+        var detail = answering ? "answering on \(settings.socketPath)" : "not running (\(settings.socketPath)); commands start it"
+        if let pinned = TelemetryMonitor.pinnedCounters(settings.pinDirectory) {
+            let c = pinned.counters
+            detail += "; pinned programs in \(settings.pinDirectory) watch \(pinned.sandboxes) sandboxes: \(c.seen) records seen, \(c.submitted) submitted, \(c.dropped) dropped"
+            if c.dropped > 0 { detail = "WARNING: records were lost; " + detail }
+        }
+        return .init(name: "alcub3 service", available: answering, detail: detail, errno: nil,
+                     fallback: answering ? nil : "alcub3 run works without it")
     }
 
     static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {

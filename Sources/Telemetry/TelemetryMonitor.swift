@@ -85,6 +85,25 @@ public final class TelemetryMonitor: Sendable {
 
     static let pinnedMaps = ["sandboxes", "counters", "write_stats", "events", "syscalls"]
 
+    /// The counters of the programs pinned in `dir` (a running or stopped
+    /// service's), read without loading anything; nil when nothing is pinned there.
+    public static func pinnedCounters(_ dir: String) -> (counters: KernelCounters, sandboxes: Int)? {
+        let countersFD = bpf_obj_get(dir + "/maps/counters")
+        guard countersFD >= 0 else { return nil }
+        defer { close(countersFD) }
+        let sandboxesFD = bpf_obj_get(dir + "/maps/sandboxes")
+        defer { if sandboxesFD >= 0 { close(sandboxesFD) } }
+        let counters = BPFMap(fd: countersFD, name: "counters").perCPUValues(as: alcub3_counters.self)
+            .reduce(into: KernelCounters()) { sum, c in
+                sum.seen += c.seen
+                sum.submitted += c.submitted
+                sum.dropped += c.dropped
+                sum.syscallDropped += c.syscall_dropped
+            }
+        let watched = sandboxesFD >= 0 ? BPFMap(fd: sandboxesFD, name: "sandboxes").keys(UInt64.self).count : 0
+        return (counters, watched)
+    }
+
     /// FNV-1a of the object: which programs a pin directory holds.
     static func fingerprint(_ bytes: [UInt8]) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
