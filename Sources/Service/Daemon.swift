@@ -22,6 +22,7 @@ public final class Daemon: @unchecked Sendable {
     private var server: ControlServer!
     private var parentLock: CgroupParentLock!
     private var pipelineTask: Task<Void, Never>?
+    private(set) var pipeline: EventPipeline?
     private var metrics: MetricsServer?
     let startedNs = WallClock.nowUnixNanos()
 
@@ -47,6 +48,7 @@ public final class Daemon: @unchecked Sendable {
         manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
                                      layout: layout, log: log)
         let pipeline = EventPipeline(manager: manager, log: log)
+        self.pipeline = pipeline
         pipelineTask = Task.detached { await pipeline.run() }
         try monitor.start()
         let adopted = try manager.adoptRunningSandboxes(serviceStartNs: startedNs)

@@ -1,7 +1,17 @@
 import Foundation
 import Logging
 import Store
+import Synchronization
 import Telemetry
+
+/// What the pipeline has done since the service started, for /metrics.
+struct PipelineStatistics: Sendable {
+    var eventsByKind: [String: UInt64] = [:]
+    var syscalls: UInt64 = 0
+    var batches: UInt64 = 0
+    var lastBatchSeconds: Double = 0
+    var storeErrors: UInt64 = 0
+}
 
 /// Carries the event stream into the store: each record rendered as OCSF
 /// JSON with its sandbox's ids, written in batches (one transaction each).
@@ -10,6 +20,7 @@ final class EventPipeline: Sendable {
     let manager: SandboxManager
     let subscription: EventSubscription
     let log: Logger
+    let statistics = Mutex(PipelineStatistics())
 
     init(manager: SandboxManager, log: Logger) {
         self.manager = manager
@@ -25,10 +36,23 @@ final class EventPipeline: Sendable {
             for event in batch {
                 if let row = render(event) { rows.append(row) }
             }
-            guard !rows.isEmpty else { continue }
+            let syscalls = batch.reduce(0) { if case .syscall = $1 { $0 + 1 } else { $0 } }
+            guard !rows.isEmpty else {
+                statistics.withLock { $0.syscalls += UInt64(syscalls) }
+                continue
+            }
+            let started = DispatchTime.now().uptimeNanoseconds
             do {
                 try manager.store.appendEvents(rows)
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+                statistics.withLock { s in
+                    for row in rows { s.eventsByKind[row.kind, default: 0] += 1 }
+                    s.syscalls += UInt64(syscalls)
+                    s.batches += 1
+                    s.lastBatchSeconds = seconds
+                }
             } catch {
+                statistics.withLock { $0.storeErrors += 1 }
                 log.error("could not store \(rows.count) events: \(error)")
             }
         }

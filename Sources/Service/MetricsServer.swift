@@ -68,14 +68,19 @@ final class MetricsServer: @unchecked Sendable {
         let all = (try? manager.store.sandboxes(states: Set(SandboxState.allCases))) ?? []
         metric("alcub3_sandboxes", "Sandboxes by state.", "gauge",
                SandboxState.allCases.map { state in ("{state=\"\(state.rawValue)\"}", Double(all.filter { $0.state == state }.count)) })
-        var byKind: [String: Int] = [:]
-        for sandbox in manager.liveSandboxes {
-            for row in (try? manager.store.eventCounts(sandboxID: sandbox.record.sandboxID)) ?? [] { byKind[row.kind, default: 0] += row.events }
+        if let pipeline = daemon.pipeline {
+            let stats = pipeline.statistics.withLock { $0 }
+            metric("alcub3_events_total", "Events stored since the service started, by kind (rate() gives events/s).", "counter",
+                   stats.eventsByKind.sorted { $0.key < $1.key }.map { ("{kind=\"\($0.key)\"}", Double($0.value)) })
+            metric("alcub3_syscalls_total", "Syscall records received since the service started.", "counter", [("", Double(stats.syscalls))])
+            metric("alcub3_event_stream_dropped_total", "Events the store writer lost because it fell behind.", "counter",
+                   [("", Double(pipeline.subscription.dropped))])
+            metric("alcub3_store_last_batch_seconds", "Time the last batch took to reach the store (store lag).", "gauge",
+                   [("", stats.lastBatchSeconds)])
+            metric("alcub3_store_errors_total", "Batches the store refused.", "counter", [("", Double(stats.storeErrors))])
         }
-        metric("alcub3_events_stored", "Events stored for live sandboxes, by kind.", "gauge",
-               byKind.sorted { $0.key < $1.key }.map { ("{kind=\"\($0.key)\"}", Double($0.value)) })
-        metric("alcub3_syscalls_total", "Syscall records received from live sandboxes.", "counter",
-               [("", Double(manager.liveSandboxes.reduce(0) { $0 + $1.syscalls }))])
+        let alerts = (try? manager.store.alerts(AlertFilter(limit: 100_000)).count) ?? 0
+        metric("alcub3_alerts", "Alerts in the store (up to 100,000).", "gauge", [("", Double(alerts))])
         let counters = manager.monitor.counters()
         metric("alcub3_kernel_records_seen_total", "Records the BPF programs wanted to send.", "counter", [("", Double(counters.seen))])
         metric("alcub3_kernel_records_dropped_total", "Records lost because a ring buffer was full.", "counter", [("", Double(counters.dropped))])

@@ -10,14 +10,14 @@ final class TestService: @unchecked Sendable {
     /// its reaper missed a SIGKILLed child here and waitUntilExit hung.
     private(set) var pid: pid_t = 0
 
-    init() throws {
+    init(metricsPort: UInt16? = nil) throws {
         root = NSTemporaryDirectory() + "alcub3-svc-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var env = ProcessInfo.processInfo.environment
         env["ALCUB3_SOCKET"] = root + "/run/alcub3.sock"
         env["ALCUB3_STATE_DIR"] = root + "/state"
         env["ALCUB3_PIN_DIR"] = "/sys/fs/bpf/" + (root as NSString).lastPathComponent
-        env["ALCUB3_METRICS"] = "off"
+        env["ALCUB3_METRICS"] = metricsPort.map { "127.0.0.1:\($0)" } ?? "off"
         env["ALCUB3_NO_AUTOSTART"] = "1"
         environment = env
     }
@@ -99,7 +99,8 @@ struct TestFailure: Error, CustomStringConvertible {
 @Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups and namespaces"))
 struct ServiceTests {
     @Test func sandboxLifecycleThroughTheService() throws {
-        let service = try TestService()
+        let metricsPort = UInt16(20000 + getpid() % 10000)
+        let service = try TestService(metricsPort: metricsPort)
         defer { service.tearDown() }
         let before = HostState.baseline()
         try service.start()
@@ -128,6 +129,19 @@ struct ServiceTests {
         let views = monitor.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
         #expect(views.count == 2 && views[0]["state"] as? String == "running")
         #expect((views.last?["eventsByKind"] as? [String: Any])?["process"] != nil, "\(views)")
+
+        // Prometheus text: sandboxes by state, events by kind, drops.
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = ["-s", "--max-time", "5", "http://127.0.0.1:\(metricsPort)/metrics"]
+        let page = Pipe()
+        curl.standardOutput = page
+        try curl.run()
+        let metrics = String(decoding: page.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        curl.waitUntilExit()
+        #expect(metrics.contains("alcub3_sandboxes{state=\"running\"} 1.0"), "\(metrics.prefix(400))")
+        #expect(metrics.contains("alcub3_events_total{kind=\"process\"}"))
+        #expect(metrics.contains("alcub3_kernel_records_dropped_total 0.0"))
 
         let dir = service.root
         let exported = try service.run(["sandbox", "export", "--agent-id", "life-1", "--output", "life-1.json"], in: dir)
