@@ -33,8 +33,11 @@ final class EventPipeline: Sendable {
         for await batch in subscription.events {
             var rows: [StoredEvent] = []
             rows.reserveCapacity(batch.count / 4)
+            // Runs of records come from one sandbox: look it up once per run, not per syscall.
+            var cached: (id: UInt64, sandbox: LiveSandbox?) = (0, nil)
             for event in batch {
-                if let row = render(event) { rows.append(row) }
+                if let id = event.sandboxCgroupID, id != cached.id { cached = (id, manager.sandbox(cgroupID: id)) }
+                if let row = render(event, sandbox: cached.sandbox) { rows.append(row) }
             }
             let syscalls = batch.reduce(0) { if case .syscall = $1 { $0 + 1 } else { $0 } }
             guard !rows.isEmpty else {
@@ -58,7 +61,7 @@ final class EventPipeline: Sendable {
         }
     }
 
-    private func render(_ event: TelemetryEvent) -> StoredEvent? {
+    private func render(_ event: TelemetryEvent, sandbox: LiveSandbox?) -> StoredEvent? {
         if case .drops(let counters, let newly) = event {
             // Not tied to one sandbox: stored under every live one, never silent.
             let now = WallClock.nowUnixNanos()
@@ -72,7 +75,7 @@ final class EventPipeline: Sendable {
             }
             return nil
         }
-        guard let cgroupID = event.sandboxCgroupID, let sandbox = manager.sandbox(cgroupID: cgroupID) else { return nil }
+        guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
         switch event {
         case .syscall:

@@ -76,6 +76,21 @@ struct HostState: Equatable {
     }
 }
 
+/// `alcub3 run --agent-id AGENT -- sleep 30` in the background, returned once
+/// its sandbox is up (it announces itself on stderr).
+func startSleepingRun(agent: String) throws -> (Process, Pipe) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = ["run", "--agent-id", agent, "--", "sleep", "30"]
+    let err = Pipe()
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = err
+    try process.run()
+    let announcement = String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+    #expect(announcement.contains("agent \(agent)"))
+    return (process, err)
+}
+
 @Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups and namespaces"))
 struct RunCommandTests {
     @Test func jsonStreamHasTheFileWriteAndTheExec() throws {
@@ -128,16 +143,7 @@ struct RunCommandTests {
 
     @Test func secondRunWithTheSameAgentIsRefused() throws {
         let before = HostState.baseline()
-        let first = Process()
-        first.executableURL = URL(fileURLWithPath: binary)
-        first.arguments = ["run", "--agent-id", "twice", "--", "sleep", "30"]
-        let firstErr = Pipe()
-        first.standardOutput = FileHandle.nullDevice
-        first.standardError = firstErr
-        try first.run()
-        // Wait until the first sandbox is up: it announces itself on stderr.
-        let announcement = firstErr.fileHandleForReading.availableData
-        #expect(String(decoding: announcement, as: UTF8.self).contains("agent twice"))
+        let (first, firstErr) = try startSleepingRun(agent: "twice")
         let second = try alcub3(["run", "--agent-id", "twice", "--", "true"])
         #expect(second.code == 73)
         #expect(second.stderr.contains("agent id 'twice' is already in use"), "stderr: \(second.stderr)")
@@ -160,15 +166,7 @@ struct RunCommandTests {
     /// (its init has PR_SET_PDEATHSIG) and the next run removes the empty cgroup.
     @Test func aKilledRunLeavesNothingTheNextRunDoesNotRemove() throws {
         let before = HostState.baseline()
-        let victim = Process()
-        victim.executableURL = URL(fileURLWithPath: binary)
-        victim.arguments = ["run", "--agent-id", "victim", "--", "sleep", "30"]
-        let err = Pipe()
-        victim.standardOutput = FileHandle.nullDevice
-        victim.standardError = err
-        try victim.run()
-        let announcement = String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
-        #expect(announcement.contains("agent victim"))
+        let (victim, _) = try startSleepingRun(agent: "victim")
         kill(victim.processIdentifier, SIGKILL)
         victim.waitUntilExit()
         // The sandbox's processes die with their supervisor.
