@@ -1,7 +1,7 @@
 # alcub3: every step a fresh machine needs, from system packages to benchmarks.
 # `make demo` and `make test` each install what is missing first.
 
-SWIFT ?= swift
+SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 BUILD_FLAGS ?=
 BIN = .build/debug/alcub3
 CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)

@@ -4,6 +4,7 @@
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+command -v swift >/dev/null 2>&1 || PATH="/opt/swift/usr/bin:$PATH"
 [ "$(id -u)" -eq 0 ] || { echo "make bench needs root (BPF, cgroups)" >&2; exit 77; }
 swift build -c release --product alcub3-bench >/dev/null
 swift build -c release --product alcub3 >/dev/null

@@ -15,7 +15,7 @@ if [ -n "$missing" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-if ! command -v swift >/dev/null 2>&1; then
+if ! command -v swift >/dev/null 2>&1 && [ ! -x /opt/swift/usr/bin/swift ]; then
     echo "swift is not on PATH: alcub3 needs Swift 6 (the machine image has it at /opt/swift)" >&2
     exit 1
 fi
