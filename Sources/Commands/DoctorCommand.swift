@@ -85,7 +85,7 @@ struct DoctorCommand: ParsableCommand {
                          detail: "load and attach; kernel counters: \(c.seen) seen, \(c.dropped) dropped",
                          errno: nil, fallback: nil)
         } catch let e as BPFError {
-            return .init(name: "telemetry programs", available: false, detail: e.description, errno: SystemError(errno: e.errno, call: "").errnoName, fallback: nil)
+            return .init(name: "telemetry programs", available: false, detail: e.description, errno: SystemError.name(of: e.errno), fallback: nil)
         } catch {
             return .init(name: "telemetry programs", available: false, detail: "\(error)", errno: nil, fallback: nil)
         }

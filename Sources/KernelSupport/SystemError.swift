@@ -15,7 +15,10 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
         self.context = context
     }
 
-    public var errnoName: String { errnoNames[errno] ?? "errno \(errno)" }
+    public var errnoName: String { Self.name(of: errno) }
+
+    /// EPERM for 1, and so on; "errno N" for a number without a name here.
+    public static func name(of code: Int32) -> String { errnoNames[code] ?? "errno \(code)" }
 
     public var description: String {
         let message = String(cString: strerror(errno))
@@ -30,6 +33,8 @@ private let errnoNames: [Int32: String] = [
     EFAULT: "EFAULT", EBUSY: "EBUSY", EEXIST: "EEXIST", ENOTDIR: "ENOTDIR", EISDIR: "EISDIR",
     EINVAL: "EINVAL", ENOSPC: "ENOSPC", EROFS: "EROFS", ENOSYS: "ENOSYS", ENOTSUP: "EOPNOTSUPP",
     ENOEXEC: "ENOEXEC", ENOTEMPTY: "ENOTEMPTY", ELOOP: "ELOOP", ENAMETOOLONG: "ENAMETOOLONG",
+    EADDRINUSE: "EADDRINUSE", EADDRNOTAVAIL: "EADDRNOTAVAIL", ENETUNREACH: "ENETUNREACH",
+    ETIMEDOUT: "ETIMEDOUT", ECONNREFUSED: "ECONNREFUSED", EHOSTUNREACH: "EHOSTUNREACH", EINPROGRESS: "EINPROGRESS",
 ]
 
 /// Runs a call that returns -1 and sets errno, retrying on EINTR: the only

@@ -48,11 +48,7 @@ public final class CgroupParentLock: Sendable {
         closedir(dir)
         for name in names {
             let path = root + "/" + name
-            var pids: [Int32] = []
-            forEachDirectory(path) { sub in
-                pids += ((try? FileIO.read(sub + "/cgroup.procs")) ?? "").split(separator: "\n").compactMap { Int32($0) }
-            }
-            guard pids.isEmpty else { continue }
+            guard SandboxCgroup.processes(under: path).isEmpty else { continue }
             var dirs: [String] = []
             forEachDirectory(path) { dirs.append($0) }
             for sub in dirs.reversed() { rmdir(sub) }

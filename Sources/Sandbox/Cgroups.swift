@@ -92,7 +92,10 @@ public final class SandboxCgroup: Sendable {
     }
 
     /// Pids currently in the sandbox cgroup and its descendants.
-    public func processes() -> [Int32] {
+    public func processes() -> [Int32] { Self.processes(under: path) }
+
+    /// Pids in a cgroup directory and every cgroup below it (v1 or v2).
+    static func processes(under path: String) -> [Int32] {
         var pids: [Int32] = []
         forEachDirectory(path) { dir in
             if let text = try? FileIO.read(dir + "/cgroup.procs") {

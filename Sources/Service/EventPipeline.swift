@@ -98,7 +98,7 @@ final class EventPipeline: Sendable {
             case .network: "network"
             default: "alcub3"
             }
-            let time = (object["time_dt"] as? String).flatMap { _ in originNanos(event, sandbox) } ?? WallClock.nowUnixNanos()
+            let time = originNanos(event, sandbox) ?? WallClock.nowUnixNanos()
             return StoredEvent(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
                                kind: kind, classUID: object["class_uid"] as? Int, json: OCSFEncoder.jsonLine(object))
         }

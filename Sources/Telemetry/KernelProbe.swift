@@ -53,7 +53,7 @@ public enum KernelProbe {
         return id > 0 ? UInt32(id) : nil
     }
 
-    static func errnoText(_ code: Int32) -> String { SystemError(errno: code, call: "").errnoName }
+    static func errnoText(_ code: Int32) -> String { SystemError.name(of: code) }
 
     public static func bpfProgramTypes() -> [Result] {
         func probe(_ name: String, _ code: Int32, fallback: String? = nil) -> Result {

@@ -1,4 +1,5 @@
 import Foundation
+import KernelSupport
 
 /// Renders telemetry as OCSF 1.3 events (docs/events.md): Process Activity
 /// (1007), File System Activity (1001), Network Activity (4001); Detection
@@ -188,13 +189,7 @@ public struct OCSFEncoder: Sendable {
         }
     }
 
-    public func errnoName(_ code: Int32) -> String {
-        let names: [Int32: String] = [1: "EPERM", 2: "ENOENT", 9: "EBADF", 11: "EAGAIN", 13: "EACCES", 17: "EEXIST",
-                                      20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 28: "ENOSPC", 30: "EROFS", 38: "ENOSYS",
-                                      39: "ENOTEMPTY", 98: "EADDRINUSE", 99: "EADDRNOTAVAIL", 101: "ENETUNREACH",
-                                      110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH", 115: "EINPROGRESS"]
-        return names[code] ?? "errno \(code)"
-    }
+    public func errnoName(_ code: Int32) -> String { SystemError.name(of: code) }
 
     /// One line of JSON with sorted keys.
     public static func jsonLine(_ object: [String: Any]) -> String {

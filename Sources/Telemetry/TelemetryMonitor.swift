@@ -29,7 +29,6 @@ public final class TelemetryMonitor: Sendable {
     struct ConsumerControl {
         var started = false
         var stopRequested = false
-        var stopped = false
     }
     private let done = DispatchSemaphore(value: 0)
 
