@@ -217,11 +217,37 @@ struct alcub3_sandbox_config *alcub3_btf_sandbox __attribute__((unused));
  * Sandbox of the current task, or 0. The first comparison is all a task
  * outside alcub3's tree pays.
  */
+/*
+ * Whether task t is in alcub3's cgroup tree: all a task outside it pays at
+ * each syscall. Plain typed loads (task -> css_set -> cgroup2 cgroup -> its
+ * ancestor at alcub3's level -> kernfs id), no helper call; the level is a
+ * load-time constant, so the ancestors[] index is a fixed offset.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+static __always_inline int in_alcub3_tree(struct task_struct *t)
+{
+	struct cgroup *cg = t->cgroups->dfl_cgrp;
+	struct cgroup **ancestors;
+	struct cgroup *a;
+
+	if (cg->level < (int)alcub3_root_level)
+		return 0;
+	/*
+	 * ancestors[] is a flexible array the verifier will not index past its
+	 * first slot; bpf_rdonly_cast (inlined to a move) makes the reads
+	 * untrusted, fault-safe loads.
+	 */
+	ancestors = bpf_rdonly_cast(cg->ancestors, 0);
+	a = bpf_rdonly_cast(ancestors[alcub3_root_level], bpf_core_type_id_kernel(struct cgroup));
+	return a->kn->id == alcub3_root_cgid;
+}
+
 static __always_inline __u64 current_sandbox(struct alcub3_sandbox_config **cfg)
 {
 	__u64 cgid;
 
-	if (bpf_get_current_ancestor_cgroup_id(alcub3_root_level) != alcub3_root_cgid)
+	if (!in_alcub3_tree(bpf_get_current_task_btf()))
 		return 0;
 	cgid = bpf_get_current_ancestor_cgroup_id(alcub3_root_level + 1);
 	*cfg = bpf_map_lookup_elem(&sandboxes, &cgid);
@@ -1099,10 +1125,9 @@ int BPF_PROG(alcub3_sys_exit, struct pt_regs *regs, long ret)
 	__u32 nr, flags;
 	int cat;
 
-	/* All a task outside alcub3's tree pays, as in current_sandbox. */
-	if (bpf_get_current_ancestor_cgroup_id(alcub3_root_level) != alcub3_root_cgid)
-		return 0;
 	t = bpf_get_current_task_btf();
+	if (!in_alcub3_tree(t)) /* all a task outside alcub3's tree pays */
+		return 0;
 	cset = (__u64)t->cgroups;
 	tb = bpf_task_storage_get(&syscall_batches, t, 0, 0);
 	if (tb && tb->b.count && tb->cset == cset) {

@@ -90,11 +90,13 @@ for round in 0..<rounds {
             drained.signal()
         }
         try monitor.start()
+        // Outside first, while the consumer is idle: measured after the watched
+        // loop, it would also time the consumer still decoding that loop's records.
+        record("telemetryOutside", loopOutside())
         let start = DispatchTime.now().uptimeNanoseconds
         record("watchedInside", try loopIn(watchedCgroup))
         usleep(20_000)  // the consumer's last millisecond
         rates.append(Double(delivered.load(ordering: .relaxed)) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
-        record("telemetryOutside", loopOutside())
         monitor.stop()
         drained.wait()
         let c = monitor.counters()
