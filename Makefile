@@ -10,7 +10,7 @@ CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
 DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
                libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux
 
-.PHONY: deps build test demo bench bpf vmlinux check-generated clean
+.PHONY: deps build test demo bench bpf vmlinux check-generated escape clean
 
 deps:
 	@scripts/install-deps.sh $(DEB_PACKAGES)
@@ -42,6 +42,11 @@ bpf:
 	  $(CLANG) -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror \
 	    -Ibpf/include -ISources/CAlcub3/include -c $$f -o .build/bpf/$$(basename $$f .c).o || exit 1; \
 	  echo "compiled $$f"; done
+
+# The escape suite's attacker, run inside sandboxes: static, so any root can run it.
+escape:
+	@mkdir -p .build/escape
+	cc -static -O2 -Wall -Wextra -Werror -o .build/escape/alcub3-escape escape/alcub3-escape.c
 
 clean:
 	rm -rf .build

@@ -66,6 +66,7 @@ static __always_inline int allowed(__u8 addr[16], __u16 port)
 	struct netpolicy_sandbox *sb = bpf_map_lookup_elem(&netpolicy_sandboxes, &cgid);
 	struct netpolicy_key key = {};
 	struct netpolicy_port p = {};
+	__u8 *allow;
 
 	/* Attached only to sandboxes with a policy: no entry means fail closed. */
 	if (!sb)
@@ -73,7 +74,9 @@ static __always_inline int allowed(__u8 addr[16], __u16 port)
 	key.prefixlen = 64 + 128;
 	__builtin_memcpy(key.data, &cgid, 8);
 	__builtin_memcpy(key.data + 8, addr, 16);
-	if (!bpf_map_lookup_elem(&netpolicy_networks, &key))
+	/* The longest matching prefix decides: 1 allows, 0 refuses (the metadata address inside 0.0.0.0/0). */
+	allow = bpf_map_lookup_elem(&netpolicy_networks, &key);
+	if (!allow || !*allow)
 		return 0;
 	if (sb->flags & NETPOLICY_ALL_PORTS)
 		return 1;

@@ -1,9 +1,12 @@
 #define _GNU_SOURCE
 #include "alcub3_spawn.h"
+#include "alcub3_probe.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/sched.h>
+#include <linux/securebits.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -68,16 +71,40 @@ static void close_other_fds(const int *keep, int count) {
     syscall(SYS_close_range, from, ~0U, 0);
 }
 
+/* Not a failure: the seccomp listener's descriptor number follows in `err`;
+   the parent takes it with pidfd_getfd and answers one byte on the socket. */
+#define ALCUB3_REPORT_LISTENER 100
+
+/* Set in the process that installed the filter; its children (a copy of its
+   memory) inherit the filter and must not stack a second one. */
+static int filter_installed;
+
+/* no_new_privs, then the seccomp filter. The init (or relay) installs it
+   before cloning the command, so it can hand the listener over: the command
+   execs at once and a close-on-exec listener would be gone. The rest of the
+   init's life runs under the filter too (profiles must allow what it needs). */
+static void install_filter(const struct alcub3_spawn_config *c, int report_fd) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_NO_NEW_PRIVS);
+    if (!c->filter || filter_installed) return;
+    struct sock_fprog prog = { .len = c->filter_len, .filter = (struct sock_filter *)c->filter };
+    unsigned int flags = (c->filter_log ? SECCOMP_FILTER_FLAG_LOG : 0) |
+                         (c->filter_notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0);
+    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    if (listener < 0) child_fail(report_fd, ALCUB3_STEP_SECCOMP);
+    filter_installed = 1;
+    if (c->filter_notify) {
+        struct failure f = { ALCUB3_REPORT_LISTENER, (int)listener };
+        char ack;
+        if (write(report_fd, &f, sizeof f) != (ssize_t)sizeof f || read(report_fd, &ack, 1) != 1) _exit(127);
+        close((int)listener); /* the parent holds it now; none may stay inside */
+    }
+}
+
 static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
     int keep[] = { report_fd };
     close_other_fds(keep, 1);
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_NO_NEW_PRIVS);
-    if (c->filter) {
-        /* Last step before exec: the filter may deny the syscalls used above. */
-        struct sock_fprog prog = { .len = c->filter_len, .filter = (struct sock_filter *)c->filter };
-        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
-            child_fail(report_fd, ALCUB3_STEP_SECCOMP);
-    }
+    /* Last step before exec (unless the init did it): the filter may deny the syscalls used above. */
+    install_filter(c, report_fd);
     execve(c->path, c->argv, c->envp);
     child_fail(report_fd, ALCUB3_STEP_EXEC);
 }
@@ -211,7 +238,142 @@ static void prepare_stdio_and_signals(const struct alcub3_spawn_config *c, int r
     }
 }
 
-static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report_fd) {
+/*
+ * Landlock. Debian 12's <linux/landlock.h> (linux-libc-dev 6.1) knows ABI 1
+ * and 2 only; the constants and struct fields of later ABIs (truncate 3,
+ * network 4, ioctl on devices 5, scopes 6, logging flags 7) are defined here,
+ * as in the kernel's uapi header, with an LL_ prefix so they cannot clash.
+ */
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+#define LL_RULE_PATH_BENEATH 1
+#define LL_RULE_NET_PORT 2
+#define LL_FS_EXECUTE (1ULL << 0)
+#define LL_FS_WRITE_FILE (1ULL << 1)
+#define LL_FS_READ_FILE (1ULL << 2)
+#define LL_FS_READ_DIR (1ULL << 3)
+#define LL_FS_MAKE_SYM (1ULL << 12)      /* the last right of ABI 1 */
+#define LL_FS_REFER (1ULL << 13)         /* ABI 2 */
+#define LL_FS_TRUNCATE (1ULL << 14)      /* ABI 3 */
+#define LL_FS_IOCTL_DEV (1ULL << 15)     /* ABI 5 */
+#define LL_NET_BIND_TCP (1ULL << 0)      /* ABI 4 */
+#define LL_NET_CONNECT_TCP (1ULL << 1)   /* ABI 4 */
+#define LL_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0) /* ABI 6 */
+#define LL_SCOPE_SIGNAL (1ULL << 1)               /* ABI 6 */
+#define LL_RESTRICT_SELF_LOG_NEW_EXEC_ON (1U << 1) /* ABI 7: keep logging denials after execve */
+
+struct ll_ruleset_attr { uint64_t handled_access_fs, handled_access_net, scoped; };
+struct ll_path_beneath_attr { uint64_t allowed_access; int32_t parent_fd; } __attribute__((packed));
+struct ll_net_port_attr { uint64_t allowed_access, port; };
+
+/* Every filesystem right the ABI knows: all of them are handled (denied unless a rule allows). */
+static uint64_t landlock_fs_rights(int abi) {
+    uint64_t rights = (LL_FS_MAKE_SYM << 1) - 1;
+    if (abi >= 2) rights |= LL_FS_REFER;
+    if (abi >= 3) rights |= LL_FS_TRUNCATE;
+    if (abi >= 5) rights |= LL_FS_IOCTL_DEV;
+    return rights;
+}
+
+/* One path_beneath rule; a missing path is an error unless optional. */
+static int landlock_allow_path(int ruleset, const char *path, uint64_t rights, int optional) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) return (optional && errno == ENOENT) ? 0 : -1;
+    struct ll_path_beneath_attr rule = { rights, fd };
+    int rc = (int)syscall(SYS_landlock_add_rule, ruleset, LL_RULE_PATH_BENEATH, &rule, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+static int landlock_allow_ports(int ruleset, uint64_t right, const uint16_t *ports, int count) {
+    for (int i = 0; i < count; i++) {
+        struct ll_net_port_attr rule = { right, ports[i] };
+        if (syscall(SYS_landlock_add_rule, ruleset, LL_RULE_NET_PORT, &rule, 0) != 0) return -1;
+    }
+    return 0;
+}
+
+/*
+ * Read and execute beneath /, every right beneath the writable paths and the
+ * private /tmp, reading and writing (with ioctl) the character devices a
+ * program commonly opens; TCP ports and scopes when the ABI has them. Paths
+ * resolve in the caller's mount namespace: the sandbox's, after its mounts or
+ * after setns.
+ */
+static void apply_landlock(const struct alcub3_spawn_config *c, int abi, int report_fd) {
+    if (!c->landlock || abi < 1) return;
+    uint64_t fs = landlock_fs_rights(abi);
+    struct ll_ruleset_attr attr = { fs, 0, 0 };
+    if (abi >= 4) {
+        if (c->landlock_connect) attr.handled_access_net |= LL_NET_CONNECT_TCP;
+        if (c->landlock_bind) attr.handled_access_net |= LL_NET_BIND_TCP;
+    }
+    /* Neither signals nor abstract Unix sockets reach processes outside the domain. */
+    if (abi >= 6) attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL;
+    /* The kernel accepts a larger struct whose unknown tail is zero. */
+    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (ruleset < 0) child_fail(report_fd, ALCUB3_STEP_LANDLOCK);
+    uint64_t device = fs & (LL_FS_READ_FILE | LL_FS_WRITE_FILE | LL_FS_TRUNCATE | LL_FS_IOCTL_DEV);
+    static const char *const devices[] = {
+        "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx", "/dev/pts",
+    };
+    int rc = landlock_allow_path(ruleset, "/", LL_FS_READ_FILE | LL_FS_READ_DIR | LL_FS_EXECUTE, 0);
+    for (const char *const *p = c->writable_paths; rc == 0 && p && *p; p++) rc = landlock_allow_path(ruleset, *p, fs, 0);
+    if (rc == 0 && c->read_only_root && (c->namespaces & CLONE_NEWNS)) rc = landlock_allow_path(ruleset, "/tmp", fs, 0);
+    for (unsigned i = 0; rc == 0 && i < sizeof devices / sizeof devices[0]; i++)
+        rc = landlock_allow_path(ruleset, devices[i], device, 1);
+    if (rc == 0 && (attr.handled_access_net & LL_NET_CONNECT_TCP))
+        rc = landlock_allow_ports(ruleset, LL_NET_CONNECT_TCP, c->connect_ports, c->connect_ports_count);
+    if (rc == 0 && (attr.handled_access_net & LL_NET_BIND_TCP))
+        rc = landlock_allow_ports(ruleset, LL_NET_BIND_TCP, c->bind_ports, c->bind_ports_count);
+    /* Denials of the agent (after its execve) go to the audit log too. */
+    unsigned flags = abi >= 7 ? LL_RESTRICT_SELF_LOG_NEW_EXEC_ON : 0;
+    if (rc == 0) rc = (int)syscall(SYS_landlock_restrict_self, ruleset, flags);
+    if (rc != 0) child_fail(report_fd, ALCUB3_STEP_LANDLOCK);
+    close(ruleset);
+}
+
+/*
+ * Capabilities: uid 0 stays, its privileges go. The bounding set is cut
+ * first (that needs CAP_SETPCAP, as the securebits do); the securebits make
+ * uid 0 gain nothing at execve or from setuid, and are locked; the kept
+ * capabilities are raised as ambient so they survive the execve.
+ */
+static void drop_capabilities(uint64_t keep, int report_fd) {
+    for (int cap = 0; cap < 64; cap++) {
+        if (keep & (1ULL << cap)) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL) break; /* past the kernel's last capability */
+            child_fail(report_fd, ALCUB3_STEP_CAPABILITIES);
+        }
+    }
+    unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                         SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED;
+    if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_CAPABILITIES);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) child_fail(report_fd, ALCUB3_STEP_CAPABILITIES);
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    uint32_t low = (uint32_t)keep, high = (uint32_t)(keep >> 32);
+    struct __user_cap_data_struct data[2] = { { low, low, low }, { high, high, high } };
+    if (syscall(SYS_capset, &header, data) != 0) child_fail(report_fd, ALCUB3_STEP_CAPABILITIES);
+    for (int cap = 0; cap < 64; cap++) {
+        if ((keep & (1ULL << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0)
+            child_fail(report_fd, ALCUB3_STEP_CAPABILITIES);
+    }
+}
+
+/* Landlock while CAP_SYS_ADMIN still allows restrict_self without
+   no_new_privs (no_new_privs comes with the seccomp filter), then capabilities. */
+static void confine(const struct alcub3_spawn_config *c, int landlock_abi, int report_fd) {
+    apply_landlock(c, landlock_abi, report_fd);
+    drop_capabilities(c->keep_capabilities, report_fd);
+}
+
+static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlock_abi, int report_fd) {
     /* Named before anything else, so the fork of the command already says what it is. */
     prctl(PR_SET_NAME, "alcub3-init");
     /* `run` owns its sandbox: it must not outlive the process that watches it. */
@@ -252,6 +414,10 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
         int keep[] = { report_fd, c->status_fd };
         close_other_fds(keep, 2);
     }
+    /* The mounts are done: the init needs no privilege to reap and forward
+       signals, so it is confined too, and its command inherits one domain. */
+    confine(c, landlock_abi, report_fd);
+    if (c->namespaces & CLONE_NEWPID) install_filter(c, report_fd);
     if (c->namespaces & CLONE_NEWPID) {
         /* We are pid 1 of the sandbox: the kernel ignores default-action signals
            sent to pid 1 and gives it every orphan to reap, so a small init runs
@@ -275,20 +441,38 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int report
 
 /* Parent side: wait for the child's report; EOF means execve succeeded (the
    CLOEXEC pipe closed), a record means a step failed and the child is reaped. */
-static int await_report(int report_fd, long child, int fd, pid_t *pid, int *pidfd,
-                        int *failed_step, int *failed_errno) {
+static int await_report(const struct alcub3_spawn_config *c, int report_fd, long child, int fd, pid_t *pid,
+                        int *pidfd, int *failed_step, int *failed_errno) {
     struct failure f;
     ssize_t n;
-    do { n = read(report_fd, &f, sizeof f); } while (n < 0 && errno == EINTR);
+    int listener = -1;
+    for (;;) {
+        do { n = read(report_fd, &f, sizeof f); } while (n < 0 && errno == EINTR);
+        if (n != (ssize_t)sizeof f || f.step != ALCUB3_REPORT_LISTENER) break;
+        /* The filter's listener: take a copy out of the child, then let it go on. */
+        listener = (int)syscall(SYS_pidfd_getfd, fd, f.err, 0);
+        if (listener < 0) {
+            f.step = ALCUB3_STEP_SECCOMP;
+            f.err = errno;
+            syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+            n = (ssize_t)sizeof f;
+            break;
+        }
+        char ack = 1;
+        if (write(report_fd, &ack, 1) != 1) {} /* a dead child shows as EOF or a failure next */
+    }
     close(report_fd);
     if (n == (ssize_t)sizeof f) {
         int status;
         while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
         close(fd);
+        if (listener >= 0) close(listener);
         *failed_step = f.step;
         *failed_errno = f.err;
         return -1;
     }
+    if (c->seccomp_listener) *c->seccomp_listener = listener;
+    else if (listener >= 0) close(listener);
     *pid = (pid_t)child;
     *pidfd = fd;
     return 0;
@@ -305,12 +489,27 @@ static long clone_into(const struct alcub3_spawn_config *c, uint64_t namespaces,
     return syscall(SYS_clone3, &args, sizeof args);
 }
 
+/* The ABI is asked in the parent, so the caller learns it and the child (a copy) knows it.
+   A kernel without Landlock (not built, not enabled) gives 0: the sandbox starts without it. */
+static int landlock_abi_for(const struct alcub3_spawn_config *c, int *failed_step, int *failed_errno) {
+    int abi = c->landlock ? alcub3_landlock_abi() : 0;
+    if (abi == -ENOSYS || abi == -EOPNOTSUPP) abi = 0;
+    if (abi < 0) {
+        *failed_step = ALCUB3_STEP_LANDLOCK;
+        *failed_errno = -abi;
+    }
+    return abi;
+}
+
 int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
-                 int *failed_step, int *failed_errno) {
+                 int *failed_step, int *failed_errno, int *landlock_abi) {
     int report[2];
     *failed_step = ALCUB3_STEP_NONE;
     *failed_errno = 0;
-    if (pipe2(report, O_CLOEXEC) != 0) {
+    *landlock_abi = landlock_abi_for(c, failed_step, failed_errno);
+    if (*landlock_abi < 0) return -1;
+    /* A socket pair, not a pipe: the child also reads on it (the listener's acknowledgement). */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report) != 0) {
         *failed_step = ALCUB3_STEP_CLONE;
         *failed_errno = errno;
         return -1;
@@ -326,13 +525,13 @@ int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
     }
     if (child == 0) {
         close(report[0]);
-        child_setup_and_exec(c, report[1]);
+        child_setup_and_exec(c, *landlock_abi, report[1]);
     }
     close(report[1]);
-    return await_report(report[0], child, fd, pid, pidfd, failed_step, failed_errno);
+    return await_report(c, report[0], child, fd, pid, pidfd, failed_step, failed_errno);
 }
 
-static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, int report_fd) {
+static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, int landlock_abi, int report_fd) {
     prctl(PR_SET_NAME, "alcub3-exec");
     for (int i = 0; i < 8 && c->v1_procs_fds[i] >= 0; i++) {
         if (write(c->v1_procs_fds[i], "0", 1) != 1) child_fail(report_fd, ALCUB3_STEP_CGROUP_V1);
@@ -347,6 +546,9 @@ static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, in
         int keep[] = { report_fd };
         close_other_fds(keep, 1);
     }
+    /* Landlock has no way to join the init's domain: this is a new one with the same rules. */
+    confine(c, landlock_abi, report_fd);
+    if (joined & CLONE_NEWPID) install_filter(c, report_fd);
     if (joined & CLONE_NEWPID) {
         /* setns(CLONE_NEWPID) applies to children only: the command is our child. */
         pid_t command = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
@@ -359,11 +561,13 @@ static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, in
 }
 
 int alcub3_spawn_into(const struct alcub3_spawn_config *c, int target_pidfd, pid_t *pid, int *pidfd,
-                      int *failed_step, int *failed_errno) {
+                      int *failed_step, int *failed_errno, int *landlock_abi) {
     int report[2];
     *failed_step = ALCUB3_STEP_NONE;
     *failed_errno = 0;
-    if (!c->path || pipe2(report, O_CLOEXEC) != 0) {
+    *landlock_abi = landlock_abi_for(c, failed_step, failed_errno);
+    if (*landlock_abi < 0) return -1;
+    if (!c->path || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report) != 0) {
         *failed_step = ALCUB3_STEP_CLONE;
         *failed_errno = c->path ? errno : EINVAL;
         return -1;
@@ -379,10 +583,10 @@ int alcub3_spawn_into(const struct alcub3_spawn_config *c, int target_pidfd, pid
     }
     if (child == 0) {
         close(report[0]);
-        relay_exec(c, target_pidfd, report[1]);
+        relay_exec(c, target_pidfd, *landlock_abi, report[1]);
     }
     close(report[1]);
-    return await_report(report[0], child, fd, pid, pidfd, failed_step, failed_errno);
+    return await_report(c, report[0], child, fd, pid, pidfd, failed_step, failed_errno);
 }
 
 int alcub3_pidfd_send_signal(int pidfd, int sig) {

@@ -1,4 +1,6 @@
 import Foundation
+import Policy
+import Sandbox
 import Service
 import Telemetry
 
@@ -73,5 +75,23 @@ enum MonitorView {
               alerts \((s["latestAlerts"] as? [Any])?.count ?? 0)  integrity \(s["integrity"] ?? "?")
 
             """
+    }
+}
+
+/// `--seccomp-profile FILE`: the file's text once it has been checked here,
+/// so a bad profile is refused (exit 68, naming the place) before anything starts.
+enum SeccompProfileFile {
+    static func read(_ path: String) throws -> String {
+        do {
+            let profile = try SeccompProfile(contentsOf: path)
+            try profile.checkInitRequirements()
+            _ = try SeccompCompiler.compile(profile)
+        } catch let error as PolicyError {
+            throw fail(Alcub3Exit.invalidPolicy, "seccomp profile refused: \(error)")
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw fail(Alcub3Exit.invalidPolicy, "seccomp profile refused: \(path) is not UTF-8 text")
+        }
+        return text
     }
 }

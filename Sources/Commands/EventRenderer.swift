@@ -1,10 +1,14 @@
+import Enforcement
 import Foundation
 import Sandbox
 import Telemetry
 
 /// Turns the event stream into what a person or a program reads: one table
-/// line or one JSON object per event, and a summary at the end.
-final class EventRenderer {
+/// line or one JSON object per event, and a summary at the end. Escape
+/// findings arrive from two threads (the event stream and the seccomp
+/// supervisor), so every entry point takes the lock.
+final class EventRenderer: @unchecked Sendable {
+    private let lock = NSLock()
     let format: OutputFormat
     let encoder: OCSFEncoder
     let printSyscalls: Bool
@@ -20,15 +24,36 @@ final class EventRenderer {
     }
 
     func render(_ batch: [TelemetryEvent]) {
+        lock.lock()
+        defer { lock.unlock() }
         var text = ""
         for event in batch {
             processes.observe(event)
             summary.count(event)
             if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = (f.path, processes[f.origin.pid]?.name ?? "?") }
             if let line = line(for: event) { text += line + "\n" }
+            if let finding = EscapeDetector.finding(for: event) { text += findingLine(finding) + "\n" }
             if case .process(let p) = event, case .exit(_, _, false, _) = p.activity { processes.forget(p.origin.pid) }
         }
         if !text.isEmpty { Output.out(text) }
+    }
+
+    /// A syscall the seccomp supervisor refused: its finding, printed at once.
+    func render(_ finding: EscapeFinding) {
+        lock.lock()
+        defer { lock.unlock() }
+        Output.out(findingLine(finding) + "\n")
+    }
+
+    var finalSummary: RunSummary { lock.withLock { summary } }
+
+    private func findingLine(_ finding: EscapeFinding) -> String {
+        summary.findings[finding.technique.id, default: 0] += 1
+        if format == .json { return OCSFEncoder.jsonLine(finding.ocsf(encoder: encoder, processes: processes)) }
+        let time = encoder.clock.iso8601(boot: finding.observedNanos)
+        let clock = String(time.dropFirst(11).prefix(15))
+        let name = processes[finding.pid]?.name ?? "?"
+        return "\(clock) \(pad("\(name)[\(finding.pid)]", 22)) ALERT    \(finding.technique.id): \(finding.evidence) (refused by \(finding.refusedBy))"
     }
 
 
@@ -129,6 +154,8 @@ struct RunSummary {
     var bytesWritten: UInt64 = 0
     var processesStarted = 0
     var kernelDropped: UInt64 = 0
+    /// Escape findings by technique id.
+    var findings: [String: Int] = [:]
 
     mutating func count(_ event: TelemetryEvent) {
         switch event {

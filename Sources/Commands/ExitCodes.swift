@@ -7,6 +7,7 @@ public enum Alcub3Exit {
     public static let unknownClassification: Int32 = 65
     public static let invalidAgentID: Int32 = 66
     public static let unsupportedIsolation: Int32 = 67
+    public static let invalidPolicy: Int32 = 68      // a policy file or seccomp profile refused
     public static let internalError: Int32 = 70
     public static let kernelRefused: Int32 = 71      // a BPF program, cgroup or namespace the kernel refused
     public static let agentInUse: Int32 = 73

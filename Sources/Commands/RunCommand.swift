@@ -30,6 +30,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(name: .customLong("syscall-entry"), help: "Also record syscall entries, not only completed syscalls.")
     var syscallEntry = false
 
+    @Option(name: .customLong("seccomp-profile"), help: "An OCI / Docker seccomp profile (JSON) replacing the policy's syscall allow-list.")
+    var seccompProfile: String?
+
     @Argument(parsing: .captureForPassthrough, help: "The command, after --.")
     var command: [String] = []
 
@@ -54,6 +57,9 @@ struct RunCommand: AsyncParsableCommand {
             let why = isolation == nil ? "\(level.rawValue) requires isolation level '\(policy.isolation.rawValue)'" : "isolation level '\(policy.isolation.rawValue)'"
             throw fail(Alcub3Exit.unsupportedIsolation,
                        "\(why), which alcub3 run does not provide yet; pass --isolation process to accept process-level isolation")
+        }
+        if let seccompProfile {
+            policy.seccompProfile = try SeccompProfileFile.read(seccompProfile)
         }
         let agent = agentID ?? Self.defaultAgentID(for: program)
         if let problem = Identifier.validate(agent) {

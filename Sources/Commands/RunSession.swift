@@ -82,15 +82,17 @@ final class RunSession: @unchecked Sendable {
         // The init's pid is known only once it runs; events wait for it so they can name it.
         let (initPID, initPIDKnown) = AsyncStream<Int32>.makeStream()
         defer { initPIDKnown.finish() }
+        let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
         let streaming = Task { () -> RunSummary in
-            let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
             for await pid in initPID { renderer.seedInit(pid: pid) }
             for await batch in subscription.events { renderer.render(batch) }
-            return renderer.summary
+            return renderer.finalSummary
         }
 
         let namespaces = NamespaceSet.forPolicy(policy)
-        let seccomp = try kernelStep("compiling the seccomp filter") { try SeccompProfile.compile() }
+        let seccomp = try kernelStep("compiling the seccomp filter") {
+            try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: KernelProbe.seccompUserNotify().available))
+        }
         var spec = ProcessSpec(
             executable: executable, arguments: arguments, environment: Self.sandboxEnvironment(),
             workingDirectory: FileManager.default.currentDirectoryPath, hostname: sandboxID,
@@ -120,6 +122,19 @@ final class RunSession: @unchecked Sendable {
         }
         initPIDKnown.yield(process.pid)
         initPIDKnown.finish()
+        // Escape syscalls stop in the kernel until the supervisor refuses them
+        // and reports them; it ends with the sandbox (or, if alcub3 dies first,
+        // the kernel fails them with ENOSYS).
+        let cgroupID = cgroup.id
+        let supervisor = try process.takeSeccompListener().map { listener in
+            try kernelStep("starting the seccomp supervisor") {
+                try SeccompSupervisor(listener: listener, label: sandboxID) { notice in
+                    renderer.render(EscapeDetector.finding(for: notice, sandboxCgroupID: cgroupID))
+                }
+            }
+        }
+        supervisor?.start()
+        defer { supervisor?.stop() }
         if format == .table {
             Output.err(
                 "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), process isolation, namespaces \(namespaces.names.joined(separator: ","))) pid \(process.pid)\n")
@@ -188,11 +203,13 @@ final class RunSession: @unchecked Sendable {
                 "top_syscalls": s.topSyscalls(5).map { ["name": $0.0, "count": $0.1] as [String: Any] },
                 "kernel": ["seen": counters.seen, "submitted": counters.submitted, "dropped": counters.dropped],
                 "stream_dropped": subscriberDropped,
+                "alerts": s.findings,
             ]
             Output.out(OCSFEncoder.jsonLine(object) + "\n")
         case .table:
             let kinds = s.byKind.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
             let top = s.topSyscalls(5).map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+            let alerts = s.findings.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
             let text = """
                 --- alcub3 run summary ---
                 sandbox    \(sandboxID) (agent \(agentID), \(policy.classification.rawValue))
@@ -202,6 +219,7 @@ final class RunSession: @unchecked Sendable {
                 written    \(s.bytesWritten) bytes
                 kernel     \(counters.seen) records seen, \(counters.submitted) submitted, \(counters.dropped) dropped
                 stream     \(subscriberDropped) events dropped by a slow reader
+                alerts     \(alerts.isEmpty ? "none" : alerts)
 
                 """
             Output.err(text)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Policy
+import Sandbox
 import Service
 import Store
 import Telemetry
@@ -22,6 +23,8 @@ struct SandboxCommand: ParsableCommand {
         var policyFiles: [String] = []
         @Option(name: .customLong("capability"), help: "network, filesystem_write, subprocess, python (repeatable or comma-separated; default: the level's).")
         var capabilities: [String] = []
+        @Option(name: .customLong("seccomp-profile"), help: "An OCI / Docker seccomp profile (JSON) replacing the policy's syscall allow-list.")
+        var seccompProfile: String?
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
         var command: [String] = []
 
@@ -41,6 +44,7 @@ struct SandboxCommand: ParsableCommand {
                 }
                 return text
             }
+            request.seccompProfile = try seccompProfile.map(SeccompProfileFile.read)
             request.command = command.first == "--" ? Array(command.dropFirst()) : command
             request.workingDirectory = FileManager.default.currentDirectoryPath
             request.environment = RunSession.sandboxEnvironment()
@@ -184,13 +188,24 @@ struct SandboxCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write a sandbox's policy and command to a JSON file.")
         @Option(name: .customLong("agent-id")) var agentID: String
         @Option(help: "Output file (inside the working directory).") var output: String
+        @Flag(help: "Write the sandbox's seccomp filter as an OCI / Docker profile (for --seccomp-profile) instead.")
+        var seccomp = false
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
             let path = try SafePath.inWorkingDirectory(output)
             var request = ServiceRequest(op: .export)
             request.agentID = agentID
-            let json = try ServiceAccess.call(request)
+            var json = try ServiceAccess.call(request)
+            if seccomp {
+                let exported = try ServiceAccess.decode(SandboxExport.self, json)
+                do {
+                    let profile = try SeccompProfile.effective(for: exported.policy, supervised: false)
+                    json = String(decoding: try profile.jsonData(), as: UTF8.self)
+                } catch let error as PolicyError {
+                    throw fail(Alcub3Exit.invalidPolicy, "the sandbox's seccomp profile cannot be written: \(error)")
+                }
+            }
             guard FileManager.default.createFile(atPath: path, contents: Data((json + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
                 throw fail(ExitCodes.kernelRefused, "cannot write \(output)")
             }

@@ -9,6 +9,24 @@ import Sandbox
 import Synchronization
 import Telemetry
 
+/// What the cgroup programs enforce for one sandbox: destinations allowed
+/// (longest prefix wins), those refused inside them, and the ports (empty: all).
+public struct NetworkRules: Sendable, Equatable {
+    public var networks: [CIDR]
+    public var ports: [UInt16]
+    /// Refused whatever the class: the cloud metadata service, which hands out
+    /// the host's credentials (AWS, GCP, Azure: 169.254.169.254; AWS IPv6: fd00:ec2::254).
+    public var denied: [CIDR] = NetworkRules.metadataService
+
+    public static let metadataService = [try! CIDR("169.254.169.254/32"), try! CIDR("fd00:ec2::254/128")]
+
+    public init(networks: [CIDR], ports: [UInt16]) {
+        self.networks = networks
+        self.ports = ports
+    }
+}
+
+
 /// Enforces a sandbox's network destinations with cgroup BPF (bpf/netpolicy.bpf.c):
 /// connect and sendmsg to anything outside its networks and ports fail with
 /// EPERM before a packet leaves. Rules live in maps, so they change without
@@ -59,11 +77,12 @@ public final class NetworkEnforcer: Sendable {
     /// The kernel form of a policy: networks and ports, or nil when the
     /// policy needs no cgroup program (any destination, or no network at all,
     /// which a network namespace gives).
-    public static func rules(for policy: NetworkPolicy) -> (networks: [CIDR], ports: [UInt16])? {
+    public static func rules(for policy: NetworkPolicy) -> NetworkRules? {
         switch policy {
-        case .any, .none: return nil
-        case .privateAndLoopback: return (NetworkPolicy.privateAndLoopbackRanges, [])
-        case .listed(let cidrs, let ports): return cidrs.isEmpty ? nil : (cidrs, ports)
+        case .none: return nil
+        case .any: return NetworkRules(networks: [try! CIDR("0.0.0.0/0"), try! CIDR("::/0")], ports: [])
+        case .privateAndLoopback: return NetworkRules(networks: NetworkPolicy.privateAndLoopbackRanges, ports: [])
+        case .listed(let cidrs, let ports): return cidrs.isEmpty ? nil : NetworkRules(networks: cidrs, ports: ports)
         }
     }
 
@@ -85,17 +104,18 @@ public final class NetworkEnforcer: Sendable {
     }
 
     /// Replaces the rules of a sandbox whose programs are attached (live).
-    public func setRules(_ rules: (networks: [CIDR], ports: [UInt16]), sandboxCgroupID: UInt64) throws {
+    public func setRules(_ rules: NetworkRules, sandboxCgroupID: UInt64) throws {
         clearRules(sandboxCgroupID: sandboxCgroupID)
-        for cidr in rules.networks {
+        // Longest prefix wins: a refused /32 inside an allowed /0 stays refused.
+        for (cidr, allow) in rules.networks.map({ ($0, UInt8(1)) }) + rules.denied.map({ ($0, UInt8(0)) }) {
             var key = [UInt8](repeating: 0, count: 28)
             let prefix = UInt32(64 + (cidr.isIPv4 ? 96 + cidr.prefixLength : cidr.prefixLength))
             withUnsafeBytes(of: prefix.littleEndian) { key.replaceSubrange(0..<4, with: $0) }
             withUnsafeBytes(of: sandboxCgroupID) { key.replaceSubrange(4..<12, with: $0) }
             let address = cidr.isIPv4 ? [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + cidr.address : cidr.address
             key.replaceSubrange(12..<28, with: address)
-            var one: UInt8 = 1
-            let rc = key.withUnsafeBytes { bpf_map_update_elem(networks.fd, $0.baseAddress, &one, UInt64(BPF_ANY)) }
+            var value = allow
+            let rc = key.withUnsafeBytes { bpf_map_update_elem(networks.fd, $0.baseAddress, &value, UInt64(BPF_ANY)) }
             if rc < 0 { throw BPFError(errno: -rc, operation: "bpf_map_update_elem", subject: "netpolicy_networks \(cidr)") }
         }
         for port in rules.ports {

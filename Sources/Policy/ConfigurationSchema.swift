@@ -196,7 +196,7 @@ extension PolicyError {
     /// "unknown key 'memroy_limit' in ...; did you mean 'memory_limit'?". Names
     /// from a closed set (classifications, capabilities...) always list the valid
     /// ones; keys list them only when no near one is found.
-    static func unknown(_ noun: String, _ name: String, valid: [String], context: String = "",
+    public static func unknown(_ noun: String, _ name: String, valid: [String], context: String = "",
                         kind: Kind = .unknownName) -> PolicyError {
         var message = "unknown \(noun) '\(printable(name))'\(context)"
         let near = nearestName(to: name, among: valid)

@@ -43,8 +43,11 @@ public struct PolicyError: Error, CustomStringConvertible, Equatable, Sendable {
         return copy
     }
 
+    /// The same error placed in a file that has no line numbers (JSON read whole).
+    public func located(source: String) -> PolicyError { located(source: source, line: nil, column: nil) }
+
     /// The same error with what was being read in front: "memory_limit: ...".
-    func prefixed(_ context: String) -> PolicyError {
+    public func prefixed(_ context: String) -> PolicyError {
         var copy = self
         copy.message = "\(context): \(message)"
         return copy
@@ -54,7 +57,7 @@ public struct PolicyError: Error, CustomStringConvertible, Equatable, Sendable {
 /// The candidate closest to `name` by edit distance (case-insensitive, a swap of
 /// two neighbours counting as one edit), when it is close enough to be the
 /// likely intent: at most a third of the name's length, and at least 2.
-func nearestName(to name: String, among candidates: [String]) -> String? {
+public func nearestName(to name: String, among candidates: [String]) -> String? {
     let typed = Array(name.lowercased())
     let limit = max(2, typed.count / 3)
     let scored = candidates.map { ($0, editDistance(typed, Array($0.lowercased()))) }

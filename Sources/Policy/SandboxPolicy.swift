@@ -19,6 +19,9 @@ public struct SandboxPolicy: Sendable, Equatable {
     public var capabilities: [Capability]
     /// Send one telemetry record per syscall (the behavioral analyzer's input).
     public var traceSyscalls: Bool
+    /// An OCI / Docker seccomp profile (JSON text) that replaces the filter made
+    /// from `allowedSyscalls` (`--seccomp-profile`); nil: that filter.
+    public var seccompProfile: String?
 
     /// The syscalls the sandbox may make: the base set plus its capabilities' groups.
     public var allowedSyscalls: [String] { Capability.allowedSyscalls(for: capabilities) }
@@ -89,6 +92,7 @@ extension SandboxPolicy: Codable {
         case traceSyscalls = "trace_syscalls"
         /// Derived from capabilities: written for the reader, checked on import.
         case allowedSyscalls = "allowed_syscalls"
+        case seccompProfile = "seccomp_profile"
     }
 
     public init(from decoder: Decoder) throws {
@@ -130,6 +134,7 @@ extension SandboxPolicy: Codable {
         self.init(classification: classification, isolation: isolation, networkAccess: networkAccess, network: network,
                   cpuLimit: cpuLimit, memoryLimitBytes: memoryLimitBytes, pidsLimit: pidsLimit, filesystem: filesystem,
                   capabilities: capabilities, traceSyscalls: try container.decode(Bool.self, forKey: .traceSyscalls))
+        seccompProfile = try container.decodeIfPresent(String.self, forKey: .seccompProfile)
         if let listed = try container.decodeIfPresent([String].self, forKey: .allowedSyscalls), listed != allowedSyscalls {
             throw PolicyError(.invalidValue, "allowed_syscalls differs from what capabilities \(capabilities.map(\.rawValue)) give in this version of alcub3; change capabilities instead, or remove allowed_syscalls to accept this version's list")
         }
@@ -148,6 +153,7 @@ extension SandboxPolicy: Codable {
         try container.encode(capabilities, forKey: .capabilities)
         try container.encode(traceSyscalls, forKey: .traceSyscalls)
         try container.encode(allowedSyscalls, forKey: .allowedSyscalls)
+        try container.encodeIfPresent(seccompProfile, forKey: .seccompProfile)
     }
 }
 

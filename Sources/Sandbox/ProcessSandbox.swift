@@ -3,10 +3,12 @@ import Glibc
 #endif
 import CAlcub3
 import KernelSupport
+import Synchronization
 import Policy
 
 /// Namespaces a process-level sandbox gets. User namespaces are left out: the
-/// sandbox runs as root-owned and privileges are removed by no_new_privs and seccomp.
+/// sandbox runs as uid 0 and privileges are removed by dropping every capability
+/// (securebits keep uid 0 from regaining them), Landlock, no_new_privs and seccomp.
 public struct NamespaceSet: OptionSet, Sendable {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
@@ -53,6 +55,22 @@ public struct ProcessSpec: Sendable {
     /// cannot be changed from inside.
     public var readOnlyRoot = false
     public var writablePaths: [String] = []
+    /// Capabilities the command keeps ("CAP_NET_BIND_SERVICE"); every other one
+    /// is dropped from all five sets, and uid 0 gains none back through execve.
+    public var keepCapabilities: [String] = []
+    /// Landlock: read and execute everywhere, write only beneath `writablePaths`,
+    /// the private /tmp (with `readOnlyRoot`) and the common character devices;
+    /// no signal or abstract Unix socket reaches a process outside the sandbox
+    /// (ABI 6). Follows `readOnlyRoot` unless set. On a kernel without Landlock
+    /// the sandbox starts unconfined by it: `SandboxedProcess.landlockABI` says so.
+    public var landlock: Bool {
+        get { landlockSetting ?? readOnlyRoot }
+        set { landlockSetting = newValue }
+    }
+    private var landlockSetting: Bool?
+    /// TCP ports under Landlock (ABI 4, with `landlock` on); nil leaves the
+    /// network to the namespaces and cgroup programs.
+    public var landlockNetwork: LandlockNetwork?
     /// Descriptors for the command's stdin, stdout, stderr; nil inherits.
     public var stdio: (Int32, Int32, Int32)?
 
@@ -66,6 +84,45 @@ public struct ProcessSpec: Sendable {
         self.namespaces = namespaces
         self.seccomp = seccomp
         self.dieWithParent = dieWithParent
+    }
+}
+
+/// TCP ports a Landlock-confined sandbox may use: a nil list leaves that
+/// direction unrestricted, an empty one refuses it (EACCES). UDP is not covered.
+public struct LandlockNetwork: Sendable, Equatable {
+    public var allowedConnectPorts: [UInt16]?
+    public var allowedBindPorts: [UInt16]?
+
+    public init(allowedConnectPorts: [UInt16]? = nil, allowedBindPorts: [UInt16]? = nil) {
+        self.allowedConnectPorts = allowedConnectPorts
+        self.allowedBindPorts = allowedBindPorts
+    }
+}
+
+/// What confines a sandbox's processes beyond namespaces and seccomp. A
+/// command started inside a running sandbox gets its sandbox's, whatever its
+/// own spec says: it must not be less confined than the agent.
+struct Confinement: Sendable {
+    let keepCapabilities: [String]
+    let landlock: Bool
+    let readOnlyRoot: Bool
+    let writablePaths: [String]
+    let landlockNetwork: LandlockNetwork?
+
+    init(_ spec: ProcessSpec) {
+        keepCapabilities = spec.keepCapabilities
+        landlock = spec.landlock
+        readOnlyRoot = spec.readOnlyRoot
+        writablePaths = spec.writablePaths
+        landlockNetwork = spec.landlockNetwork
+    }
+
+    func apply(to spec: inout ProcessSpec) {
+        spec.keepCapabilities = keepCapabilities
+        spec.landlock = landlock
+        spec.readOnlyRoot = readOnlyRoot
+        spec.writablePaths = writablePaths
+        spec.landlockNetwork = landlockNetwork
     }
 }
 
@@ -88,12 +145,32 @@ public enum ExitStatus: Sendable, Equatable {
 public final class SandboxedProcess: Sendable {
     public let pid: Int32
     let pidfd: OwnedDescriptor
+    /// The Landlock ABI the process is confined with; nil when Landlock was
+    /// not asked for, the kernel lacks it, or the process was adopted (unknown).
+    public let landlockABI: Int?
+    /// nil for an adopted process: its spec is not known here.
+    let confinement: Confinement?
+    /// The listener of the sandbox's seccomp filter when it has notify rules,
+    /// until `takeSeccompListener()` hands it to a `SeccompSupervisor`.
+    private let listener: Mutex<OwnedDescriptor?>
+
+    /// The seccomp listener, once: its taker is its only holder, so when the
+    /// taker closes it the notified syscalls fail with ENOSYS (closed, never open).
+    public func takeSeccompListener() -> OwnedDescriptor? {
+        listener.withLock { held in
+            defer { held = nil }
+            return held
+        }
+    }
 
     /// Adopts a running sandbox init that is not our child (after a service restart).
     public init(adopting pid: Int32) throws {
         let fd = try syscallChecked("pidfd_open", "pid \(pid)") { alcub3_pidfd_open(pid) }
         self.pid = pid
         self.pidfd = OwnedDescriptor(fd)
+        self.landlockABI = nil
+        self.confinement = nil
+        self.listener = Mutex(nil)
     }
 
     /// The pidfd becomes readable when the process ends (child or not).
@@ -110,6 +187,7 @@ public final class SandboxedProcess: Sendable {
         5: "bringing up loopback", 6: "changing directory", 7: "setting no_new_privs",
         8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups", 12: "hiding a path",
         13: "joining the sandbox's namespaces", 14: "making the system view read-only",
+        15: "applying Landlock", 16: "dropping capabilities",
     ]
 
     /// Starts a new sandbox: its init (and the command, when there is one).
@@ -117,12 +195,16 @@ public final class SandboxedProcess: Sendable {
         try self.init(spec: spec, cgroup: cgroup, into: nil)
     }
 
-    /// Starts a command inside the running sandbox whose init is `sandboxInit`.
+    /// Starts a command inside the running sandbox whose init is `sandboxInit`,
+    /// with the sandbox's capabilities and Landlock rules when it started them.
     public convenience init(spec: ProcessSpec, cgroup: SandboxCgroup, joining sandboxInit: SandboxedProcess) throws {
+        var spec = spec
+        sandboxInit.confinement?.apply(to: &spec)
         try self.init(spec: spec, cgroup: cgroup, into: sandboxInit.pidfd.raw)
     }
 
     private init(spec: ProcessSpec, cgroup: SandboxCgroup, into target: Int32?) throws {
+        let keepCapabilities = try LinuxCapabilities.mask(spec.keepCapabilities)
         let cgroupFD = try cgroup.openDirectory()
         let v1 = try spec.v1ProcsFiles.map { try OwnedDescriptor(path: $0, flags: O_WRONLY) }
         let status = try spec.statusFile.map { try OwnedDescriptor(path: $0, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600) }
@@ -138,6 +220,8 @@ public final class SandboxedProcess: Sendable {
         var pidfd: Int32 = -1
         var step: Int32 = 0
         var err: Int32 = 0
+        var landlockABI: Int32 = 0
+        var listener: Int32 = -1
         let filter = spec.seccomp?.instructions ?? []
         let rc: Int32 = filter.withUnsafeBytes { filterBytes in
             var config = alcub3_spawn_config()
@@ -154,6 +238,8 @@ public final class SandboxedProcess: Sendable {
             if spec.seccomp != nil {
                 config.filter = filterBytes.baseAddress?.assumingMemoryBound(to: sock_filter.self)
                 config.filter_len = UInt16(filter.count)
+                config.filter_log = spec.seccomp!.logDenials ? 1 : 0
+                config.filter_notify = spec.seccomp!.usesNotify ? 1 : 0
             }
             config.stdin_fd = spec.stdio?.0 ?? -1
             config.stdout_fd = spec.stdio?.1 ?? -1
@@ -163,10 +249,25 @@ public final class SandboxedProcess: Sendable {
             config.status_fd = status?.raw ?? -1
             config.read_only_root = spec.readOnlyRoot ? 1 : 0
             config.writable_paths = UnsafeRawPointer(writable).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
-            if let target {
-                return alcub3_spawn_into(&config, target, &pid, &pidfd, &step, &err)
+            config.keep_capabilities = keepCapabilities
+            config.landlock = spec.landlock ? 1 : 0
+            if let ports = spec.landlockNetwork?.allowedConnectPorts {
+                config.landlock_connect = 1
+                config.connect_ports = cStrings.ports(ports)
+                config.connect_ports_count = Int32(ports.count)
             }
-            return alcub3_spawn(&config, &pid, &pidfd, &step, &err)
+            if let ports = spec.landlockNetwork?.allowedBindPorts {
+                config.landlock_bind = 1
+                config.bind_ports = cStrings.ports(ports)
+                config.bind_ports_count = Int32(ports.count)
+            }
+            return withUnsafeMutablePointer(to: &listener) { listenerOut in
+                config.seccomp_listener = listenerOut
+                if let target {
+                    return alcub3_spawn_into(&config, target, &pid, &pidfd, &step, &err, &landlockABI)
+                }
+                return alcub3_spawn(&config, &pid, &pidfd, &step, &err, &landlockABI)
+            }
         }
         if rc != 0 {
             let stepName = Self.stepNames[step] ?? "step \(step)"
@@ -178,6 +279,9 @@ public final class SandboxedProcess: Sendable {
         }
         self.pid = pid
         self.pidfd = OwnedDescriptor(pidfd)
+        self.landlockABI = landlockABI > 0 ? Int(landlockABI) : nil
+        self.confinement = Confinement(spec)
+        self.listener = Mutex(listener >= 0 ? OwnedDescriptor(listener) : nil)
     }
 
     /// Blocks until the process ends and reaps it.
@@ -197,7 +301,7 @@ public final class SandboxedProcess: Sendable {
     }
 }
 
-/// C strings for one spawn, freed together.
+/// C strings and port lists for one spawn, freed together.
 struct CStringArena {
     private var allocations: [UnsafeMutableRawPointer] = []
 
@@ -214,6 +318,13 @@ struct CStringArena {
         array[items.count] = nil
         allocations.append(UnsafeMutableRawPointer(array))
         return array
+    }
+
+    mutating func ports(_ ports: [UInt16]) -> UnsafePointer<UInt16> {
+        let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: max(ports.count, 1))
+        copy.initialize(from: ports, count: ports.count)
+        allocations.append(UnsafeMutableRawPointer(copy))
+        return UnsafePointer(copy)
     }
 
     func free() { allocations.forEach { Glibc.free($0) } }

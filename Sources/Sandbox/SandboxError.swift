@@ -9,6 +9,7 @@ public enum SandboxError: Error, CustomStringConvertible, Sendable {
     case agentInUse(agent: String, holder: String)
     case unsupportedHost(String)
     case childSetupFailed(step: String, error: SystemError)
+    case unknownCapability(String)
     case system(SystemError)
 
     public var description: String {
@@ -20,6 +21,8 @@ public enum SandboxError: Error, CustomStringConvertible, Sendable {
         case .agentInUse(let a, let holder): return "agent id '\(a)' is already in use by \(holder)"
         case .unsupportedHost(let why): return "this host cannot run the sandbox: \(why)"
         case .childSetupFailed(let step, let e): return "sandbox setup failed at \(step): \(e)"
+        case .unknownCapability(let name):
+            return "unknown capability '\(name)' (names as in capabilities(7), e.g. CAP_NET_BIND_SERVICE)"
         case .system(let e): return e.description
         }
     }

@@ -3,71 +3,224 @@ import Glibc
 #endif
 import CAlcub3
 import CSeccomp
+import Foundation
 import KernelSupport
+import Policy
 
 /// A compiled seccomp filter: classic BPF instructions ready for
 /// seccomp(SECCOMP_SET_MODE_FILTER) in the child.
 public struct SeccompProgram: Sendable {
     /// Raw `struct sock_filter` array (8 bytes per instruction).
     public let instructions: [UInt64]
-    public let deniedSyscalls: [String]
+    /// Some rule answers SCMP_ACT_NOTIFY: the filter is installed with a
+    /// listener, which the sandbox's supervisor must hold (without one the
+    /// kernel fails those syscalls with ENOSYS: closed, never open).
+    public let usesNotify: Bool
+    /// SECCOMP_FILTER_FLAG_LOG: the kernel logs every action but allow.
+    public let logDenials: Bool
+    /// The profile compiled, for `sandbox export --seccomp` and for telling
+    /// a refused syscall from one that failed on its own.
+    public let profile: SeccompProfile
 }
 
-public enum SeccompProfile {
-    /// Syscalls an agent never needs and that sandbox escapes are made of
-    /// (the default of issue 4's stricter profile starts from this list).
-    public static let defaultDenied: [String] = [
-        "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig",
-        "fsmount", "fspick", "mount_setattr", "unshare", "setns", "bpf", "perf_event_open", "keyctl",
-        "add_key", "request_key", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
-        "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-        "open_by_handle_at", "name_to_handle_at", "ptrace", "process_vm_writev", "reboot", "swapon",
-        "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
-        "quotactl", "lookup_dcookie", "syslog", "vhangup", "nfsservctl", "uselib", "personality",
+extension SeccompProfile {
+    /// clone(2) flags that create namespaces. clone is allowed only without
+    /// them; clone3 passes its flags in memory seccomp cannot read, so it is
+    /// answered ENOSYS and libc falls back to clone.
+    public static let namespaceCloneFlags: [(name: String, bit: UInt64)] = [
+        ("CLONE_NEWNS", 0x0002_0000), ("CLONE_NEWCGROUP", 0x0200_0000), ("CLONE_NEWUTS", 0x0400_0000),
+        ("CLONE_NEWIPC", 0x0800_0000), ("CLONE_NEWUSER", 0x1000_0000), ("CLONE_NEWPID", 0x2000_0000),
+        ("CLONE_NEWNET", 0x4000_0000), ("CLONE_NEWTIME", 0x0000_0080),
+    ]
+    static var namespaceCloneMask: UInt64 { namespaceCloneFlags.reduce(0) { $0 | $1.bit } }
+
+    /// Syscalls sandbox escapes are made of. Never in an agent's allow-list;
+    /// under supervision each attempt goes to the supervisor, which refuses
+    /// it with EPERM and reports it with its arguments (DESIGN: user-notify
+    /// only denies or emulates). Unsupervised they get the default EPERM.
+    public static let escapeSyscalls: [String] = [
+        "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount",
+        "fspick", "mount_setattr", "unshare", "setns", "bpf", "perf_event_open", "keyctl", "add_key",
+        "request_key", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+        "kexec_file_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
+        "name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev", "memfd_create", "memfd_secret",
+        "reboot", "swapon", "swapoff", "syslog", "iopl", "ioperm", "acct", "setuid", "setgid", "setreuid",
+        "setregid", "setresuid", "setresgid", "setgroups", "setfsuid", "setfsgid", "capset", "quotactl",
+        "pidfd_getfd", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "vhangup",
     ]
 
-    /// clone(2) flags that create namespaces; clone with any of them is refused
-    /// like unshare is. clone3 passes its flags in memory seccomp cannot read, so
-    /// it gets ENOSYS and libc falls back to clone.
-    static let namespaceCloneFlags: [UInt64] = [
-        0x0002_0000, // CLONE_NEWNS
-        0x0200_0000, // CLONE_NEWCGROUP
-        0x0400_0000, // CLONE_NEWUTS
-        0x0800_0000, // CLONE_NEWIPC
-        0x1000_0000, // CLONE_NEWUSER
-        0x2000_0000, // CLONE_NEWPID
-        0x4000_0000, // CLONE_NEWNET
-        0x0000_0080, // CLONE_NEWTIME
+    /// What the sandbox's own init and the step from it to the command need
+    /// once the filter is on (it is installed before the command is cloned).
+    /// A profile that refuses any of them would lock the sandbox out of its init.
+    public static let initRequirements: [String] = [
+        "read", "write", "close", "close_range", "clone", "wait4", "rt_sigaction", "rt_sigreturn",
+        "rt_sigprocmask", "kill", "pause", "prctl", "execve", "exit", "exit_group",
     ]
 
-    static func errnoAction(_ code: Int32) -> UInt32 { 0x0005_0000 | (UInt32(code) & 0xffff) }
+    /// The filter of a sandbox from its policy's syscall allow-list: default
+    /// deny with EPERM (logged by the kernel), the allow-list allowed, with
+    /// argument conditions where an allowed call has a dangerous form:
+    /// clone with namespace flags, writable-and-executable memory, raw and
+    /// packet sockets, device nodes. With `supervised`, escape syscalls and
+    /// those dangerous forms go to the supervisor (SCMP_ACT_NOTIFY) to be
+    /// refused and reported with their arguments.
+    public static func forSandbox(allowedSyscalls: [String], supervised: Bool) -> SeccompProfile {
+        let allowed = Set(allowedSyscalls).union(initRequirements)
+        let report: Action = supervised ? .notify : .errno(EPERM)
+        var rules: [Rule] = []
+        let w = UInt64(PROT_WRITE), x = UInt64(PROT_EXEC)
+        let guarded: Set<String> = ["clone", "mmap", "mprotect", "pkey_mprotect", "socket"]
+        rules.append(Rule(names: allowed.subtracting(guarded).sorted(), action: .allow, comment: "the policy's allow-list"))
 
-    /// Default allow, the listed syscalls refused with EPERM.
-    public static func compile(denying names: [String] = defaultDenied) throws -> SeccompProgram {
-        guard let ctx = seccomp_init(0x7fff_0000 /* SCMP_ACT_ALLOW */) else {
+        // clone: threads and processes, never new namespaces.
+        rules.append(Rule(names: ["clone"], action: .allow,
+                          conditions: [Condition(index: 0, value: namespaceCloneMask, valueTwo: 0, op: .maskedEqual)],
+                          comment: "clone without namespace flags"))
+        for flag in namespaceCloneFlags {
+            rules.append(Rule(names: ["clone"], action: report,
+                              conditions: [Condition(index: 0, value: flag.bit, valueTwo: flag.bit, op: .maskedEqual)],
+                              comment: "clone(\(flag.name))"))
+        }
+        rules.append(Rule(names: ["clone3"], action: .errno(ENOSYS), comment: "flags in memory: libc falls back to clone"))
+
+        // Memory: W^X. Writable or executable, never both (prot is argument 2).
+        for call in ["mmap", "mprotect", "pkey_mprotect"] where allowed.contains(call) {
+            for prot in [0, w, x] {
+                rules.append(Rule(names: [call], action: .allow,
+                                  conditions: [Condition(index: 2, value: w | x, valueTwo: prot, op: .maskedEqual)],
+                                  comment: "\(call) without PROT_WRITE|PROT_EXEC together"))
+            }
+            rules.append(Rule(names: [call], action: report,
+                              conditions: [Condition(index: 2, value: w | x, valueTwo: w | x, op: .maskedEqual)],
+                              comment: "\(call) writable and executable"))
+        }
+
+        // Sockets: stream, datagram and seqpacket, and raw netlink (how libc
+        // lists interfaces; changing them needs CAP_NET_ADMIN, which no sandbox
+        // has). Raw IP and packet sockets are refused. (No SCMP_CMP_NE here:
+        // libseccomp 2.5 builds a wrong tree when an NE rule overlaps an EQ one.)
+        let raw = UInt64(SOCK_RAW.rawValue)
+        if allowed.contains("socket") {
+            for type in [UInt64(SOCK_STREAM.rawValue), UInt64(SOCK_DGRAM.rawValue), UInt64(SOCK_SEQPACKET.rawValue)] {
+                rules.append(Rule(names: ["socket"], action: .allow,
+                                  conditions: [Condition(index: 1, value: 0xf, valueTwo: type, op: .maskedEqual)],
+                                  comment: "socket: stream, datagram, seqpacket"))
+            }
+            rules.append(Rule(names: ["socket"], action: .allow,
+                              conditions: [Condition(index: 0, value: UInt64(AF_NETLINK), op: .equal),
+                                           Condition(index: 1, value: 0xf, valueTwo: raw, op: .maskedEqual)],
+                              comment: "netlink"))
+        }
+        for family in [AF_INET, AF_INET6, AF_PACKET] {
+            rules.append(Rule(names: ["socket"], action: report,
+                              conditions: [Condition(index: 0, value: UInt64(family), op: .equal),
+                                           Condition(index: 1, value: 0xf, valueTwo: raw, op: .maskedEqual)],
+                              comment: "raw IP or packet socket"))
+        }
+
+        // Device nodes (mode is argument 1 of mknod, 2 of mknodat).
+        for (call, index) in [("mknod", 1), ("mknodat", 2)] {
+            for (kind, bits) in [("block", UInt64(S_IFBLK)), ("character", UInt64(S_IFCHR))] {
+                rules.append(Rule(names: [call], action: report,
+                                  conditions: [Condition(index: index, value: UInt64(S_IFMT), valueTwo: bits, op: .maskedEqual)],
+                                  comment: "\(call) of a \(kind) device"))
+            }
+        }
+        let escapes = escapeSyscalls.filter { !allowed.contains($0) }
+        rules.append(Rule(names: escapes, action: report, comment: "escape syscalls: refused and reported"))
+        return SeccompProfile(defaultAction: .errno(EPERM), rules: rules, logDenials: true)
+    }
+
+    /// Refuses a profile that would stop the sandbox's init before the
+    /// command runs: every syscall in `initRequirements` must be allowed
+    /// without conditions (by a rule, or by an allowing default).
+    public func checkInitRequirements() throws {
+        // An allowing rule with conditions counts: the init's own calls take the
+        // plain forms (clone with SIGCHLD alone).
+        let allowing: (SeccompProfile.Action) -> Bool = { $0 == .allow || $0 == .log }
+        var given = Set<String>()
+        for rule in rules where allowing(rule.action) { given.formUnion(rule.names) }
+        var refused: [String] = []
+        for name in Self.initRequirements {
+            let overridden = rules.contains { $0.names.contains(name) && !allowing($0.action) && $0.conditions.isEmpty }
+            if overridden || (!allowing(defaultAction) && !given.contains(name)) { refused.append(name) }
+        }
+        if !refused.isEmpty {
+            throw PolicyError(.invalidValue, "the profile refuses \(refused.joined(separator: ", ")), which the sandbox's "
+                              + "init needs to start the command; allow them (SCMP_ACT_ALLOW, no args)")
+        }
+    }
+}
+
+/// Turns a profile into a classic BPF program with libseccomp.
+public enum SeccompCompiler {
+    static func action(_ action: SeccompProfile.Action) -> UInt32 {
+        switch action {
+        case .allow: return 0x7fff_0000
+        case .log: return 0x7ffc_0000
+        case .notify: return 0x7fc0_0000
+        case .trap: return 0x0003_0000
+        case .killThread: return 0x0000_0000
+        case .killProcess: return 0x8000_0000
+        case .errno(let code): return 0x0005_0000 | (UInt32(code) & 0xffff)
+        case .trace(let code): return 0x7ff0_0000 | (UInt32(code) & 0xffff)
+        }
+    }
+
+    public static func compile(_ profile: SeccompProfile) throws -> SeccompProgram {
+        guard let ctx = seccomp_init(action(profile.defaultAction)) else {
             throw SystemError(errno: ENOMEM, call: "seccomp_init")
         }
         defer { seccomp_release(ctx) }
-        var denied: [String] = []
-        for name in names {
-            let nr = seccomp_syscall_resolve_name(name)
-            if nr < 0 { continue } // not a syscall on this architecture
-            try negativeErrnoChecked("seccomp_rule_add", name) {
-                seccomp_rule_add_array(ctx, errnoAction(EPERM), nr, 0, nil)
-            }
-            denied.append(name)
-        }
-        let clone = seccomp_syscall_resolve_name("clone")
-        for flag in namespaceCloneFlags {
-            var cmp = scmp_arg_cmp(arg: 0, op: SCMP_CMP_MASKED_EQ, datum_a: flag, datum_b: flag)
-            try negativeErrnoChecked("seccomp_rule_add", "clone") {
-                seccomp_rule_add_array(ctx, errnoAction(EPERM), clone, 1, &cmp)
+        var usesNotify = false
+        var unconditional: [String: (rule: Int, action: SeccompProfile.Action)] = [:]
+        for (i, rule) in profile.rules.enumerated() where rule.conditions.isEmpty {
+            for name in rule.names {
+                if let earlier = unconditional[name], earlier.action != rule.action {
+                    throw PolicyError(.invalidValue, "syscalls[\(i)]: '\(name)' is given \(rule.action.ociName) here "
+                                      + "and \(earlier.action.ociName) by syscalls[\(earlier.rule)]; a syscall has one action")
+                }
+                unconditional[name] = (i, rule.action)
             }
         }
-        try negativeErrnoChecked("seccomp_rule_add", "clone3") {
-            seccomp_rule_add_array(ctx, errnoAction(ENOSYS), seccomp_syscall_resolve_name("clone3"), 0, nil)
+        for (i, rule) in profile.rules.enumerated() {
+            // A rule that repeats the default changes nothing (and libseccomp refuses it).
+            if rule.action == profile.defaultAction { continue }
+            var conditions = rule.conditions.map {
+                scmp_arg_cmp(arg: UInt32($0.index), op: scmp_compare(rawValue: operatorCode($0.op)),
+                             datum_a: $0.value, datum_b: $0.valueTwo)
+            }
+            for name in rule.names {
+                let nr = seccomp_syscall_resolve_name(name)
+                guard nr >= 0 else { continue } // exists only on other architectures
+                let rc = conditions.withUnsafeMutableBufferPointer {
+                    seccomp_rule_add_array(ctx, action(rule.action), nr, UInt32($0.count), $0.baseAddress)
+                }
+                if rc == -EEXIST {
+                    throw PolicyError(.invalidValue, "syscalls[\(i)]: '\(name)' already has another action "
+                                      + "for the same arguments in an earlier rule")
+                }
+                if rc < 0 {
+                    throw PolicyError(.invalidValue, "syscalls[\(i)]: libseccomp refused the rule for '\(name)' "
+                                      + "(\(SystemError.name(of: -rc)))")
+                }
+                if rule.action == .notify { usesNotify = true }
+            }
         }
-        return SeccompProgram(instructions: try export(ctx), deniedSyscalls: denied + ["clone(CLONE_NEW*)", "clone3"])
+        return SeccompProgram(instructions: try export(ctx), usesNotify: usesNotify,
+                              logDenials: profile.logDenials, profile: profile)
+    }
+
+    static func operatorCode(_ op: SeccompProfile.Condition.Operator) -> UInt32 {
+        switch op {
+        case .notEqual: return SCMP_CMP_NE.rawValue
+        case .lessThan: return SCMP_CMP_LT.rawValue
+        case .lessOrEqual: return SCMP_CMP_LE.rawValue
+        case .equal: return SCMP_CMP_EQ.rawValue
+        case .greaterOrEqual: return SCMP_CMP_GE.rawValue
+        case .greaterThan: return SCMP_CMP_GT.rawValue
+        case .maskedEqual: return SCMP_CMP_MASKED_EQ.rawValue
+        }
     }
 
     /// libseccomp 2.5 exports only to a file descriptor: go through a memfd.
@@ -97,4 +250,18 @@ public enum SyscallNames {
     }()
 
     public static func name(_ nr: Int) -> String { table[nr] ?? "syscall_\(nr)" }
+}
+
+extension SeccompProfile {
+    /// The profile a sandbox under `policy` runs with: the one it names
+    /// (checked so it cannot lock out the sandbox's init), else the filter made
+    /// from its allow-list.
+    public static func effective(for policy: SandboxPolicy, supervised: Bool) throws -> SeccompProfile {
+        guard let text = policy.seccompProfile else {
+            return .forSandbox(allowedSyscalls: policy.allowedSyscalls, supervised: supervised)
+        }
+        let profile = try SeccompProfile(json: Data(text.utf8), source: "seccomp profile")
+        try profile.checkInitRequirements()
+        return profile
+    }
 }

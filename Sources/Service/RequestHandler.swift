@@ -92,8 +92,12 @@ struct RequestHandler: Sendable {
         let files = (request.policyYAML ?? []).enumerated().map { (i, text) in
             (name: i < names.count ? names[i] : "policy file \(i + 1)", text: text)
         }
-        let resolved = try PolicyResolver.resolve(base: daemon.policyConfiguration, classification: request.classification, isolation: request.isolation,
+        var resolved = try PolicyResolver.resolve(base: daemon.policyConfiguration, classification: request.classification, isolation: request.isolation,
                                                   capabilities: request.capabilities, policyFiles: files)
+        if let profile = request.seccompProfile {
+            resolved.policy.seccompProfile = profile
+            _ = try SandboxManager.seccompProgram(for: resolved.policy)
+        }
         if request.dryRun == true {
             connection.send(.result(DryRun(agentID: agent, policy: resolved.policy, limits: resolved.limits,
                                            command: request.command ?? [])))

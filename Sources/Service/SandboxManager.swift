@@ -74,7 +74,6 @@ public final class SandboxManager: @unchecked Sendable {
     private let lock = NSLock()
     private var live: [String: LiveSandbox] = [:]      // by agent id
     private var byCgroup: [UInt64: LiveSandbox] = [:]
-    let seccomp: SeccompProgram
 
     public init(configuration: ServiceSettings, store: EventStore, monitor: TelemetryMonitor,
                 network: NetworkEnforcer, layout: CgroupLayout, log: Logger) throws {
@@ -84,7 +83,17 @@ public final class SandboxManager: @unchecked Sendable {
         self.network = network
         self.layout = layout
         self.log = log
-        self.seccomp = try SeccompProfile.compile()
+    }
+
+    /// The filter of a sandbox: its policy's seccomp profile when it names one,
+    /// else its syscall allow-list with everything else EPERM. A bad profile is
+    /// a policy error (exit 68) naming what is wrong.
+    static func seccompProgram(for policy: SandboxPolicy) throws -> SeccompProgram {
+        do {
+            return try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: false))
+        } catch let error as PolicyError {
+            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+        }
     }
 
     var liveSandboxes: [LiveSandbox] { lock.withLock { Array(live.values) } }
@@ -153,7 +162,11 @@ public final class SandboxManager: @unchecked Sendable {
             var spec = ProcessSpec(
                 executable: executable, arguments: request.command, environment: request.environment,
                 workingDirectory: request.workingDirectory, hostname: sandboxID,
-                namespaces: NamespaceSet.forPolicy(request.policy), seccomp: seccomp, dieWithParent: false)
+                namespaces: NamespaceSet.forPolicy(request.policy),
+                seccomp: try step("compile the seccomp filter from the policy's allow-list") {
+                    try SandboxManager.seccompProgram(for: request.policy)
+                },
+                dieWithParent: false)
             spec.hiddenPaths = hidden
             // The read-only system view: only the working directory (the agent's workspace) and a private /tmp are writable.
             spec.readOnlyRoot = request.policy.filesystem.readOnlySystem
@@ -222,7 +235,8 @@ public final class SandboxManager: @unchecked Sendable {
         var spec = ProcessSpec(
             executable: executable, arguments: command, environment: environment,
             workingDirectory: workingDirectory ?? "/", hostname: sandbox.record.sandboxID,
-            namespaces: NamespaceSet.forPolicy(sandbox.policy), seccomp: seccomp, dieWithParent: false)
+            namespaces: NamespaceSet.forPolicy(sandbox.policy), seccomp: try Self.seccompProgram(for: sandbox.policy),
+            dieWithParent: false)
         spec.v1ProcsFiles = sandbox.limits.v1ProcsFiles
         spec.stdio = (devNull.raw, outWrite, errWrite)
         let process: SandboxedProcess

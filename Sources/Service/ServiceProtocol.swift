@@ -17,6 +17,7 @@ public struct ServiceRequest: Codable, Sendable {
     public var policyYAML: [String]?        // --policy-file contents, in order
     public var policyFileNames: [String]?   // their names, for error messages
     public var capabilities: [String]?
+    public var seccompProfile: String?      // --seccomp-profile contents (OCI / Docker JSON)
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

@@ -51,7 +51,7 @@ public struct OCSFEncoder: Sendable {
         return object
     }
 
-    func processObject(pid: Int32, tid: Int32?, uid: UInt32?, processes: ProcessTable) -> [String: Any] {
+    public func processObject(pid: Int32, tid: Int32?, uid: UInt32?, processes: ProcessTable) -> [String: Any] {
         var p: [String: Any] = ["pid": Int(pid)]
         if let tid { p["tid"] = Int(tid) }
         if let uid { p["user"] = ["uid": String(uid)] }

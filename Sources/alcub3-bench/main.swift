@@ -204,7 +204,7 @@ func timeSpawn(_ argv: [String]) -> Double {
     waitpid(pid, &status, 0)
     return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
 }
-let seccomp = try SeccompProfile.compile()
+let seccomp = try SeccompCompiler.compile(.forSandbox(allowedSyscalls: Capability.allowedSyscalls(for: Capability.allCases), supervised: false))
 let creationRuns = 40
 func timeAlcub3Sandbox() throws -> Double {
     let start = DispatchTime.now().uptimeNanoseconds

@@ -183,7 +183,7 @@ struct ServiceTests {
         let loop = "i=0; while true; do i=$((i+1)); echo $i > count.txt; "
             + "/usr/bin/python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex((\"127.0.0.1\", \(host.port))))'; "
             + "echo $? > connect.txt; sleep 0.2; done"
-        let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "TOP_SECRET",
+        let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "SECRET",
                                        "--isolation-level", "process", "--", "sh", "-c", loop], in: service.root)
         #expect(created.code == 0, "\(created.stderr)")
         usleep(800_000)

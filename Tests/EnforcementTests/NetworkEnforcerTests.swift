@@ -7,10 +7,13 @@ import Testing
 
 @Suite struct NetworkRuleTests {
     @Test func policiesBecomeKernelRules() throws {
-        #expect(NetworkEnforcer.rules(for: .any) == nil)
+        let internet = try #require(NetworkEnforcer.rules(for: .any))
+        #expect(internet.networks.map(\.description) == ["0.0.0.0/0", "::/0"])
+        #expect(internet.denied.map(\.description) == ["169.254.169.254/32", "fd00:ec2::254/128"])
         #expect(NetworkEnforcer.rules(for: .none) == nil)
         let intranet = try #require(NetworkEnforcer.rules(for: .privateAndLoopback))
         #expect(intranet.networks == NetworkPolicy.privateAndLoopbackRanges && intranet.ports.isEmpty)
+        #expect(intranet.denied == NetworkRules.metadataService)
         let listed = try #require(NetworkEnforcer.rules(for: .listed(cidrs: [try CIDR("10.1.0.0/16")], ports: [443])))
         #expect(listed.networks.map(\.description) == ["10.1.0.0/16"] && listed.ports == [443])
         #expect(NetworkEnforcer.rules(for: .listed(cidrs: [], ports: [443])) == nil)
@@ -51,7 +54,7 @@ struct NetworkEnforcerKernelTests {
         try enforcer.apply(.listed(cidrs: [try CIDR("127.0.0.2/32")], ports: []), to: cgroup)
         #expect(try connect(in: cgroup, to: "127.0.0.1", port: port) == 1)  // EPERM
         // Live: allow 127.0.0.0/8, on this port only.
-        try enforcer.setRules(([try CIDR("127.0.0.0/8")], [port]), sandboxCgroupID: cgroup.id)
+        try enforcer.setRules(NetworkRules(networks: [try CIDR("127.0.0.0/8")], ports: [port]), sandboxCgroupID: cgroup.id)
         #expect(try connect(in: cgroup, to: "127.0.0.1", port: port) == 0)
         #expect(try connect(in: cgroup, to: "127.0.0.1", port: port &+ 1) == 1)
         // A process outside the cgroup is not affected.

@@ -45,23 +45,6 @@ import Testing
     }
 }
 
-@Suite struct SeccompTests {
-    @Test func compilesTheDefaultProfile() throws {
-        let program = try SeccompProfile.compile()
-        #expect(program.instructions.count > 20)
-        for name in ["mount", "unshare", "setns", "bpf", "ptrace", "init_module", "kexec_load", "io_uring_setup"] {
-            #expect(program.deniedSyscalls.contains(name), "\(name) is not refused")
-        }
-        #expect(!program.deniedSyscalls.contains("read"))
-    }
-
-    @Test func skipsNamesThatAreNotSyscallsHere() throws {
-        let program = try SeccompProfile.compile(denying: ["mount", "not_a_syscall"])
-        #expect(program.deniedSyscalls.first == "mount")
-        #expect(!program.deniedSyscalls.contains("not_a_syscall"))
-    }
-}
-
 @Suite struct NamespaceTests {
     @Test func networkNamespaceOnlyWithoutNetwork() {
         var secret = SandboxPolicy.builtIn(.topSecret)

@@ -40,8 +40,10 @@ struct SandboxRun {
     }
 
     /// Runs `arguments` in a fresh sandbox; `outside` runs meanwhile outside every sandbox.
+    /// The command has no capability but `keepCapabilities`.
     static func run(_ arguments: [String], policy: SandboxPolicy = .builtIn(.unclassified),
-                    workingDirectory: String? = nil, outside: (() -> Void)? = nil) throws -> SandboxRun {
+                    workingDirectory: String? = nil, keepCapabilities: [String] = [], extraSyscalls: [String] = [],
+                    outside: (() -> Void)? = nil) throws -> SandboxRun {
         let layout = try CgroupLayout.detect()
         let parent = try CgroupParentLock(layout: layout)
         defer { parent.releaseAndRemoveParentIfUnused() }
@@ -64,7 +66,8 @@ struct SandboxRun {
                               environment: ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp"],
                               workingDirectory: workingDirectory, hostname: "test",
                               namespaces: NamespaceSet.forPolicy(policy),
-                              seccomp: try SeccompProfile.compile(), dieWithParent: true),
+                              seccomp: try SeccompCompiler.compile(.forSandbox(allowedSyscalls: policy.allowedSyscalls + extraSyscalls, supervised: false)),
+                              dieWithParent: true).keeping(keepCapabilities),
             cgroup: cgroup)
         let status = process.wait()
         try cgroup.destroy()
@@ -72,6 +75,14 @@ struct SandboxRun {
         done.wait()
         return SandboxRun(events: collected.events, status: status, cgroupID: cgroup.id,
                           counters: monitor.counters(), subscriberDropped: subscription.dropped)
+    }
+}
+
+extension ProcessSpec {
+    func keeping(_ capabilities: [String]) -> ProcessSpec {
+        var spec = self
+        spec.keepCapabilities = capabilities
+        return spec
     }
 }
 

@@ -101,6 +101,7 @@ struct TelemetryIntegrationTests {
     @Test func policyWithoutNetworkGetsItsOwnNamespace() throws {
         var policy = SandboxPolicy.builtIn(.topSecret)
         policy.isolation = .process
+        policy.capabilities.append(.network)  // sockets allowed; the namespace is what keeps it in
         #expect(!policy.allowsNetwork)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -122,7 +123,9 @@ struct TelemetryIntegrationTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let script = "mkdir d && echo abc > d/a && mv d/a d/b && ln -s b d/c && ln d/b d/h && chmod 600 d/b "
             + "&& chown 1:1 d/b && truncate -s 1 d/b && rm d/c d/h d/b && rmdir d"
-        let run = try SandboxRun.run(["/bin/sh", "-c", script], workingDirectory: dir)
+        // Giving the file away and then writing it (mode 600) takes capabilities a sandbox has only when asked.
+        let run = try SandboxRun.run(["/bin/sh", "-c", script], workingDirectory: dir,
+                                     keepCapabilities: ["CAP_CHOWN", "CAP_DAC_OVERRIDE"])
         #expect(run.status == .exited(0))
         let seen = Set(run.fileEvents.map { "\($0.operation.rawValue) \($0.path)\($0.secondPath.map { " -> " + $0 } ?? "")" })
         for expected in ["mkdir \(dir)/d", "open \(dir)/d/a", "rename \(dir)/d/a -> \(dir)/d/b",
@@ -136,7 +139,8 @@ struct TelemetryIntegrationTests {
 
     /// Credential changes carry the credentials after the call.
     @Test func credentialChangesAreReported() throws {
-        let run = try SandboxRun.run(["python3", "-c", "import os; os.setgid(65534); os.setuid(65534)"])
+        let run = try SandboxRun.run(["python3", "-c", "import os; os.setgid(65534); os.setuid(65534)"],
+                                     keepCapabilities: ["CAP_SETGID", "CAP_SETUID"], extraSyscalls: ["setuid", "setgid"])
         #expect(run.status == .exited(0))
         let changes = run.processEvents.compactMap { event -> (Int32, Int64, UInt32, UInt32)? in
             if case .credentialChange(let nr, let result, let uid, _, let gid, _, _, _) = event.activity { return (nr, result, uid, gid) }

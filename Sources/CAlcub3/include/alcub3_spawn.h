@@ -30,6 +30,8 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_HIDE_PATH = 12,
     ALCUB3_STEP_SETNS = 13,
     ALCUB3_STEP_READ_ONLY = 14,
+    ALCUB3_STEP_LANDLOCK = 15,
+    ALCUB3_STEP_CAPABILITIES = 16,
 };
 
 struct alcub3_spawn_config {
@@ -43,33 +45,52 @@ struct alcub3_spawn_config {
     uint64_t namespaces;            /* CLONE_NEW* flags */
     const struct sock_filter *filter; /* seccomp program, NULL for none */
     unsigned short filter_len;
+    int filter_log;                 /* SECCOMP_FILTER_FLAG_LOG: the kernel logs every refusal */
+    /* The filter has SCMP_ACT_NOTIFY rules: it is installed with a listener
+       (by the init, or the relay of spawn_into, before the command is cloned),
+       which the parent takes with pidfd_getfd and stores in *seccomp_listener. */
+    int filter_notify;
+    int *seccomp_listener;
     int stdin_fd, stdout_fd, stderr_fd; /* -1: inherit */
     int die_with_parent;            /* PR_SET_PDEATHSIG SIGKILL: for the daemonless `run` */
     const char *const *hidden_paths;/* NULL-terminated; each gets an empty read-only tmpfs */
     int status_fd;                  /* init writes the command's wait status here at its end; -1: none */
     int read_only_root;             /* every mount read-only but writable_paths, a private /tmp */
     const char *const *writable_paths; /* NULL-terminated host directories that stay writable, at their own paths */
+    uint64_t keep_capabilities;     /* bit n keeps capability n; every other one is dropped from all five sets */
+    /* Landlock (0: off): read and execute everywhere, write only beneath
+       writable_paths, the private /tmp (read_only_root) and a few devices. */
+    int landlock;
+    int landlock_connect;           /* 1: TCP connect only to connect_ports (Landlock ABI >= 4) */
+    const uint16_t *connect_ports;
+    int connect_ports_count;
+    int landlock_bind;              /* 1: TCP bind only to bind_ports (Landlock ABI >= 4) */
+    const uint16_t *bind_ports;
+    int bind_ports_count;
 };
 
 /*
  * Starts the child and waits until it has exec'd or failed.
  * Returns 0 and sets *pid and *pidfd on success. On failure returns -1 with
  * *failed_step and *failed_errno saying what the child (or clone3) could not do;
- * a child that failed has been reaped.
+ * a child that failed has been reaped. *landlock_abi is the Landlock ABI the
+ * sandbox is confined with, 0 when Landlock is off or the kernel lacks it.
  */
 int alcub3_spawn(const struct alcub3_spawn_config *config, pid_t *pid, int *pidfd,
-                 int *failed_step, int *failed_errno);
+                 int *failed_step, int *failed_errno, int *landlock_abi);
 
 /*
  * Starts a command inside a running sandbox, beside its init: joins the
  * sandbox's cgroup (CLONE_INTO_CGROUP with config->cgroup_fd) and the
  * namespaces in config->namespaces of the process behind target_pidfd
- * (setns with a pidfd), then applies no_new_privs and the seccomp filter and
- * execs. With CLONE_NEWPID the command runs as the child of a small relay that
- * exits with the command's status. config->path NULL is not allowed here.
+ * (setns with a pidfd), then applies Landlock (its own domain, built from the
+ * same config, with paths as the sandbox sees them), drops capabilities,
+ * applies no_new_privs and the seccomp filter and execs. With CLONE_NEWPID the
+ * command runs as the child of a small relay that exits with the command's
+ * status. config->path NULL is not allowed here.
  */
 int alcub3_spawn_into(const struct alcub3_spawn_config *config, int target_pidfd, pid_t *pid,
-                      int *pidfd, int *failed_step, int *failed_errno);
+                      int *pidfd, int *failed_step, int *failed_errno, int *landlock_abi);
 
 /* pidfd_send_signal has no glibc wrapper; memfd_create needs _GNU_SOURCE, which Swift's Glibc lacks. */
 int alcub3_pidfd_send_signal(int pidfd, int sig);

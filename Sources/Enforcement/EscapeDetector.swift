@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import KernelSupport
+import Sandbox
+import Telemetry
+
+/// An escape attempt the kernel refused, named by technique, with the evidence.
+public struct EscapeFinding: Sendable, Hashable {
+    public let technique: EscapeTechnique
+    public let sandboxCgroupID: UInt64?
+    public let pid: Int32
+    /// What was attempted and how it was answered, for a responder.
+    public let evidence: String
+    /// The mechanism that refused it: seccomp, cgroup BPF, the read-only view / Landlock.
+    public let refusedBy: String
+    /// CLOCK_BOOTTIME when the kernel reported the attempt.
+    public let observedNanos: UInt64
+}
+
+/// The policy layer of escape detection: every refusal the kernel reports
+/// (a syscall the seccomp supervisor refused, a connect cgroup BPF refused, a
+/// write the read-only view or Landlock refused) becomes a finding that names
+/// the technique from `EscapeTechnique.all`. It keeps no state: each input is
+/// judged alone, so a finding follows its kernel record without delay.
+public enum EscapeDetector {
+    public static func finding(for notice: SeccompNotice, sandboxCgroupID: UInt64?) -> EscapeFinding {
+        let id = EscapeClassifier.technique(syscall: notice.syscall, arguments: notice.arguments, call: notice.call)
+        return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: sandboxCgroupID, pid: notice.pid,
+                             evidence: "\(notice.call) refused with \(SystemError.name(of: notice.errno))",
+                             refusedBy: "seccomp", observedNanos: notice.receivedAt)
+    }
+
+    /// Errors that mean a policy refused the call, not that it failed on its own.
+    static let refusals: Set<Int64> = [Int64(EPERM), Int64(EACCES), Int64(EROFS)]
+
+    public static func finding(for event: TelemetryEvent) -> EscapeFinding? {
+        switch event {
+        case .file(let e):
+            guard e.result < 0, refusals.contains(-e.result), isWriteAttempt(e) else { return nil }
+            let id = EscapeClassifier.technique(refusedWriteAt: e.path)
+            let what = e.operation == .open ? "open for writing" : e.operation.rawValue
+            return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                 pid: e.origin.pid, evidence: "\(what) \(e.path) refused with \(SystemError.name(of: Int32(-e.result)))",
+                                 refusedBy: e.result == -Int64(EROFS) ? "read-only system view" : "Landlock or permissions",
+                                 observedNanos: e.origin.bootNanos)
+        case .network(let e):
+            guard e.operation == .connect || e.operation == .sendto || e.operation == .sendmsg else { return nil }
+            if let path = e.remote.unixPath, EscapeClassifier.runtimeSockets.contains(path) {
+                return EscapeFinding(technique: EscapeTechnique.named("runtime-socket")!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                     pid: e.origin.pid, evidence: "connect to \(path): \(outcome(e.result))",
+                                     refusedBy: e.result < 0 ? "hidden path or missing socket" : "nothing: it connected",
+                                     observedNanos: e.origin.bootNanos)
+            }
+            guard e.result == -Int64(EPERM), let ip = e.remote.ip else { return nil }
+            let id = EscapeClassifier.isCloudMetadata(ip) ? "cloud-metadata" : "network-policy"
+            return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                 pid: e.origin.pid, evidence: "\(e.operation.rawValue) to \(e.remote) refused with EPERM",
+                                 refusedBy: "cgroup BPF network policy", observedNanos: e.origin.bootNanos)
+        case .process(let e):
+            guard case .exec(let filename, _, _, _, _) = e.activity, filename.hasPrefix("/memfd:") else { return nil }
+            return EscapeFinding(technique: EscapeTechnique.named("memfd-exec")!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                 pid: e.origin.pid, evidence: "exec of \(filename) (a program with no file)",
+                                 refusedBy: "nothing: it ran", observedNanos: e.origin.bootNanos)
+        default:
+            return nil
+        }
+    }
+
+    static func isWriteAttempt(_ e: FileEvent) -> Bool {
+        if e.operation != .open { return true } // every other file operation changes the filesystem
+        let accessMode = e.openFlags & 3
+        return accessMode == UInt32(O_WRONLY) || accessMode == UInt32(O_RDWR)
+            || e.openFlags & UInt32(O_CREAT | O_TRUNC) != 0
+    }
+
+    static func outcome(_ result: Int64) -> String {
+        result < 0 ? "failed with \(SystemError.name(of: Int32(-result)))" : "connected"
+    }
+}
+
+extension EscapeFinding {
+    /// The finding as an OCSF Detection Finding (class 2004), in the shape of
+    /// the other events of docs/events.md.
+    public func ocsf(encoder: OCSFEncoder, processes: ProcessTable) -> [String: Any] {
+        let nanos = encoder.clock.unixNanos(boot: observedNanos)
+        var finding: [String: Any] = ["title": technique.name, "uid": technique.id, "types": ["escape attempt"]]
+        if let mitre = technique.mitre {
+            finding["attacks"] = [["technique": ["uid": mitre]]]
+        }
+        return [
+            "class_uid": 2004, "class_name": "Detection Finding",
+            "category_uid": 2, "category_name": "Findings",
+            "activity_id": 1, "activity_name": "Create", "type_uid": 200401,
+            "severity_id": 4, "severity": "High",
+            "status_id": 1, "status": "New",
+            "time": nanos / 1_000_000,
+            "time_dt": WallClock.iso8601(unixNanos: nanos),
+            "metadata": ["version": OCSFEncoder.schemaVersion,
+                         "product": ["name": "alcub3", "vendor_name": "alcub3", "version": OCSFEncoder.productVersion]],
+            "sandbox_id": encoder.sandboxID,
+            "agent_id": encoder.agentID,
+            "finding_info": finding,
+            "message": "\(technique.id): \(evidence)",
+            "evidences": [["actor": ["process": encoder.processObject(pid: pid, tid: nil, uid: nil, processes: processes)],
+                           "data": ["refused_by": refusedBy, "detail": evidence]]],
+            "unmapped": ["technique": technique.id, "refused_by": refusedBy],
+        ]
+    }
+}
