@@ -6,9 +6,11 @@ import Telemetry
 /// Turns the event stream into what a person or a program reads: one table
 /// line or one JSON object per event, and a summary at the end. Escape
 /// findings arrive from two threads (the event stream and the seccomp
-/// supervisor), so every entry point takes the lock.
+/// supervisor): `lock` guards the renderer's state, `outputLock` only the
+/// writes, so a finding is formatted without waiting for a batch to render.
 final class EventRenderer: @unchecked Sendable {
     private let lock = NSLock()
+    private let outputLock = NSLock()
     let format: OutputFormat
     let encoder: OCSFEncoder
     let printSyscalls: Bool
@@ -23,32 +25,64 @@ final class EventRenderer: @unchecked Sendable {
         self.printSyscalls = printSyscalls
     }
 
+    /// Findings first: the whole batch is judged and its findings printed
+    /// before any of its events, so an alert does not wait for the rendering
+    /// of the records around it. Then the events, in slices of 32 with the
+    /// lock released between them: a finding from the supervisor waits for
+    /// one slice, not for a burst of thousands of records (a fork bomb's).
     func render(_ batch: [TelemetryEvent]) {
-        lock.lock()
-        defer { lock.unlock() }
-        var text = ""
-        for event in batch {
-            processes.observe(event)
-            summary.count(event)
-            if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = (f.path, processes[f.origin.pid]?.name ?? "?") }
-            if let line = line(for: event) { text += line + "\n" }
-            if let finding = EscapeDetector.finding(for: event) { text += findingLine(finding) + "\n" }
-            if case .process(let p) = event, case .exit(_, _, false, _) = p.activity { processes.forget(p.origin.pid) }
+        let findings = lock.withLock {
+            var text = ""
+            for event in batch {
+                processes.observe(event)
+                if let finding = EscapeDetector.finding(for: event) {
+                    summary.findings[finding.technique.id, default: 0] += 1
+                    text += findingLine(finding, processes) + "\n"
+                }
+            }
+            return text
         }
-        if !text.isEmpty { Output.out(text) }
+        write(findings)
+        var start = batch.startIndex
+        while start < batch.endIndex {
+            let end = min(start + 32, batch.endIndex)
+            renderSlice(batch[start..<end])
+            start = end
+        }
     }
 
-    /// A syscall the seccomp supervisor refused: its finding, printed at once.
+    private func renderSlice(_ batch: ArraySlice<TelemetryEvent>) {
+        let text = lock.withLock {
+            var text = ""
+            for event in batch {
+                summary.count(event)
+                if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = (f.path, processes[f.origin.pid]?.name ?? "?") }
+                if let line = line(for: event) { text += line + "\n" }
+                if case .process(let p) = event, case .exit(_, _, false, _) = p.activity { processes.forget(p.origin.pid) }
+            }
+            return text
+        }
+        write(text)
+    }
+
+    private func write(_ text: String) {
+        guard !text.isEmpty else { return }
+        outputLock.withLock { Output.out(text) }
+    }
+
+    /// A syscall the seccomp supervisor refused, a limit hit: its finding,
+    /// printed at once (formatted from a copy of the process table).
     func render(_ finding: EscapeFinding) {
-        lock.lock()
-        defer { lock.unlock() }
-        Output.out(findingLine(finding) + "\n")
+        let processes = lock.withLock {
+            summary.findings[finding.technique.id, default: 0] += 1
+            return self.processes
+        }
+        write(findingLine(finding, processes) + "\n")
     }
 
     var finalSummary: RunSummary { lock.withLock { summary } }
 
-    private func findingLine(_ finding: EscapeFinding) -> String {
-        summary.findings[finding.technique.id, default: 0] += 1
+    private func findingLine(_ finding: EscapeFinding, _ processes: ProcessTable) -> String {
         if format == .json { return OCSFEncoder.jsonLine(finding.ocsf(encoder: encoder, processes: processes)) }
         let time = encoder.clock.iso8601(boot: finding.observedNanos)
         let clock = String(time.dropFirst(11).prefix(15))

@@ -30,6 +30,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(name: .customLong("syscall-entry"), help: "Also record syscall entries, not only completed syscalls.")
     var syscallEntry = false
 
+    @Option(name: .customLong("policy-file"), help: "YAML overriding parts of the default policy (repeatable), as for sandbox create.")
+    var policyFiles: [String] = []
+
     @Option(name: .customLong("seccomp-profile"), help: "An OCI / Docker seccomp profile (JSON) replacing the policy's syscall allow-list.")
     var seccompProfile: String?
 
@@ -45,7 +48,7 @@ struct RunCommand: AsyncParsableCommand {
             throw fail(Alcub3Exit.unknownClassification,
                        "unknown classification '\(classification)': use one of \(Classification.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        var policy = SandboxPolicy.builtIn(level)
+        var policy = try Self.policy(for: level, files: policyFiles)
         if let isolation {
             guard let chosen = IsolationLevel(rawValue: isolation.lowercased()) else {
                 throw fail(Alcub3Exit.usage, "unknown isolation level '\(isolation)': use process, container, vm or hardware")
@@ -97,4 +100,22 @@ struct RunCommand: AsyncParsableCommand {
     static func printable(_ s: String) -> String {
         s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? String(format: "\\x%02X", $0.value) : String($0) }.joined()
     }
+
+    /// The shipped policy of `level` with each --policy-file merged over it, in order.
+    static func policy(for level: Classification, files: [String]) throws -> SandboxPolicy {
+        guard !files.isEmpty else { return SandboxPolicy.builtIn(level) }
+        do {
+            var configuration = PolicyConfiguration.shipped
+            for path in files {
+                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    throw fail(Alcub3Exit.invalidPolicy, "policy file not found or unreadable: \(path)")
+                }
+                configuration = try configuration.merging(try PolicyOverrides.parse(text, source: path))
+            }
+            return try configuration.sandboxPolicy(for: level)
+        } catch let error as PolicyError {
+            throw fail(Alcub3Exit.invalidPolicy, error.description)
+        }
+    }
+
 }

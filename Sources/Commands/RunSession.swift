@@ -89,6 +89,11 @@ final class RunSession: @unchecked Sendable {
             return renderer.finalSummary
         }
 
+        // Limits: cpu, memory and pids from the policy (cgroup v2, or v1 beside it on hybrid hosts).
+        let limits = ResourceLimits(cpuCores: policy.cpuLimit, memoryBytes: policy.memoryLimitBytes, pids: policy.pidsLimit)
+        let applied = try kernelStep("applying the cgroup limits") { try cgroup.apply(limits) }
+        defer { SandboxCgroup.removeV1(applied) }
+
         let namespaces = NamespaceSet.forPolicy(policy)
         let seccomp = try kernelStep("compiling the seccomp filter") {
             try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: KernelProbe.seccompUserNotify().available))
@@ -101,6 +106,7 @@ final class RunSession: @unchecked Sendable {
         spec.readOnlyRoot = policy.filesystem.readOnlySystem
         spec.hiddenPaths = policy.filesystem.hiddenPaths
         spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
+        spec.v1ProcsFiles = applied.v1ProcsFiles
 
         // From here a signal kills the sandbox; before, set-up stops at this check.
         if let sig = interruptLock.withLock({ () -> Int32? in
@@ -135,6 +141,12 @@ final class RunSession: @unchecked Sendable {
         }
         supervisor?.start()
         defer { supervisor?.stop() }
+        let resources = ResourceWatcher(cgroup: cgroup, applied: applied, limits: limits,
+                                        tmpRoot: spec.readOnlyRoot ? "/proc/\(process.pid)/root/tmp" : nil) { finding in
+            renderer.render(finding)
+        }
+        resources.start()
+        defer { resources.stop() }
         if format == .table {
             Output.err(
                 "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), process isolation, namespaces \(namespaces.names.joined(separator: ","))) pid \(process.pid)\n")

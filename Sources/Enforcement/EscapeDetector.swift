@@ -37,12 +37,24 @@ public enum EscapeDetector {
     public static func finding(for event: TelemetryEvent) -> EscapeFinding? {
         switch event {
         case .file(let e):
-            guard e.result < 0, refusals.contains(-e.result), isWriteAttempt(e) else { return nil }
+            guard isWriteAttempt(e), !isOwnTuning(e.path) else { return nil }
             let id = EscapeClassifier.technique(refusedWriteAt: e.path)
+            // A write to a place escapes are made through is reported whatever its
+            // result (ENOENT for another pid namespace's /proc entry included);
+            // any other write only when a policy refused it.
+            guard id != "write-outside-workspace" || (e.result < 0 && refusals.contains(-e.result)) else { return nil }
             let what = e.operation == .open ? "open for writing" : e.operation.rawValue
+            let outcome = e.result < 0 ? "refused with \(SystemError.name(of: Int32(-e.result)))" : "succeeded"
+            let refusedBy: String
+            switch -e.result {
+            case Int64(EROFS): refusedBy = "read-only system view"
+            case Int64(EACCES), Int64(EPERM): refusedBy = "Landlock or permissions"
+            case Int64(ENOENT): refusedBy = "pid and mount namespaces (not visible)"
+            case let code where code > 0: refusedBy = "the kernel (\(SystemError.name(of: Int32(code))))"
+            default: refusedBy = "nothing: it succeeded"
+            }
             return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID,
-                                 pid: e.origin.pid, evidence: "\(what) \(e.path) refused with \(SystemError.name(of: Int32(-e.result)))",
-                                 refusedBy: e.result == -Int64(EROFS) ? "read-only system view" : "Landlock or permissions",
+                                 pid: e.origin.pid, evidence: "\(what) \(e.path) \(outcome)", refusedBy: refusedBy,
                                  observedNanos: e.origin.bootNanos)
         case .network(let e):
             guard e.operation == .connect || e.operation == .sendto || e.operation == .sendmsg else { return nil }
@@ -65,6 +77,12 @@ public enum EscapeDetector {
         default:
             return nil
         }
+    }
+
+    /// A process adjusting itself (its OOM score): refused by the read-only
+    /// /proc, but no attempt at anything outside.
+    static func isOwnTuning(_ path: String) -> Bool {
+        path.hasPrefix("/proc/self/oom_") || path.hasPrefix("/proc/thread-self/oom_")
     }
 
     static func isWriteAttempt(_ e: FileEvent) -> Bool {
@@ -104,7 +122,9 @@ extension EscapeFinding {
             "message": "\(technique.id): \(evidence)",
             "evidences": [["actor": ["process": encoder.processObject(pid: pid, tid: nil, uid: nil, processes: processes)],
                            "data": ["refused_by": refusedBy, "detail": evidence]]],
-            "unmapped": ["technique": technique.id, "refused_by": refusedBy],
+            "unmapped": ["technique": technique.id, "refused_by": refusedBy,
+                         // From the kernel's record of the attempt to this finding.
+                         "detection_latency_ns": Int64(bitPattern: bootClockNanos() &- observedNanos)],
         ]
     }
 }

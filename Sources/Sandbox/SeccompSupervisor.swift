@@ -90,7 +90,7 @@ public final class SeccompSupervisor: @unchecked Sendable {
             // The kernel refuses a request buffer that is not zeroed.
             request.pointee = seccomp_notif()
             let rc = seccomp_notify_receive(listener.raw, request)
-            let received = bootNanos()
+            let received = bootClockNanos()
             if rc == -EINTR || rc == -ENOENT { continue } // the caller went away first
             if rc < 0 { return }
             response.pointee.id = request.pointee.id
@@ -102,7 +102,7 @@ public final class SeccompSupervisor: @unchecked Sendable {
             // the caller is still the one that asked (its pid may be reused).
             let valid = seccomp_notify_id_valid(listener.raw, request.pointee.id) == 0
             _ = seccomp_notify_respond(listener.raw, response)
-            let answered = bootNanos()
+            let answered = bootClockNanos()
             onNotice(SeccompNotice(pid: Int32(bitPattern: request.pointee.pid), syscall: notice.name,
                                    arguments: notice.arguments, call: valid ? notice.call : notice.bare,
                                    errno: EPERM, receivedAt: received, answerNanos: answered - received))
@@ -155,9 +155,3 @@ public final class SeccompSupervisor: @unchecked Sendable {
     }
 }
 
-/// CLOCK_BOOTTIME, the clock of the BPF records, so the two can be compared.
-func bootNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_BOOTTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
