@@ -1,3 +1,4 @@
+import Enforcement
 import Foundation
 import Logging
 import Store
@@ -77,6 +78,9 @@ final class EventPipeline: Sendable {
         }
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
+        if let finding = EscapeDetector.finding(for: event) {
+            manager.raise(finding, in: sandbox, processes: sandbox.processes)
+        }
         switch event {
         case .syscall:
             sandbox.syscalls += 1

@@ -22,6 +22,12 @@ final class LiveSandbox: @unchecked Sendable {
     let encoder: OCSFEncoder
     var processes = ProcessTable()
     var syscalls: UInt64 = 0
+    /// Set once after creation, stopped by `finish`: the seccomp supervisor
+    /// (nil when the filter has no notify rules, or after a service restart:
+    /// the listener died with the old service, so escape syscalls fail ENOSYS)
+    /// and the watcher of the cgroup limits.
+    var supervisor: SeccompSupervisor?
+    var resources: ResourceWatcher?
 
     init(record: SandboxRecord, policy: SandboxPolicy, cgroup: SandboxCgroup, initProcess: SandboxedProcess,
          limits: AppliedLimits) {
@@ -90,10 +96,56 @@ public final class SandboxManager: @unchecked Sendable {
     /// a policy error (exit 68) naming what is wrong.
     static func seccompProgram(for policy: SandboxPolicy) throws -> SeccompProgram {
         do {
-            return try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: false))
+            return try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: userNotifyWorks))
         } catch let error as PolicyError {
             throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
         }
+    }
+
+    /// Seccomp user-notify, probed once: without it escape syscalls get plain EPERM, unreported.
+    static let userNotifyWorks = KernelProbe.seccompUserNotify().available
+
+    /// A finding about a live sandbox: stored as an alert (OCSF Detection
+    /// Finding) and as an event, so `events tail` shows it in place.
+    func raise(_ finding: EscapeFinding, in sandbox: LiveSandbox, processes: ProcessTable) {
+        let object = finding.ocsf(encoder: sandbox.encoder, processes: processes)
+        let json = OCSFEncoder.jsonLine(object)
+        let time = sandbox.encoder.clock.unixNanos(boot: finding.observedNanos)
+        do {
+            _ = try store.appendAlert(AlertRecord(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                                  severityID: 4, technique: finding.technique.id, json: json))
+            try store.appendEvents([StoredEvent(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                                kind: "finding", classUID: 2004, json: json)])
+        } catch {
+            log.error("could not store a finding (\(finding.technique.id)) of \(sandbox.record.sandboxID): \(error)")
+        }
+        log.warning("escape attempt refused", metadata: ["sandbox": "\(sandbox.record.sandboxID)",
+                                                          "technique": "\(finding.technique.id)", "evidence": "\(finding.evidence)"])
+    }
+
+    /// Starts the seccomp supervisor (if the filter has a listener) and the limits watcher.
+    func startWatchers(_ sandbox: LiveSandbox) {
+        if let listener = sandbox.initProcess.takeSeccompListener() {
+            do {
+                let supervisor = try SeccompSupervisor(listener: listener, label: sandbox.record.sandboxID) { [weak self, weak sandbox] notice in
+                    guard let self, let sandbox else { return }
+                    self.raise(EscapeDetector.finding(for: notice, sandboxCgroupID: sandbox.cgroup.id), in: sandbox, processes: ProcessTable())
+                }
+                supervisor.start()
+                sandbox.supervisor = supervisor
+            } catch {
+                log.error("no seccomp supervisor for \(sandbox.record.sandboxID): \(error); its escape syscalls fail with ENOSYS, unreported")
+            }
+        }
+        let limits = ResourceLimits(cpuCores: sandbox.policy.cpuLimit, memoryBytes: sandbox.policy.memoryLimitBytes,
+                                    pids: sandbox.policy.pidsLimit)
+        let tmp = sandbox.policy.filesystem.readOnlySystem ? "/proc/\(sandbox.initProcess.pid)/root/tmp" : nil
+        let resources = ResourceWatcher(cgroup: sandbox.cgroup, applied: sandbox.limits, limits: limits, tmpRoot: tmp) { [weak self, weak sandbox] finding in
+            guard let self, let sandbox else { return }
+            self.raise(finding, in: sandbox, processes: ProcessTable())
+        }
+        resources.start()
+        sandbox.resources = resources
     }
 
     var liveSandboxes: [LiveSandbox] { lock.withLock { Array(live.values) } }
@@ -193,6 +245,7 @@ public final class SandboxManager: @unchecked Sendable {
             try? store.appendAudit(actor: "service", action: "sandbox.create", subject: sandboxID,
                                    details: ServiceJSON.encode(["agent_id": request.agentID, "classification": record.classification,
                                                                 "command": request.command.joined(separator: " ")]))
+            startWatchers(sandbox)
             watchForExit(sandbox)
             log.info("created sandbox", metadata: ["sandbox": "\(sandboxID)", "agent": "\(request.agentID)", "pid": "\(initProcess.pid)"])
             return record
@@ -239,12 +292,25 @@ public final class SandboxManager: @unchecked Sendable {
             dieWithParent: false)
         spec.v1ProcsFiles = sandbox.limits.v1ProcsFiles
         spec.stdio = (devNull.raw, outWrite, errWrite)
+        // The sandbox's filesystem confinement (Landlock), also for an adopted sandbox whose init's spec is not known here.
+        spec.readOnlyRoot = sandbox.policy.filesystem.readOnlySystem
+        let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((sandbox.record.detailsJSON ?? "").utf8))
+        spec.writablePaths = [details?.workingDirectory].compactMap { $0 }.filter { $0 != "/" }
         let process: SandboxedProcess
         do {
             defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF
             process = try SandboxedProcess(spec: spec, cgroup: sandbox.cgroup, joining: sandbox.initProcess)
         } catch SandboxError.commandNotFound(let c) {
             throw ServiceFailure(ExitCodes.commandNotFound, "command not found in the sandbox: \(c)")
+        }
+        // The command has its own filter and listener: a supervisor of its own,
+        // which ends (closing the listener) when the command's processes do.
+        if let listener = process.takeSeccompListener() {
+            let supervisor = try? SeccompSupervisor(listener: listener, label: sandbox.record.sandboxID + "-exec") { [weak self, weak sandbox] notice in
+                guard let self, let sandbox else { return }
+                self.raise(EscapeDetector.finding(for: notice, sandboxCgroupID: sandbox.cgroup.id), in: sandbox, processes: ProcessTable())
+            }
+            supervisor?.start()
         }
         Self.pump([(outRead, "stdout"), (errRead, "stderr")], output: output)
         return process.wait().shellCode
@@ -316,7 +382,9 @@ public final class SandboxManager: @unchecked Sendable {
             return true
         }
         guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
+        sandbox.resources?.stop()
         try? sandbox.cgroup.destroy()
+        sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)
         network.remove(sandbox.cgroup)
         if !sandbox.initProcess.isRunning { reap(sandbox.initProcess.pid) }
@@ -377,6 +445,7 @@ public final class SandboxManager: @unchecked Sendable {
                 live[record.agentID] = sandbox
                 byCgroup[cgroupID] = sandbox
             }
+            startWatchers(sandbox)  // limits only: the seccomp listener ended with the old service
             let last = try store.events(EventFilter(sandboxID: record.sandboxID, limit: 1, newest: true)).first
             let gap: [String: Any] = [
                 "record": "monitoring_gap", "sandbox_id": record.sandboxID, "agent_id": record.agentID,

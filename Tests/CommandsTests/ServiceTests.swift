@@ -268,6 +268,28 @@ struct ServiceTests {
 
     /// intranet and classified_network are enforced by cgroup BPF: allowed
     /// destinations connect, others get EPERM, and the refusal is an event.
+    /// Escape attempts in a sandbox the service holds become stored alerts,
+    /// shown by `events tail` in place: from the agent itself (the init's
+    /// supervisor) and from a command run with `sandbox exec` (its own).
+    @Test func escapeAttemptsBecomeStoredFindings() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let attacker = EscapeSuiteTests.attacker
+        let created = try service.run(["sandbox", "create", "--agent-id", "esc-1", "--", "/bin/sh", "-c",
+                                       "\(attacker) bpf ld-preload; sleep 60"], in: service.root)
+        #expect(created.code == 0, "\(created.stderr)")
+        let exec = try service.run(["sandbox", "exec", "--agent-id", "esc-1", "--", attacker, "mount", "keyctl"])
+        #expect(exec.code == 0, "\(exec.stdout) \(exec.stderr)")
+        usleep(300_000)
+        let tail = try service.run(["events", "tail", "--agent-id", "esc-1", "--lines", "100000"])
+        let findings = tail.stdout.split(separator: "\n").filter { $0.contains("\"class_uid\":2004") }
+        for technique in ["bpf", "ld-preload", "mount", "keyctl"] {
+            #expect(findings.contains { $0.contains("\"technique\":\"\(technique)\"") }, "no stored finding for \(technique)")
+        }
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "esc-1", "--force"]).code == 0)
+    }
+
     @Test func networkClassesAreEnforcedInTheKernel() throws {
         let service = try TestService()
         defer { service.tearDown() }
