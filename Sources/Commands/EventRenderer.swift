@@ -11,6 +11,8 @@ import Telemetry
 final class EventRenderer: @unchecked Sendable {
     private let lock = NSLock()
     private let outputLock = NSLock()
+    /// Called after each finding is printed (the policy's response); set before rendering starts.
+    var onFinding: (@Sendable (EscapeFinding) -> Void)?
     let format: OutputFormat
     let encoder: OCSFEncoder
     let printSyscalls: Bool
@@ -31,18 +33,21 @@ final class EventRenderer: @unchecked Sendable {
     /// lock released between them: a finding from the supervisor waits for
     /// one slice, not for a burst of thousands of records (a fork bomb's).
     func render(_ batch: [TelemetryEvent]) {
-        let findings = lock.withLock {
+        let (text, findings) = lock.withLock {
             var text = ""
+            var findings: [EscapeFinding] = []
             for event in batch {
                 processes.observe(event)
                 if let finding = EscapeDetector.finding(for: event) {
                     summary.findings[finding.technique.id, default: 0] += 1
                     text += findingLine(finding, processes) + "\n"
+                    findings.append(finding)
                 }
             }
-            return text
+            return (text, findings)
         }
-        write(findings)
+        write(text)
+        for finding in findings { onFinding?(finding) }
         var start = batch.startIndex
         while start < batch.endIndex {
             let end = min(start + 32, batch.endIndex)
@@ -78,6 +83,7 @@ final class EventRenderer: @unchecked Sendable {
             return self.processes
         }
         write(findingLine(finding, processes) + "\n")
+        onFinding?(finding)
     }
 
     var finalSummary: RunSummary { lock.withLock { summary } }

@@ -3,6 +3,7 @@ import Enforcement
 import KernelSupport
 import Policy
 import Sandbox
+import Synchronization
 import Telemetry
 
 /// `alcub3 run`: one sandbox in the foreground. Everything it creates (agent
@@ -83,6 +84,7 @@ final class RunSession: @unchecked Sendable {
         let (initPID, initPIDKnown) = AsyncStream<Int32>.makeStream()
         defer { initPIDKnown.finish() }
         let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
+        renderer.onFinding = Self.responder(policy.onViolation, cgroup: cgroup)
         let streaming = Task { () -> RunSummary in
             for await pid in initPID { renderer.seedInit(pid: pid) }
             for await batch in subscription.events { renderer.render(batch) }
@@ -169,6 +171,29 @@ final class RunSession: @unchecked Sendable {
                      counters: counters, subscriberDropped: subscription.dropped,
                      seconds: Double(WallClock.nowUnixNanos() - started) / 1e9)
         return code
+    }
+
+    /// The policy's `on_violation` beyond the printed alert: kill the process
+    /// that tried, end the sandbox, or freeze it (once) until Ctrl-C ends it.
+    static func responder(_ response: ViolationResponse, cgroup: SandboxCgroup) -> (@Sendable (EscapeFinding) -> Void)? {
+        let once = Mutex(false)
+        switch response {
+        case .alert:
+            return nil
+        case .deny:
+            return { finding in SandboxResponse.killProcess(finding.pid, in: cgroup) }
+        case .kill, .freeze:
+            return { finding in
+                guard !once.withLock({ done in defer { done = true }; return done }) else { return }
+                if response == .kill {
+                    try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+                    Output.err("alcub3: sandbox ended by its policy (on_violation: kill) after \(finding.technique.id)\n")
+                } else if (try? SandboxResponse.setFrozen(true, cgroup)) != nil {
+                    Output.err("alcub3: sandbox frozen by its policy (on_violation: freeze) after \(finding.technique.id); "
+                               + "Ctrl-C ends it\n")
+                }
+            }
+        }
     }
 
     /// Ctrl-C, SIGTERM and SIGHUP end the sandbox; the normal exit path cleans up.

@@ -10,7 +10,7 @@ struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
         abstract: "Create, run commands in, watch and end sandboxes held by the alcub3 service.",
-        subcommands: [Create.self, Exec.self, List.self, Monitor.self, Validate.self, Export.self, Import.self,
+        subcommands: [Create.self, Exec.self, List.self, Monitor.self, Validate.self, Export.self, Import.self, Thaw.self,
                       Terminate.self, DebugCreate.self])
 
     /// Options shared by create and debug-create.
@@ -235,6 +235,19 @@ struct SandboxCommand: ParsableCommand {
             if format == .json { ServiceAccess.printJSON(result); return }
             let record = try ServiceAccess.decode(SandboxRecord.self, result)
             Output.out("imported as \(record.sandboxID) for agent \(record.agentID)\n")
+        }
+    }
+
+    struct Thaw: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let a sandbox its policy froze (on_violation: freeze) run again.")
+        @Option(name: .customLong("agent-id")) var agentID: String
+        @Option(help: "table or json.") var format: OutputFormat = .table
+
+        func run() throws {
+            var request = ServiceRequest(op: .thaw)
+            request.agentID = agentID
+            let result = try ServiceAccess.call(request)
+            if format == .json { ServiceAccess.printJSON(result) } else { Output.out("thawed \(agentID)\n") }
         }
     }
 

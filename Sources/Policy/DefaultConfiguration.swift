@@ -25,6 +25,9 @@ public enum DefaultConfiguration {
           workspace: "/workspace"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh"]
           read_only_paths: []
+          # On an escape attempt, beyond refusing and reporting it: alert, deny (kill the process),
+          # kill (end the sandbox) or freeze (cgroup freezer, for forensics; alcub3 sandbox thaw).
+          on_violation: "alert"
         CONFIDENTIAL:
           isolation_level: "container"
           cpu_limit: "1.5"
@@ -37,6 +40,7 @@ public enum DefaultConfiguration {
           workspace: "/workspace"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh"]
           read_only_paths: []
+          on_violation: "alert"
         SECRET:
           isolation_level: "vm"
           cpu_limit: "1.0"
@@ -50,6 +54,7 @@ public enum DefaultConfiguration {
           workspace: "/workspace"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/var/log", "/mnt", "/media"]
           read_only_paths: []
+          on_violation: "kill"
         TOP_SECRET:
           isolation_level: "hardware"
           cpu_limit: "0.5"
@@ -63,6 +68,7 @@ public enum DefaultConfiguration {
           workspace: "/workspace"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/var/log", "/mnt", "/media"]
           read_only_paths: []
+          on_violation: "freeze"
 
       integrity_monitoring:
         enabled: true

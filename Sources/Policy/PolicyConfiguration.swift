@@ -95,7 +95,7 @@ public struct PolicyConfiguration: Sendable, Equatable {
             pidsLimit: policy.pidsLimit,
             filesystem: filesystemPolicy(for: policy),
             capabilities: Array(Set(requested ?? policy.capabilities)).sorted(),
-            traceSyscalls: behavioralAnalysis.enabled)
+            traceSyscalls: behavioralAnalysis.enabled, onViolation: policy.onViolation)
     }
 }
 
@@ -133,6 +133,7 @@ public struct DefaultPolicy: Sendable, Equatable {
     public internal(set) var workspace = ""
     public internal(set) var hiddenPaths: [String] = []
     public internal(set) var readOnlyPaths: [String] = []
+    public internal(set) var onViolation: ViolationResponse = .alert
 
     /// Cores before the multiplier.
     public var cpuLimit: Double { Double(cpuMillicores) / 1000 }
@@ -295,6 +296,7 @@ extension DefaultPolicy {
             .value("workspace", \.workspace) { try PolicyValue.sandboxPath(YAMLValue.text($0)) },
             .value("hidden_paths", \.hiddenPaths, YAMLValue.paths),
             .value("read_only_paths", \.readOnlyPaths, YAMLValue.paths),
+            .value("on_violation", \.onViolation) { try ViolationResponse.named(YAMLValue.text($0)) },
         ]
     }
 }

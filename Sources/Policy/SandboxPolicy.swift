@@ -22,6 +22,8 @@ public struct SandboxPolicy: Sendable, Equatable {
     /// An OCI / Docker seccomp profile (JSON text) that replaces the filter made
     /// from `allowedSyscalls` (`--seccomp-profile`); nil: that filter.
     public var seccompProfile: String?
+    /// What happens on an escape attempt or policy violation, beyond refusing and reporting it.
+    public var onViolation: ViolationResponse = .alert
 
     /// The syscalls the sandbox may make: the base set plus its capabilities' groups.
     public var allowedSyscalls: [String] { Capability.allowedSyscalls(for: capabilities) }
@@ -93,6 +95,7 @@ extension SandboxPolicy: Codable {
         /// Derived from capabilities: written for the reader, checked on import.
         case allowedSyscalls = "allowed_syscalls"
         case seccompProfile = "seccomp_profile"
+        case onViolation = "on_violation"
     }
 
     public init(from decoder: Decoder) throws {
@@ -135,6 +138,9 @@ extension SandboxPolicy: Codable {
                   cpuLimit: cpuLimit, memoryLimitBytes: memoryLimitBytes, pidsLimit: pidsLimit, filesystem: filesystem,
                   capabilities: capabilities, traceSyscalls: try container.decode(Bool.self, forKey: .traceSyscalls))
         seccompProfile = try container.decodeIfPresent(String.self, forKey: .seccompProfile)
+        onViolation = try field(CodingKeys.onViolation) {
+            try container.decodeIfPresent(String.self, forKey: .onViolation).map(ViolationResponse.named) ?? .alert
+        }
         if let listed = try container.decodeIfPresent([String].self, forKey: .allowedSyscalls), listed != allowedSyscalls {
             throw PolicyError(.invalidValue, "allowed_syscalls differs from what capabilities \(capabilities.map(\.rawValue)) give in this version of alcub3; change capabilities instead, or remove allowed_syscalls to accept this version's list")
         }
@@ -154,6 +160,7 @@ extension SandboxPolicy: Codable {
         try container.encode(traceSyscalls, forKey: .traceSyscalls)
         try container.encode(allowedSyscalls, forKey: .allowedSyscalls)
         try container.encodeIfPresent(seccompProfile, forKey: .seccompProfile)
+        try container.encode(onViolation.rawValue, forKey: .onViolation)
     }
 }
 

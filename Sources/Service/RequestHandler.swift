@@ -61,6 +61,8 @@ struct RequestHandler: Sendable {
             let record = try manager.terminate(agentID: try agentID(request), grace: request.graceSeconds ?? 10,
                                                force: request.force ?? false)
             connection.send(.result(record))
+        case .thaw:
+            connection.send(.result(try manager.thaw(agentID: try agentID(request))))
         case .export:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {

@@ -28,6 +28,18 @@ final class LiveSandbox: @unchecked Sendable {
     /// and the watcher of the cgroup limits.
     var supervisor: SeccompSupervisor?
     var resources: ResourceWatcher?
+    private let responded = NSLock()
+    private var hasResponded = false
+
+    /// True the first time: a sandbox is frozen or ended once per violation burst.
+    func respondOnce() -> Bool {
+        responded.withLock {
+            defer { hasResponded = true }
+            return !hasResponded
+        }
+    }
+
+    func resetResponse() { responded.withLock { hasResponded = false } }
 
     init(record: SandboxRecord, policy: SandboxPolicy, cgroup: SandboxCgroup, initProcess: SandboxedProcess,
          limits: AppliedLimits) {
@@ -121,6 +133,62 @@ public final class SandboxManager: @unchecked Sendable {
         }
         log.warning("escape attempt refused", metadata: ["sandbox": "\(sandbox.record.sandboxID)",
                                                           "technique": "\(finding.technique.id)", "evidence": "\(finding.evidence)"])
+        respond(to: finding, in: sandbox)
+    }
+
+    /// The policy's `on_violation` beyond the alert: kill the process, end or
+    /// freeze the sandbox (once). Each response is audited and stored as an event.
+    private func respond(to finding: EscapeFinding, in sandbox: LiveSandbox) {
+        let response = sandbox.policy.onViolation
+        switch response {
+        case .alert:
+            return
+        case .deny:
+            guard SandboxResponse.killProcess(finding.pid, in: sandbox.cgroup) else { return }
+        case .kill, .freeze:
+            guard sandbox.respondOnce() else { return }
+            if response == .freeze {
+                do {
+                    try SandboxResponse.setFrozen(true, sandbox.cgroup)
+                } catch {
+                    log.error("could not freeze \(sandbox.record.sandboxID): \(error)")
+                    return
+                }
+            } else {
+                DispatchQueue.global().async { [self] in
+                    _ = try? finish(sandbox, reason: "killed by its policy after \(finding.technique.id)")
+                }
+            }
+        }
+        let what = SandboxResponse.describe(response, finding)
+        try? store.appendAudit(actor: "service", action: "response.\(response.rawValue)", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["technique": finding.technique.id, "evidence": finding.evidence,
+                                                            "action": what]))
+        let now = WallClock.nowUnixNanos()
+        let json = OCSFEncoder.jsonLine(["record": "response", "sandbox_id": sandbox.record.sandboxID,
+                                         "agent_id": sandbox.record.agentID, "time_dt": WallClock.iso8601(unixNanos: now),
+                                         "response": response.rawValue, "technique": finding.technique.id, "action": what])
+        try? store.appendEvents([StoredEvent(timeNs: now, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                             kind: "alcub3", json: json)])
+        log.warning("response to a violation", metadata: ["sandbox": "\(sandbox.record.sandboxID)", "action": "\(what)"])
+    }
+
+    /// `sandbox thaw`: a frozen sandbox runs again (audited).
+    public func thaw(agentID: String) throws -> SandboxRecord {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        guard SandboxResponse.isFrozen(sandbox.cgroup) else {
+            throw ServiceFailure(ExitCodes.usage, "sandbox of agent '\(agentID)' is not frozen")
+        }
+        do {
+            try SandboxResponse.setFrozen(false, sandbox.cgroup)
+        } catch {
+            throw ServiceFailure(ExitCodes.kernelRefused, "could not thaw \(sandbox.record.sandboxID): \(error)")
+        }
+        sandbox.resetResponse()
+        try? store.appendAudit(actor: "operator", action: "sandbox.thaw", subject: sandbox.record.sandboxID, details: "{}")
+        return sandbox.record
     }
 
     /// Starts the seccomp supervisor (if the filter has a listener) and the limits watcher.
@@ -361,7 +429,8 @@ public final class SandboxManager: @unchecked Sendable {
             }
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
-        if !force {
+        // A frozen sandbox cannot act on SIGTERM: it is ended at once (cgroup.kill reaches frozen tasks).
+        if !force && !SandboxResponse.isFrozen(sandbox.cgroup) {
             for pid in sandbox.cgroup.processes() { kill(pid, SIGTERM) }
             let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(grace * 1e9)
             while sandbox.initProcess.isRunning && DispatchTime.now().uptimeNanoseconds < deadline {

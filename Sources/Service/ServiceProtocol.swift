@@ -7,7 +7,7 @@ import Foundation
 /// the client goes away).
 public struct ServiceRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case ping, create, exec, list, show, terminate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
+        case ping, create, exec, list, show, terminate, thaw, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
     }
 
     public var op: Operation

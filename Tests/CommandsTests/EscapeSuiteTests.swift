@@ -118,4 +118,19 @@ struct EscapeSuiteTests {
         let findings = r.jsonLines.filter { $0["class_uid"] as? Int == 2004 }
         #expect(findings.isEmpty, "\(findings.compactMap { $0["message"] as? String })")
     }
+
+    /// on_violation: kill ends `alcub3 run` at the first attempt, saying why.
+    @Test func aKillingPolicyEndsTheRun() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-kill-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {on_violation: \"kill\"}\n"
+            .write(toFile: dir + "/kill.yaml", atomically: true, encoding: .utf8)
+        let started = Date()
+        let r = try alcub3(["run", "--policy-file", "kill.yaml", "--", "/bin/sh", "-c", "\(Self.attacker) bpf; sleep 30"], in: dir)
+        #expect(r.code == 137, "\(r.stderr.suffix(500))")
+        #expect(r.stderr.contains("sandbox ended by its policy (on_violation: kill) after bpf"))
+        #expect(Date().timeIntervalSince(started) < 10)
+    }
+
 }

@@ -290,6 +290,37 @@ struct ServiceTests {
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "esc-1", "--force"]).code == 0)
     }
 
+    /// on_violation: freeze stops the whole sandbox at the first escape
+    /// attempt, until thaw; the response is audited and stored.
+    @Test func aFreezingPolicyFreezesUntilThaw() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        try """
+            sandbox_configuration:
+              default_policies:
+                UNCLASSIFIED: {on_violation: "freeze"}
+            """.write(toFile: service.root + "/freeze.yaml", atomically: true, encoding: .utf8)
+        let created = try service.run(["sandbox", "create", "--agent-id", "frz", "--policy-file", "freeze.yaml", "--format", "json",
+                                       "--", "/bin/sh", "-c", "\(EscapeSuiteTests.attacker) mount; sleep 0.5; echo after > after.txt; sleep 60"],
+                                      in: service.root)
+        #expect(created.code == 0, "\(created.stderr)")
+        let id = ((try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any])?["sandboxID"] as? String ?? ""
+        let events = "/sys/fs/cgroup/unified/alcub3/\(id)/cgroup.events"
+        usleep(1_500_000)
+        #expect(((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("frozen 1"), "not frozen")
+        #expect(!FileManager.default.fileExists(atPath: service.root + "/after.txt"), "the sandbox ran on after the attempt")
+        let tail = try service.run(["events", "tail", "--agent-id", "frz", "--lines", "1000"])
+        #expect(tail.stdout.contains("\"record\":\"response\"") && tail.stdout.contains("\"response\":\"freeze\""), "\(tail.stdout.suffix(800))")
+        let thawed = try service.run(["sandbox", "thaw", "--agent-id", "frz"])
+        #expect(thawed.code == 0, "\(thawed.stderr)")
+        usleep(1_000_000)
+        #expect(FileManager.default.fileExists(atPath: service.root + "/after.txt"), "still frozen after thaw")
+        let again = try service.run(["sandbox", "thaw", "--agent-id", "frz"])
+        #expect(again.code == 64 && again.stderr.contains("not frozen"), "\(again.stderr)")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "frz"]).code == 0)
+    }
+
     @Test func networkClassesAreEnforcedInTheKernel() throws {
         let service = try TestService()
         defer { service.tearDown() }
@@ -307,7 +338,7 @@ struct ServiceTests {
         try """
             sandbox_configuration:
               default_policies:
-                SECRET: {allowed_destinations: ["127.0.0.2/32"], allowed_ports: [\(other.port)]}
+                SECRET: {allowed_destinations: ["127.0.0.2/32"], allowed_ports: [\(other.port)], on_violation: "alert"}
             """.write(toFile: service.root + "/listed.yaml", atomically: true, encoding: .utf8)
         let created = try service.run(["sandbox", "create", "--agent-id", "net-s", "--classification", "SECRET",
                                        "--isolation-level", "process", "--policy-file", "listed.yaml"], in: service.root)
