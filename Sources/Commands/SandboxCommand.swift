@@ -10,7 +10,7 @@ struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
         abstract: "Create, run commands in, watch and end sandboxes held by the alcub3 service.",
-        subcommands: [Create.self, Exec.self, List.self, Monitor.self, Validate.self, Export.self, Import.self, Thaw.self,
+        subcommands: [Create.self, Exec.self, List.self, Monitor.self, Validate.self, Export.self, Import.self, PolicyCommand.self, Thaw.self,
                       Terminate.self, DebugCreate.self])
 
     /// Options shared by create and debug-create.
@@ -235,6 +235,34 @@ struct SandboxCommand: ParsableCommand {
             if format == .json { ServiceAccess.printJSON(result); return }
             let record = try ServiceAccess.decode(SandboxRecord.self, result)
             Output.out("imported as \(record.sandboxID) for agent \(record.agentID)\n")
+        }
+    }
+
+    struct PolicyCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "policy", abstract: "Change a running sandbox's policy.",
+                                                        subcommands: [Set.self])
+
+        struct Set: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Replace a running sandbox's allowed destinations and ports, in force from its next connect.")
+            @Option(name: .customLong("agent-id")) var agentID: String
+            @Option(name: .customLong("allowed-destination"), help: "A network the sandbox may reach, e.g. 10.1.0.0/16 (repeatable or comma-separated).")
+            var destinations: [String] = []
+            @Option(name: .customLong("allowed-port"), help: "A port it may reach (repeatable or comma-separated; none: every port).")
+            var ports: [String] = []
+            @Option(help: "table or json.") var format: OutputFormat = .table
+
+            func run() throws {
+                var request = ServiceRequest(op: .policySet)
+                request.agentID = agentID
+                request.destinations = destinations.flatMap { $0.split(separator: ",").map(String.init) }
+                request.ports = try ports.flatMap { $0.split(separator: ",") }.map { text in
+                    guard let port = Int(text) else { throw fail(Alcub3Exit.invalidPolicy, "port '\(text)' is not a number") }
+                    return port
+                }
+                let result = try ServiceAccess.call(request)
+                if format == .json { ServiceAccess.printJSON(result) } else { Output.out("network policy of \(agentID) updated\n") }
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 /// The rules for the configuration's other values, shared by the YAML reader
 /// and the JSON import so both refuse the same things with the same words.
-enum PolicyValue {
+public enum PolicyValue {
     /// An absolute path written plainly: no '.' or '..' component, no control
     /// characters. Repeated and trailing slashes are dropped.
     static func absolutePath(_ text: String) throws -> String {
@@ -59,13 +59,13 @@ enum PolicyValue {
     }
 
     /// A TCP port, 1 to 65535.
-    static func port(_ value: Int) throws -> UInt16 {
+    public static func port(_ value: Int) throws -> UInt16 {
         guard (1...65535).contains(value) else { throw PolicyError(.invalidValue, "port \(value) is outside 1 to 65535") }
         return UInt16(value)
     }
 
     /// Ports sorted and without repeats; 0 refused.
-    static func ports(_ values: [UInt16]) throws -> [UInt16] {
+    public static func ports(_ values: [UInt16]) throws -> [UInt16] {
         for value in values { _ = try port(Int(value)) }
         return Array(Set(values)).sorted()
     }

@@ -61,6 +61,9 @@ struct RequestHandler: Sendable {
             let record = try manager.terminate(agentID: try agentID(request), grace: request.graceSeconds ?? 10,
                                                force: request.force ?? false)
             connection.send(.result(record))
+        case .policySet:
+            connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
+                                                           ports: request.ports ?? [])))
         case .thaw:
             connection.send(.result(try manager.thaw(agentID: try agentID(request))))
         case .export:

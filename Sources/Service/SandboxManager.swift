@@ -173,6 +173,54 @@ public final class SandboxManager: @unchecked Sendable {
         log.warning("response to a violation", metadata: ["sandbox": "\(sandbox.record.sandboxID)", "action": "\(what)"])
     }
 
+    /// `sandbox policy set`: new allowed destinations and ports for a running
+    /// sandbox, in force from its next connect or send (cgroup BPF map
+    /// updates; nothing restarts). Everything is checked before anything
+    /// changes, so a bad value leaves the running policy as it was. The stored
+    /// policy (export, restart) follows; the change is audited.
+    public func setNetwork(agentID: String, destinations: [String], ports: [Int]) throws -> SandboxRecord {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        let cidrs: [CIDR], allowedPorts: [UInt16]
+        do {
+            cidrs = try destinations.map { try CIDR($0) }
+            allowedPorts = try PolicyValue.ports(ports.map { try PolicyValue.port($0) })
+        } catch let error as PolicyError {
+            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+        }
+        guard !cidrs.isEmpty else {
+            throw ServiceFailure(ExitCodes.usage, "give at least one --allowed-destination (a network such as 10.1.0.0/16)")
+        }
+        guard var policy = try? JSONDecoder().decode(SandboxPolicy.self, from: Data(try currentRecord(sandbox).policyJSON.utf8)) else {
+            throw ServiceFailure(ExitCodes.internalError, "the stored policy of \(sandbox.record.sandboxID) cannot be read")
+        }
+        guard policy.allowsNetwork else {
+            throw ServiceFailure(ExitCodes.notAllowed, "sandbox of agent '\(agentID)' runs in its own network namespace "
+                                 + "(network_access \(policy.networkAccess)): it has no route out to allow; create it with "
+                                 + "classified_network destinations instead")
+        }
+        let network = NetworkPolicy.listed(cidrs: cidrs, ports: allowedPorts)
+        do {
+            try self.network.apply(network, to: sandbox.cgroup)
+        } catch {
+            throw ServiceFailure(ExitCodes.kernelRefused, "could not update the network policy of \(sandbox.record.sandboxID): \(error)")
+        }
+        policy.network = network
+        policy.networkAccess = ["classified_network"]
+        var record = try currentRecord(sandbox)
+        record.policyJSON = ServiceJSON.encode(policy)
+        try store.upsertSandbox(record)
+        try? store.appendAudit(actor: "operator", action: "policy.set", subject: record.sandboxID,
+                               details: ServiceJSON.encode(["allowed_destinations": cidrs.map(\.description).joined(separator: ","),
+                                                            "allowed_ports": allowedPorts.map(String.init).joined(separator: ",")]))
+        return record
+    }
+
+    private func currentRecord(_ sandbox: LiveSandbox) throws -> SandboxRecord {
+        try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record
+    }
+
     /// `sandbox thaw`: a frozen sandbox runs again (audited).
     public func thaw(agentID: String) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {

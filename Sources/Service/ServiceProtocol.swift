@@ -7,7 +7,7 @@ import Foundation
 /// the client goes away).
 public struct ServiceRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case ping, create, exec, list, show, terminate, thaw, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
+        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
     }
 
     public var op: Operation
@@ -18,6 +18,8 @@ public struct ServiceRequest: Codable, Sendable {
     public var policyFileNames: [String]?   // their names, for error messages
     public var capabilities: [String]?
     public var seccompProfile: String?      // --seccomp-profile contents (OCI / Docker JSON)
+    public var destinations: [String]?      // policy set: allowed destinations (CIDR)
+    public var ports: [Int]?                // policy set: allowed ports
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

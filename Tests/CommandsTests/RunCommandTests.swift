@@ -33,6 +33,13 @@ func alcub3(_ arguments: [String], in directory: String? = nil) throws -> Result
                   stderr: String(decoding: stderrData, as: UTF8.self))
 }
 
+/// A file holding `text`, for the bad-input cases (in the temporary directory, named by its content).
+func badProfile(_ text: String) -> String {
+    let path = NSTemporaryDirectory() + "alcub3-bad-\(UInt64(bitPattern: Int64(text.hashValue)))"
+    try? text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
 /// What a run could leave behind: sandbox cgroups and alcub3's BPF programs.
 struct HostState: Equatable {
     let sandboxCgroups: [String]
@@ -130,6 +137,17 @@ struct RunCommandTests {
         (["run", "--agent-id", "bad\u{1}id", "--", "true"], Int32(66), "control character 0x01"),
         (["run", "--", "no-such-command-alcub3"], Int32(127), "command not found: no-such-command-alcub3"),
         (["run", "--classification", "SECRET", "--", "true"], Int32(67), "requires isolation level 'vm'"),
+        (["run", "--seccomp-profile", "/nonexistent/profile.json", "--", "true"], Int32(68), "cannot read the seccomp profile"),
+        (["run", "--seccomp-profile", badProfile(#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdri"], "action": "SCMP_ACT_ERRNO"}]}"#),
+          "--", "true"], Int32(68), "unknown syscall 'mkdri'; did you mean 'mkdir'?"),
+        (["run", "--seccomp-profile", badProfile(#"{"defaultAction": "SCMP_ACT_BLOCK"}"#), "--", "true"], Int32(68),
+         "unknown action 'SCMP_ACT_BLOCK'"),
+        (["run", "--seccomp-profile", badProfile(#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["execve"], "action": "SCMP_ACT_ERRNO"}]}"#),
+          "--", "true"], Int32(68), "refuses execve, which the sandbox's init needs"),
+        (["run", "--policy-file", badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {allowed_destinations: [\"10.0.0.1/8\"]}\n"),
+          "--", "true"], Int32(68), "did you mean 10.0.0.0/8?"),
+        (["run", "--policy-file", badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {allowed_ports: [0]}\n"),
+          "--", "true"], Int32(68), "port 0 is outside 1 to 65535"),
     ])
     func badInputGetsOneClearLineAndLeavesNothing(arguments: [String], code: Int32, message: String) throws {
         let before = HostState.baseline()

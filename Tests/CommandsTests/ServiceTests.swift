@@ -347,6 +347,19 @@ struct ServiceTests {
         #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.1", host.port)).code == 1)  // EPERM
         #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.2", host.port)).code == 1)  // port not listed
         #expect(other.accepted == 1)
+        // Changed live: 127.0.0.1 on the host listener's port, from the next connect on.
+        let bad = try service.run(["sandbox", "policy", "set", "--agent-id", "net-s", "--allowed-destination", "127.0.0.300/32"])
+        #expect(bad.code == 68 && bad.stderr.contains("127.0.0.300"), "\(bad.stderr)")
+        let badPort = try service.run(["sandbox", "policy", "set", "--agent-id", "net-s", "--allowed-destination", "127.0.0.1/32",
+                                       "--allowed-port", "70000"])
+        #expect(badPort.code == 68 && badPort.stderr.contains("70000"), "\(badPort.stderr)")
+        // The refused changes left the running policy as it was.
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.2", other.port)).code == 0)
+        let set = try service.run(["sandbox", "policy", "set", "--agent-id", "net-s", "--allowed-destination", "127.0.0.1/32",
+                                   "--allowed-port", String(host.port)])
+        #expect(set.code == 0, "\(set.stderr)")
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.1", host.port)).code == 0)
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "net-s"] + connect("127.0.0.2", other.port)).code == 1)
         usleep(300_000)
         let events = try service.run(["events", "tail", "--agent-id", "net-s", "--kind", "network"])
         #expect(events.stdout.contains("\"status_code\":\"EPERM\"") && events.stdout.contains("\"ip\":\"127.0.0.1\""),
