@@ -20,6 +20,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u32 alcub3_root_level = 1;  /* as in telemetry.bpf.c */
 
 #define NETPOLICY_ALL_PORTS 0x1
+#define NETPOLICY_BIND_LOOPBACK_ONLY 0x2 /* listening only on loopback: no service reachable from outside */
 
 struct netpolicy_sandbox {
 	__u32 flags;
@@ -119,3 +120,51 @@ int alcub3_net_sendmsg4(struct bpf_sock_addr *ctx) { return check4(ctx); }
 
 SEC("cgroup/sendmsg6")
 int alcub3_net_sendmsg6(struct bpf_sock_addr *ctx) { return check6(ctx); }
+
+/* bind: anything when the sandbox may reach every network; else loopback only
+   (127.0.0.0/8 as an IPv4-mapped address, or ::1). */
+static __always_inline int bind_allowed(__u8 addr[16])
+{
+	__u64 cgid = bpf_get_current_ancestor_cgroup_id(alcub3_root_level + 1);
+	struct netpolicy_sandbox *sb = bpf_map_lookup_elem(&netpolicy_sandboxes, &cgid);
+	int zeros = 1;
+
+	if (!sb)
+		return 0;
+	if (!(sb->flags & NETPOLICY_BIND_LOOPBACK_ONLY))
+		return 1;
+	for (int i = 0; i < 10; i++)
+		if (addr[i])
+			zeros = 0;
+	if (zeros && addr[10] == 0xff && addr[11] == 0xff && addr[12] == 127)
+		return 1;
+	for (int i = 10; i < 15; i++)
+		if (addr[i])
+			zeros = 0;
+	return zeros && addr[15] == 1;
+}
+
+SEC("cgroup/bind4")
+int alcub3_net_bind4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16] = {};
+	__u32 ip = ctx->user_ip4;
+
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(addr + 12, &ip, 4);
+	return bind_allowed(addr);
+}
+
+SEC("cgroup/bind6")
+int alcub3_net_bind6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+
+	__builtin_memcpy(addr, &w0, 4);
+	__builtin_memcpy(addr + 4, &w1, 4);
+	__builtin_memcpy(addr + 8, &w2, 4);
+	__builtin_memcpy(addr + 12, &w3, 4);
+	return bind_allowed(addr);
+}

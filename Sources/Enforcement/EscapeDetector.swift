@@ -57,6 +57,12 @@ public enum EscapeDetector {
                                  pid: e.origin.pid, evidence: "\(what) \(e.path) \(outcome)", refusedBy: refusedBy,
                                  observedNanos: e.origin.bootNanos)
         case .network(let e):
+            if e.operation == .bind, e.result == -Int64(EPERM) {
+                let address = e.remote.ip != nil ? e.remote : e.local
+                return EscapeFinding(technique: EscapeTechnique.named("network-policy")!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                     pid: e.origin.pid, evidence: "bind to \(address) refused with EPERM (loopback only)",
+                                     refusedBy: "cgroup BPF network policy", observedNanos: e.origin.bootNanos)
+            }
             guard e.operation == .connect || e.operation == .sendto || e.operation == .sendmsg else { return nil }
             if let path = e.remote.unixPath, EscapeClassifier.runtimeSockets.contains(path) {
                 return EscapeFinding(technique: EscapeTechnique.named("runtime-socket")!, sandboxCgroupID: e.origin.sandboxCgroupID,

@@ -17,6 +17,9 @@ public struct NetworkRules: Sendable, Equatable {
     /// Refused whatever the class: the cloud metadata service, which hands out
     /// the host's credentials (AWS, GCP, Azure: 169.254.169.254; AWS IPv6: fd00:ec2::254).
     public var denied: [CIDR] = NetworkRules.metadataService
+    /// bind only to loopback: a sandbox that may not reach every network may
+    /// not offer a service to it either.
+    public var bindLoopbackOnly = true
 
     public static let metadataService = [try! CIDR("169.254.169.254/32"), try! CIDR("fd00:ec2::254/128")]
 
@@ -39,7 +42,8 @@ public final class NetworkEnforcer: Sendable {
     private let pinDirectory: String?
     private let links = Mutex<[UInt64: [BPFLink]]>([:])
 
-    static let programs = ["alcub3_net_connect4", "alcub3_net_connect6", "alcub3_net_sendmsg4", "alcub3_net_sendmsg6"]
+    static let programs = ["alcub3_net_connect4", "alcub3_net_connect6", "alcub3_net_sendmsg4", "alcub3_net_sendmsg6",
+                           "alcub3_net_bind4", "alcub3_net_bind6"]
     static let maps = ["netpolicy_sandboxes", "netpolicy_networks", "netpolicy_ports"]
 
     /// - Parameter pinDirectory: the service's: maps and links are pinned there,
@@ -80,7 +84,10 @@ public final class NetworkEnforcer: Sendable {
     public static func rules(for policy: NetworkPolicy) -> NetworkRules? {
         switch policy {
         case .none: return nil
-        case .any: return NetworkRules(networks: [try! CIDR("0.0.0.0/0"), try! CIDR("::/0")], ports: [])
+        case .any:
+            var rules = NetworkRules(networks: [try! CIDR("0.0.0.0/0"), try! CIDR("::/0")], ports: [])
+            rules.bindLoopbackOnly = false
+            return rules
         case .privateAndLoopback: return NetworkRules(networks: NetworkPolicy.privateAndLoopbackRanges, ports: [])
         case .listed(let cidrs, let ports): return cidrs.isEmpty ? nil : NetworkRules(networks: cidrs, ports: ports)
         }
@@ -121,7 +128,8 @@ public final class NetworkEnforcer: Sendable {
         for port in rules.ports {
             try ports.update(key: PortKey(cgid: sandboxCgroupID, port: port), value: UInt8(1))
         }
-        try sandboxes.update(key: sandboxCgroupID, value: SandboxRule(flags: rules.ports.isEmpty ? 1 : 0))
+        let flags: UInt32 = (rules.ports.isEmpty ? 1 : 0) | (rules.bindLoopbackOnly ? 2 : 0)
+        try sandboxes.update(key: sandboxCgroupID, value: SandboxRule(flags: flags))
     }
 
     /// Removes a pin directory (when no sandbox is left to enforce).

@@ -64,4 +64,47 @@ struct NetworkEnforcerKernelTests {
         let rc = withUnsafePointer(to: &target) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(outside, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         #expect(rc == 0)
     }
+
+    /// Runs python `script` in the cgroup (no namespaces); its exit code.
+    func python(_ script: String, in cgroup: SandboxCgroup) throws -> Int32 {
+        let process = try SandboxedProcess(
+            spec: ProcessSpec(executable: "/usr/bin/python3", arguments: ["/usr/bin/python3", "-c", script], environment: [],
+                              workingDirectory: "/", hostname: "t", namespaces: [], seccomp: nil, dieWithParent: true),
+            cgroup: cgroup)
+        return process.wait().shellCode
+    }
+
+    /// IPv6 and IPv4-mapped destinations meet the same rules; outside `internet`,
+    /// a sandbox may listen on loopback only.
+    @Test func ipv6MappedAddressesAndBind() throws {
+        let layout = try CgroupLayout.detect()
+        let parent = try CgroupParentLock(layout: layout)
+        defer { parent.releaseAndRemoveParentIfUnused() }
+        let cgroup = try SandboxCgroup(layout: layout, name: "net6-\(getpid())")
+        defer { try? cgroup.destroy() }
+        let enforcer = try NetworkEnforcer(rootLevel: layout.alcub3RootLevel)
+        defer { enforcer.remove(cgroup) }
+        try enforcer.apply(.listed(cidrs: [try CIDR("127.0.0.0/8")], ports: []), to: cgroup)
+        func connect6(_ address: String) -> String {
+            "import socket,sys; s=socket.socket(socket.AF_INET6); s.settimeout(2); sys.exit(s.connect_ex(('\(address)', 9)))"
+        }
+        // 9 (discard) has no listener: an allowed connect gets ECONNREFUSED (111), a refused one EPERM (1).
+        #expect(try python(connect6("::ffff:127.0.0.1"), in: cgroup) == 111)
+        #expect(try python(connect6("::1"), in: cgroup) == 1)
+        #expect(try python(connect6("::ffff:10.1.2.3"), in: cgroup) == 1)
+        // UDP (DNS) is sendmsg: refused outside the listed networks.
+        let udp = "import socket,sys\ntry:\n socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('10.9.9.9', 53))\nexcept OSError as e: sys.exit(e.errno)"
+        #expect(try python(udp, in: cgroup) == 1)
+        // bind: loopback yes, the wildcard (a service for the outside) no.
+        let bind = { (address: String) in "import socket,sys\ntry:\n socket.socket().bind(('\(address)', 0))\nexcept OSError as e: sys.exit(e.errno)" }
+        #expect(try python(bind("127.0.0.1"), in: cgroup) == 0)
+        #expect(try python(bind("0.0.0.0"), in: cgroup) == 1)
+        // internet: anything but the metadata address, and bind anywhere.
+        try enforcer.apply(.any, to: cgroup)
+        #expect(try python(bind("0.0.0.0"), in: cgroup) == 0)
+        #expect(try python(connect6("::1"), in: cgroup) == 111)
+        let metadata = "import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(s.connect_ex(('169.254.169.254', 80)))"
+        #expect(try python(metadata, in: cgroup) == 1)
+    }
+
 }
