@@ -58,10 +58,16 @@ struct SandboxCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a sandbox and start its agent (or only its init).")
         @OptionGroup var options: CreateOptions
         @Flag(help: "Show the effective policy; create nothing.") var dryRun = false
+        @Flag(help: "Print each creation step and what enforces the policy (seccomp, Landlock, capabilities, BPF-LSM).")
+        var verbose = false
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
-            let result = try ServiceAccess.call(try options.request(dryRun: dryRun, verbose: false))
+            let result = try ServiceAccess.call(try options.request(dryRun: dryRun, verbose: verbose)) { message in
+                guard message.type == .step, let json = message.json,
+                      let step = try? JSONDecoder().decode(CreationStep.self, from: Data(json.utf8)) else { return }
+                Output.err(String(format: "%8d us  %@  -> %@\n", step.microseconds, step.step as NSString, step.result as NSString))
+            }
             if format == .json || dryRun {
                 ServiceAccess.printJSON(result)
                 return

@@ -114,6 +114,32 @@ public final class SandboxManager: @unchecked Sendable {
         }
     }
 
+    /// BPF-LSM, probed once (refused on hosts in lockdown).
+    static let bpfLSM = KernelProbe.bpfLSM()
+
+    /// What holds the sandbox, for `create --verbose` and `debug-create`:
+    /// each mechanism, and what stands in for one the kernel refuses.
+    func enforcementSummary(spec: ProcessSpec, process: SandboxedProcess) -> [(String, String)] {
+        let seccomp = spec.seccomp.map { program in
+            "\(program.profile.rules.count) rules, default \(program.profile.defaultAction.ociName)"
+                + (program.logDenials ? " (logged)" : "")
+                + (program.usesNotify ? ", escape syscalls to the supervisor" : ", no supervisor (user-notify unavailable)")
+        } ?? "none"
+        let lsm = Self.bpfLSM.available
+            ? "available (not used yet by process sandboxes)"
+            : "refused (\(Self.bpfLSM.errno ?? Self.bpfLSM.detail)): \(Self.bpfLSM.fallback ?? "")"
+        return [
+            ("enforcement: seccomp", seccomp),
+            ("enforcement: Landlock", process.landlockABI.map { "ABI \($0): filesystem, TCP ports, scopes" } ?? "not applied (kernel without Landlock, or off)"),
+            ("enforcement: capabilities", spec.keepCapabilities.isEmpty ? "all dropped; uid 0 without privilege" : "kept \(spec.keepCapabilities)"),
+            ("enforcement: BPF-LSM", lsm),
+        ]
+    }
+
+    private func report(_ lines: [(String, String)], to steps: ((CreationStep) -> Void)?) {
+        for (name, result) in lines { steps?(CreationStep(step: name, microseconds: 0, result: result)) }
+    }
+
     /// Seccomp user-notify, probed once: without it escape syscalls get plain EPERM, unreported.
     static let userNotifyWorks = KernelProbe.seccompUserNotify().available
 
@@ -352,6 +378,7 @@ public final class SandboxManager: @unchecked Sendable {
                 cgroupPath: cgroup.path, cgroupID: cgroup.id, initPID: initProcess.pid,
                 createdNs: WallClock.nowUnixNanos(),
                 detailsJSON: ServiceJSON.encode(SandboxDetails(limits: request.limits, applied: limits, workingDirectory: request.workingDirectory)))
+            report(enforcementSummary(spec: spec, process: initProcess), to: steps)
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
             lock.withLock {

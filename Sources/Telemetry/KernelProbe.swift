@@ -55,6 +55,19 @@ public enum KernelProbe {
 
     static func errnoText(_ code: Int32) -> String { SystemError.name(of: code) }
 
+    /// BPF-LSM: whether an lsm/file_open program loads here.
+    public static func bpfLSM() -> Result {
+        let fallback = "seccomp, Landlock and cgroup BPF carry the policy"
+        guard let id = vmlinuxBTFID("bpf_lsm_file_open") else {
+            return Result(name: "bpf lsm (BPF-LSM)", available: false, detail: "kernel has no BPF-LSM hooks in BTF",
+                          errno: nil, fallback: fallback)
+        }
+        let code = loadProgram(type: BPF_PROG_TYPE_LSM, attachType: BPF_LSM_MAC, attachBTFID: id)
+        return code == 0
+            ? Result(name: "bpf lsm (BPF-LSM)", available: true, detail: "loads", errno: nil, fallback: nil)
+            : Result(name: "bpf lsm (BPF-LSM)", available: false, detail: "refused at load", errno: errnoText(-code), fallback: fallback)
+    }
+
     public static func bpfProgramTypes() -> [Result] {
         func probe(_ name: String, _ code: Int32, fallback: String? = nil) -> Result {
             code == 0
@@ -77,13 +90,7 @@ public enum KernelProbe {
         }
         results.append(probe("bpf cgroup_skb", loadProgram(type: BPF_PROG_TYPE_CGROUP_SKB, attachType: BPF_CGROUP_INET_EGRESS)))
         results.append(probe("bpf cgroup/dev", loadProgram(type: BPF_PROG_TYPE_CGROUP_DEVICE, attachType: BPF_CGROUP_DEVICE)))
-        if let id = vmlinuxBTFID("bpf_lsm_file_open") {
-            results.append(probe("bpf lsm (BPF-LSM)", loadProgram(type: BPF_PROG_TYPE_LSM, attachType: BPF_LSM_MAC, attachBTFID: id),
-                                 fallback: "seccomp, Landlock and cgroup BPF carry the policy"))
-        } else {
-            results.append(Result(name: "bpf lsm (BPF-LSM)", available: false, detail: "kernel has no BPF-LSM hooks in BTF",
-                                  errno: nil, fallback: "seccomp, Landlock and cgroup BPF carry the policy"))
-        }
+        results.append(bpfLSM())
         if let id = vmlinuxBTFID("do_unlinkat") {
             results.append(probe("bpf fentry", loadProgram(type: BPF_PROG_TYPE_TRACING, attachType: BPF_TRACE_FENTRY, attachBTFID: id),
                                  fallback: "tracepoints and raw tracepoints"))

@@ -276,9 +276,14 @@ struct ServiceTests {
         defer { service.tearDown() }
         try service.start()
         let attacker = EscapeSuiteTests.attacker
-        let created = try service.run(["sandbox", "create", "--agent-id", "esc-1", "--", "/bin/sh", "-c",
+        let created = try service.run(["sandbox", "create", "--agent-id", "esc-1", "--verbose", "--", "/bin/sh", "-c",
                                        "\(attacker) bpf ld-preload; sleep 60"], in: service.root)
         #expect(created.code == 0, "\(created.stderr)")
+        // --verbose says what holds the sandbox, and what stands in for a refused BPF-LSM.
+        #expect(created.stderr.contains("enforcement: seccomp") && created.stderr.contains("escape syscalls to the supervisor"))
+        #expect(created.stderr.contains("enforcement: Landlock  -> ABI"), "\(created.stderr)")
+        #expect(created.stderr.contains("enforcement: BPF-LSM  -> available")
+                || created.stderr.contains("seccomp, Landlock and cgroup BPF carry the policy"), "\(created.stderr)")
         let exec = try service.run(["sandbox", "exec", "--agent-id", "esc-1", "--", attacker, "mount", "keyctl"])
         #expect(exec.code == 0, "\(exec.stdout) \(exec.stderr)")
         usleep(300_000)
