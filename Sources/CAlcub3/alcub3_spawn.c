@@ -11,6 +11,7 @@
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -204,6 +205,15 @@ static void read_only_view(const struct alcub3_spawn_config *c, int report_fd) {
     }
     if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0)
         child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    if (c->workspace) {
+        /* The mount point is made on the host's filesystem if missing (an empty
+           directory), before the view turns read-only; the tmpfs is private. */
+        char options[64];
+        snprintf(options, sizeof options, "mode=0755,size=%llu", c->workspace_bytes);
+        if (make_path(c->workspace) != 0 ||
+            mount("tmpfs", c->workspace, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
+            child_fail(report_fd, ALCUB3_STEP_WORKSPACE);
+    }
     for (int i = 0; i < count; i++) {
         const char *target = c->writable_paths[i];
         char source[64];
@@ -218,6 +228,7 @@ static void read_only_view(const struct alcub3_spawn_config *c, int report_fd) {
     }
     if (set_read_only("/", 1) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
     if (set_read_only("/tmp", 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    if (c->workspace && set_read_only(c->workspace, 0) != 0) child_fail(report_fd, ALCUB3_STEP_WORKSPACE);
     for (int i = 0; i < count; i++) {
         if (set_read_only(c->writable_paths[i], 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
         close(fds[i]);
@@ -325,6 +336,8 @@ static void apply_landlock(const struct alcub3_spawn_config *c, int abi, int rep
     int rc = landlock_allow_path(ruleset, "/", LL_FS_READ_FILE | LL_FS_READ_DIR | LL_FS_EXECUTE, 0);
     for (const char *const *p = c->writable_paths; rc == 0 && p && *p; p++) rc = landlock_allow_path(ruleset, *p, fs, 0);
     if (rc == 0 && c->read_only_root && (c->namespaces & CLONE_NEWNS)) rc = landlock_allow_path(ruleset, "/tmp", fs, 0);
+    if (rc == 0 && c->workspace && c->read_only_root && (c->namespaces & CLONE_NEWNS))
+        rc = landlock_allow_path(ruleset, c->workspace, fs, 0);
     for (unsigned i = 0; rc == 0 && i < sizeof devices / sizeof devices[0]; i++)
         rc = landlock_allow_path(ruleset, devices[i], device, 1);
     if (rc == 0 && (attr.handled_access_net & LL_NET_CONNECT_TCP))

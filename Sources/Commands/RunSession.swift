@@ -144,7 +144,7 @@ final class RunSession: @unchecked Sendable {
         supervisor?.start()
         defer { supervisor?.stop() }
         let resources = ResourceWatcher(cgroup: cgroup, applied: applied, limits: limits,
-                                        tmpRoot: spec.readOnlyRoot ? "/proc/\(process.pid)/root/tmp" : nil) { finding in
+                                        capped: spec.readOnlyRoot ? ["/proc/\(process.pid)/root/tmp"] : []) { finding in
             renderer.render(finding)
         }
         resources.start()

@@ -25,6 +25,8 @@ struct SandboxCommand: ParsableCommand {
         var capabilities: [String] = []
         @Option(name: .customLong("seccomp-profile"), help: "An OCI / Docker seccomp profile (JSON) replacing the policy's syscall allow-list.")
         var seccompProfile: String?
+        @Flag(name: .customLong("share-cwd"), help: "Work in the current directory, writable and not size-capped, instead of a private workspace.")
+        var shareCwd = false
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
         var command: [String] = []
 
@@ -45,6 +47,7 @@ struct SandboxCommand: ParsableCommand {
                 return text
             }
             request.seccompProfile = try seccompProfile.map(SeccompProfileFile.read)
+            request.shareWorkingDirectory = shareCwd
             request.command = command.first == "--" ? Array(command.dropFirst()) : command
             request.workingDirectory = FileManager.default.currentDirectoryPath
             request.environment = RunSession.sandboxEnvironment()

@@ -15,7 +15,7 @@ import Sandbox
 public final class ResourceWatcher: @unchecked Sendable {
     private let pidsEvents: String?
     private let memoryEvents: String?
-    private let tmpRoot: String?
+    private let capped: [String]
     private let limits: ResourceLimits
     private let onFinding: @Sendable (EscapeFinding) -> Void
     private let sandboxCgroupID: UInt64
@@ -24,9 +24,9 @@ public final class ResourceWatcher: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
 
-    /// `tmpRoot`: the sandbox's private /tmp as seen from the host
-    /// (/proc/INIT/root/tmp), nil when the sandbox has none.
-    public init(cgroup: SandboxCgroup, applied: AppliedLimits, limits: ResourceLimits, tmpRoot: String?,
+    /// `capped`: the sandbox's size-capped tmpfs mounts as seen from the host
+    /// (/proc/INIT/root/tmp, /proc/INIT/root/workspace); empty when it has none.
+    public init(cgroup: SandboxCgroup, applied: AppliedLimits, limits: ResourceLimits, capped: [String],
                 onFinding: @escaping @Sendable (EscapeFinding) -> Void) {
         func file(_ v2: String, v1Controller: String, v1: String) -> String? {
             if FileManager.default.fileExists(atPath: cgroup.path + "/" + v2) { return cgroup.path + "/" + v2 }
@@ -34,7 +34,7 @@ public final class ResourceWatcher: @unchecked Sendable {
         }
         pidsEvents = file("pids.events", v1Controller: "pids", v1: "pids.events")
         memoryEvents = file("memory.events", v1Controller: "memory", v1: "memory.oom_control")
-        self.tmpRoot = tmpRoot
+        self.capped = capped
         self.limits = limits
         self.onFinding = onFinding
         self.sandboxCgroupID = cgroup.id
@@ -43,7 +43,7 @@ public final class ResourceWatcher: @unchecked Sendable {
     public func start() {
         started = true
         Thread.detachNewThread { [self] in
-            var last = (pids: counter(pidsEvents, "max"), oom: counter(memoryEvents, "oom_kill"), tmpFull: false)
+            var last = (pids: counter(pidsEvents, "max"), oom: counter(memoryEvents, "oom_kill"), full: Set<String>())
             var reported: [String: UInt64] = [:]
             func report(_ id: String, _ evidence: String, _ refusedBy: String) {
                 let now = bootClockNanos()
@@ -62,11 +62,12 @@ public final class ResourceWatcher: @unchecked Sendable {
                     report("memory-hog", "memory limit \(limits.memoryBytes >> 20) MiB: \(oom) processes killed so far",
                            "memory cgroup limit (OOM kill)")
                 }
-                let tmpFull = tmpRoot.map(isFull) ?? false
-                if tmpFull && !last.tmpFull {
-                    report("disk-filler", "the sandbox's /tmp (a size-capped tmpfs) is full", "tmpfs size limit")
+                let full = Set(capped.filter(isFull))
+                for path in full.subtracting(last.full) {
+                    let inside = "/" + (path.split(separator: "/").last.map(String.init) ?? "")
+                    report("disk-filler", "the sandbox's \(inside) (a size-capped tmpfs) is full", "tmpfs size limit")
                 }
-                last = (pids, oom, tmpFull)
+                last = (pids, oom, full)
                 usleep(10_000)
             }
             finished.signal()

@@ -23,6 +23,7 @@ public enum DefaultConfiguration {
           allowed_destinations: []
           allowed_ports: []
           workspace: "/workspace"
+          workspace_size: "1GB"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh"]
           read_only_paths: []
           # On an escape attempt, beyond refusing and reporting it: alert, deny (kill the process),
@@ -38,6 +39,7 @@ public enum DefaultConfiguration {
           allowed_destinations: []
           allowed_ports: []
           workspace: "/workspace"
+          workspace_size: "1GB"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh"]
           read_only_paths: []
           on_violation: "alert"
@@ -52,6 +54,7 @@ public enum DefaultConfiguration {
           allowed_destinations: []
           allowed_ports: []
           workspace: "/workspace"
+          workspace_size: "1GB"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/var/log", "/mnt", "/media"]
           read_only_paths: []
           on_violation: "kill"
@@ -66,6 +69,7 @@ public enum DefaultConfiguration {
           allowed_destinations: []
           allowed_ports: []
           workspace: "/workspace"
+          workspace_size: "1GB"
           hidden_paths: ["/root", "/home", "/etc/shadow", "/etc/gshadow", "/etc/ssh", "/var/log", "/mnt", "/media"]
           read_only_paths: []
           on_violation: "freeze"

@@ -68,8 +68,8 @@ public struct PolicyConfiguration: Sendable, Equatable {
     /// sandbox may reach: the service's socket directory and state directory.
     func filesystemPolicy(for policy: DefaultPolicy) -> FilesystemPolicy {
         let hidden = Set(policy.hiddenPaths + [PolicyValue.directory(of: service.socketPath), service.stateDir])
-        return FilesystemPolicy(readOnlySystem: true, workspace: policy.workspace, hiddenPaths: hidden.sorted(),
-                                readOnlyPaths: policy.readOnlyPaths)
+        return FilesystemPolicy(readOnlySystem: true, workspace: policy.workspace, workspaceBytes: policy.workspaceBytes,
+                                hiddenPaths: hidden.sorted(), readOnlyPaths: policy.readOnlyPaths)
     }
 
     /// The effective policy of a sandbox at `classification`: that level's
@@ -131,6 +131,7 @@ public struct DefaultPolicy: Sendable, Equatable {
     public internal(set) var allowedDestinations: [CIDR] = []
     public internal(set) var allowedPorts: [UInt16] = []
     public internal(set) var workspace = ""
+    public internal(set) var workspaceBytes: UInt64 = 1 << 30
     public internal(set) var hiddenPaths: [String] = []
     public internal(set) var readOnlyPaths: [String] = []
     public internal(set) var onViolation: ViolationResponse = .alert
@@ -294,6 +295,11 @@ extension DefaultPolicy {
                 try PolicyValue.ports(YAMLValue.list(node) { try PolicyValue.port(YAMLValue.integer($0)) })
             },
             .value("workspace", \.workspace) { try PolicyValue.sandboxPath(YAMLValue.text($0)) },
+            .value("workspace_size", \.workspaceBytes) { node in
+                let bytes = try Quantity.bytes(YAMLValue.text(node))
+                guard bytes >= minimumBytes else { throw PolicyError(.invalidValue, "\(bytes) bytes is below the 1MiB a workspace needs") }
+                return bytes
+            },
             .value("hidden_paths", \.hiddenPaths, YAMLValue.paths),
             .value("read_only_paths", \.readOnlyPaths, YAMLValue.paths),
             .value("on_violation", \.onViolation) { try ViolationResponse.named(YAMLValue.text($0)) },

@@ -66,6 +66,8 @@ public struct FilesystemPolicy: Sendable, Equatable {
     public var readOnlySystem: Bool
     /// Where the sandbox's private writable directory appears inside it.
     public var workspace: String
+    /// Its size: a tmpfs of this many bytes; full means ENOSPC inside.
+    public var workspaceBytes: UInt64 = 1 << 30
     /// Paths the sandbox cannot see at all.
     public var hiddenPaths: [String]
     /// Extra host paths shown read-only.
@@ -167,6 +169,7 @@ extension SandboxPolicy: Codable {
 extension FilesystemPolicy: Codable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case workspace
+        case workspaceBytes = "workspace_size_bytes"
         case readOnlySystem = "read_only_system"
         case hiddenPaths = "hidden_paths"
         case readOnlyPaths = "read_only_paths"
@@ -182,6 +185,13 @@ extension FilesystemPolicy: Codable {
         }
         workspace = try field(CodingKeys.workspace) {
             try PolicyValue.sandboxPath(container.decode(String.self, forKey: .workspace))
+        }
+        workspaceBytes = try field(CodingKeys.workspaceBytes) {
+            let bytes = try container.decodeIfPresent(UInt64.self, forKey: .workspaceBytes) ?? (1 << 30)
+            guard (DefaultPolicy.minimumBytes...Quantity.maximumBytes).contains(bytes) else {
+                throw PolicyError(.invalidValue, "\(bytes) is outside 1MiB to 1PiB")
+            }
+            return bytes
         }
         hiddenPaths = try field(CodingKeys.hiddenPaths) {
             try container.decode([String].self, forKey: .hiddenPaths).map(PolicyValue.sandboxPath)

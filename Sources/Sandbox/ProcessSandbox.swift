@@ -55,6 +55,10 @@ public struct ProcessSpec: Sendable {
     /// cannot be changed from inside.
     public var readOnlyRoot = false
     public var writablePaths: [String] = []
+    /// With `readOnlyRoot`: the agent's private workspace, a tmpfs of `bytes`
+    /// at `path` (the mount point is created on the host if missing, empty).
+    /// Full means ENOSPC inside; the host's disk is never filled.
+    public var workspace: (path: String, bytes: UInt64)?
     /// Capabilities the command keeps ("CAP_NET_BIND_SERVICE"); every other one
     /// is dropped from all five sets, and uid 0 gains none back through execve.
     public var keepCapabilities: [String] = []
@@ -107,6 +111,7 @@ struct Confinement: Sendable {
     let landlock: Bool
     let readOnlyRoot: Bool
     let writablePaths: [String]
+    let workspace: (path: String, bytes: UInt64)?
     let landlockNetwork: LandlockNetwork?
 
     init(_ spec: ProcessSpec) {
@@ -114,14 +119,17 @@ struct Confinement: Sendable {
         landlock = spec.landlock
         readOnlyRoot = spec.readOnlyRoot
         writablePaths = spec.writablePaths
+        workspace = spec.workspace
         landlockNetwork = spec.landlockNetwork
     }
 
+    /// (A joined command does not mount the workspace again: it sees the init's.)
     func apply(to spec: inout ProcessSpec) {
         spec.keepCapabilities = keepCapabilities
         spec.landlock = landlock
         spec.readOnlyRoot = readOnlyRoot
         spec.writablePaths = writablePaths
+        spec.workspace = workspace
         spec.landlockNetwork = landlockNetwork
     }
 }
@@ -187,7 +195,7 @@ public final class SandboxedProcess: Sendable {
         5: "bringing up loopback", 6: "changing directory", 7: "setting no_new_privs",
         8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups", 12: "hiding a path",
         13: "joining the sandbox's namespaces", 14: "making the system view read-only",
-        15: "applying Landlock", 16: "dropping capabilities",
+        15: "applying Landlock", 16: "dropping capabilities", 17: "mounting the private workspace",
     ]
 
     /// Starts a new sandbox: its init (and the command, when there is one).
@@ -250,6 +258,10 @@ public final class SandboxedProcess: Sendable {
             config.read_only_root = spec.readOnlyRoot ? 1 : 0
             config.writable_paths = UnsafeRawPointer(writable).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
             config.keep_capabilities = keepCapabilities
+            if spec.readOnlyRoot, let workspace = spec.workspace {
+                config.workspace = cStrings.string(workspace.path)
+                config.workspace_bytes = workspace.bytes
+            }
             config.landlock = spec.landlock ? 1 : 0
             if let ports = spec.landlockNetwork?.allowedConnectPorts {
                 config.landlock_connect = 1

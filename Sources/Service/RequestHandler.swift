@@ -117,9 +117,10 @@ struct RequestHandler: Sendable {
             throw ServiceFailure(ExitCodes.unsupportedIsolation,
                                  "isolation level '\(resolved.policy.isolation.rawValue)' is not available yet; this service provides 'process' (pass --isolation-level process to accept it)")
         }
-        let record = try manager.create(
-            CreateRequest(agentID: agent, policy: resolved.policy, limits: resolved.limits, command: request.command ?? [],
-                          workingDirectory: request.workingDirectory ?? "/", environment: request.environment ?? []),
+        var create = CreateRequest(agentID: agent, policy: resolved.policy, limits: resolved.limits, command: request.command ?? [],
+                                   workingDirectory: request.workingDirectory ?? "/", environment: request.environment ?? [])
+        create.shareWorkingDirectory = request.shareWorkingDirectory ?? false
+        let record = try manager.create(create,
             steps: request.verbose == true ? { step in
                 connection.send(ServiceMessage(type: .step, json: ServiceJSON.encode(step), message: step.step))
             } : nil)

@@ -58,7 +58,11 @@ public struct CreateRequest: Sendable {
     public var policy: SandboxPolicy
     public var limits: ResourceLimits
     public var command: [String]
+    /// The client's directory: the agent's working directory only with
+    /// `shareWorkingDirectory`; otherwise the agent works in its private,
+    /// size-capped workspace.
     public var workingDirectory: String
+    public var shareWorkingDirectory = false
     public var environment: [String]
 
     public init(agentID: String, policy: SandboxPolicy, limits: ResourceLimits, command: [String],
@@ -281,8 +285,9 @@ public final class SandboxManager: @unchecked Sendable {
         }
         let limits = ResourceLimits(cpuCores: sandbox.policy.cpuLimit, memoryBytes: sandbox.policy.memoryLimitBytes,
                                     pids: sandbox.policy.pidsLimit)
-        let tmp = sandbox.policy.filesystem.readOnlySystem ? "/proc/\(sandbox.initProcess.pid)/root/tmp" : nil
-        let resources = ResourceWatcher(cgroup: sandbox.cgroup, applied: sandbox.limits, limits: limits, tmpRoot: tmp) { [weak self, weak sandbox] finding in
+        let root = "/proc/\(sandbox.initProcess.pid)/root"
+        let capped = sandbox.policy.filesystem.readOnlySystem ? [root + "/tmp", root + sandbox.policy.filesystem.workspace] : []
+        let resources = ResourceWatcher(cgroup: sandbox.cgroup, applied: sandbox.limits, limits: limits, capped: capped) { [weak self, weak sandbox] finding in
             guard let self, let sandbox else { return }
             self.raise(finding, in: sandbox, processes: ProcessTable())
         }
@@ -350,12 +355,15 @@ public final class SandboxManager: @unchecked Sendable {
             }
             undo.append { [monitor] in monitor.unwatch(sandboxCgroupID: cgroup.id) }
 
+            // The agent works in its private workspace unless the client shares its directory.
+            let workingDirectory = request.shareWorkingDirectory || !request.policy.filesystem.readOnlySystem
+                ? request.workingDirectory : request.policy.filesystem.workspace
             let output = directory + "/output.log"
             let outputFD = try OwnedDescriptor(path: output, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
             let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
             var spec = ProcessSpec(
                 executable: executable, arguments: request.command, environment: request.environment,
-                workingDirectory: request.workingDirectory, hostname: sandboxID,
+                workingDirectory: workingDirectory, hostname: sandboxID,
                 namespaces: NamespaceSet.forPolicy(request.policy),
                 seccomp: try step("compile the seccomp filter from the policy's allow-list") {
                     try SandboxManager.seccompProgram(for: request.policy)
@@ -364,7 +372,10 @@ public final class SandboxManager: @unchecked Sendable {
             spec.hiddenPaths = hidden
             // The read-only system view: only the working directory (the agent's workspace) and a private /tmp are writable.
             spec.readOnlyRoot = request.policy.filesystem.readOnlySystem
-            spec.writablePaths = [request.workingDirectory].filter { $0 != "/" }
+            spec.writablePaths = request.shareWorkingDirectory ? [request.workingDirectory].filter { $0 != "/" } : []
+            if request.policy.filesystem.readOnlySystem {
+                spec.workspace = (request.policy.filesystem.workspace, request.policy.filesystem.workspaceBytes)
+            }
             spec.v1ProcsFiles = limits.v1ProcsFiles
             spec.statusFile = directory + "/exit_status"
             spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)
@@ -377,7 +388,7 @@ public final class SandboxManager: @unchecked Sendable {
                 policyJSON: ServiceJSON.encode(request.policy), commandJSON: ServiceJSON.encode(request.command),
                 cgroupPath: cgroup.path, cgroupID: cgroup.id, initPID: initProcess.pid,
                 createdNs: WallClock.nowUnixNanos(),
-                detailsJSON: ServiceJSON.encode(SandboxDetails(limits: request.limits, applied: limits, workingDirectory: request.workingDirectory)))
+                detailsJSON: ServiceJSON.encode(SandboxDetails(limits: request.limits, applied: limits, workingDirectory: workingDirectory)))
             report(enforcementSummary(spec: spec, process: initProcess), to: steps)
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
@@ -430,15 +441,14 @@ public final class SandboxManager: @unchecked Sendable {
         let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
         var spec = ProcessSpec(
             executable: executable, arguments: command, environment: environment,
-            workingDirectory: workingDirectory ?? "/", hostname: sandbox.record.sandboxID,
+            workingDirectory: workingDirectory ?? Self.details(of: sandbox)?.workingDirectory ?? "/", hostname: sandbox.record.sandboxID,
             namespaces: NamespaceSet.forPolicy(sandbox.policy), seccomp: try Self.seccompProgram(for: sandbox.policy),
             dieWithParent: false)
         spec.v1ProcsFiles = sandbox.limits.v1ProcsFiles
         spec.stdio = (devNull.raw, outWrite, errWrite)
         // The sandbox's filesystem confinement (Landlock), also for an adopted sandbox whose init's spec is not known here.
         spec.readOnlyRoot = sandbox.policy.filesystem.readOnlySystem
-        let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((sandbox.record.detailsJSON ?? "").utf8))
-        spec.writablePaths = [details?.workingDirectory].compactMap { $0 }.filter { $0 != "/" }
+        spec.writablePaths = [Self.details(of: sandbox)?.workingDirectory].compactMap { $0 }.filter { $0 != "/" }
         let process: SandboxedProcess
         do {
             defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF
@@ -457,6 +467,10 @@ public final class SandboxManager: @unchecked Sendable {
         }
         Self.pump([(outRead, "stdout"), (errRead, "stderr")], output: output)
         return process.wait().shellCode
+    }
+
+    static func details(of sandbox: LiveSandbox) -> SandboxDetails? {
+        try? JSONDecoder().decode(SandboxDetails.self, from: Data((sandbox.record.detailsJSON ?? "").utf8))
     }
 
     /// A pipe: the read end owned, the write end raw (closed by the caller after the spawn).

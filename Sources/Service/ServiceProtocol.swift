@@ -23,6 +23,7 @@ public struct ServiceRequest: Codable, Sendable {
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?
+    public var shareWorkingDirectory: Bool?  // create: the client's directory instead of a private workspace
     public var environment: [String]?
     public var dryRun: Bool?
     public var force: Bool?

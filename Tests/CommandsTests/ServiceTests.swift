@@ -183,7 +183,7 @@ struct ServiceTests {
         let loop = "i=0; while true; do i=$((i+1)); echo $i > count.txt; "
             + "/usr/bin/python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(s.connect_ex((\"127.0.0.1\", \(host.port))))'; "
             + "echo $? > connect.txt; sleep 0.2; done"
-        let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "SECRET",
+        let created = try service.run(["sandbox", "create", "--agent-id", "survivor", "--classification", "SECRET", "--share-cwd",
                                        "--isolation-level", "process", "--", "sh", "-c", loop], in: service.root)
         #expect(created.code == 0, "\(created.stderr)")
         usleep(800_000)
@@ -310,20 +310,57 @@ struct ServiceTests {
                                        "--", "/bin/sh", "-c", "\(EscapeSuiteTests.attacker) mount; sleep 0.5; echo after > after.txt; sleep 60"],
                                       in: service.root)
         #expect(created.code == 0, "\(created.stderr)")
-        let id = ((try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any])?["sandboxID"] as? String ?? ""
+        let record = (try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any]
+        let id = record?["sandboxID"] as? String ?? ""
         let events = "/sys/fs/cgroup/unified/alcub3/\(id)/cgroup.events"
+        // The agent works in its private workspace, seen from here through its init.
+        let after = "/proc/\(record?["initPID"] as? Int ?? 0)/root/workspace/after.txt"
         usleep(1_500_000)
         #expect(((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").contains("frozen 1"), "not frozen")
-        #expect(!FileManager.default.fileExists(atPath: service.root + "/after.txt"), "the sandbox ran on after the attempt")
+        #expect(!FileManager.default.fileExists(atPath: after), "the sandbox ran on after the attempt")
         let tail = try service.run(["events", "tail", "--agent-id", "frz", "--lines", "1000"])
         #expect(tail.stdout.contains("\"record\":\"response\"") && tail.stdout.contains("\"response\":\"freeze\""), "\(tail.stdout.suffix(800))")
         let thawed = try service.run(["sandbox", "thaw", "--agent-id", "frz"])
         #expect(thawed.code == 0, "\(thawed.stderr)")
         usleep(1_000_000)
-        #expect(FileManager.default.fileExists(atPath: service.root + "/after.txt"), "still frozen after thaw")
+        #expect(FileManager.default.fileExists(atPath: after), "still frozen after thaw")
         let again = try service.run(["sandbox", "thaw", "--agent-id", "frz"])
         #expect(again.code == 64 && again.stderr.contains("not frozen"), "\(again.stderr)")
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "frz"]).code == 0)
+    }
+
+    /// The agent's workspace is private and size-capped: a disk filler gets
+    /// ENOSPC there (reported), the host's disk and directory are untouched.
+    @Test func thePrivateWorkspaceIsCapped() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        try """
+            sandbox_configuration:
+              default_policies:
+                UNCLASSIFIED: {workspace_size: "16MB"}
+            """.write(toFile: service.root + "/small.yaml", atomically: true, encoding: .utf8)
+        let created = try service.run(["sandbox", "create", "--agent-id", "ws", "--policy-file", "small.yaml", "--format", "json", "--",
+                                       "/bin/sh", "-c", "pwd > where.txt; head -c 40000000 /dev/zero > big; echo $? > /tmp/status.txt; sleep 60"],
+                                      in: service.root)
+        #expect(created.code == 0, "\(created.stderr)")
+        let record = (try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any]
+        let root = "/proc/\(record?["initPID"] as? Int ?? 0)/root"
+        let workspace = root + "/workspace"
+        usleep(1_000_000)
+        func read(_ name: String) -> String {
+            ((try? String(contentsOfFile: workspace + "/" + name, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(read("where.txt") == "/workspace")
+        // head: No space left on device (the status goes to /tmp: the workspace is full).
+        let status = ((try? String(contentsOfFile: root + "/tmp/status.txt", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(status == "1", "the write did not fail: '\(status)'")
+        let size = ((try? FileManager.default.attributesOfItem(atPath: workspace + "/big"))?[.size] as? Int) ?? -1
+        #expect(size > 0 && size <= 16_000_000, "\(size)")
+        #expect(!FileManager.default.fileExists(atPath: service.root + "/big"))
+        let tail = try service.run(["events", "tail", "--agent-id", "ws", "--lines", "1000"])
+        #expect(tail.stdout.contains("\"technique\":\"disk-filler\""), "no disk-filler finding")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "ws", "--force"]).code == 0)
     }
 
     @Test func networkClassesAreEnforcedInTheKernel() throws {

@@ -32,6 +32,7 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_READ_ONLY = 14,
     ALCUB3_STEP_LANDLOCK = 15,
     ALCUB3_STEP_CAPABILITIES = 16,
+    ALCUB3_STEP_WORKSPACE = 17,
 };
 
 struct alcub3_spawn_config {
@@ -57,6 +58,10 @@ struct alcub3_spawn_config {
     int status_fd;                  /* init writes the command's wait status here at its end; -1: none */
     int read_only_root;             /* every mount read-only but writable_paths, a private /tmp */
     const char *const *writable_paths; /* NULL-terminated host directories that stay writable, at their own paths */
+    /* With read_only_root: a private tmpfs of workspace_bytes at this path (the
+       agent's workspace; full means ENOSPC, never the host's disk). NULL: none. */
+    const char *workspace;
+    unsigned long long workspace_bytes;
     uint64_t keep_capabilities;     /* bit n keeps capability n; every other one is dropped from all five sets */
     /* Landlock (0: off): read and execute everywhere, write only beneath
        writable_paths, the private /tmp (read_only_root) and a few devices. */
