@@ -86,26 +86,40 @@ static __always_inline int allowed(__u8 addr[16], __u16 port)
 	return bpf_map_lookup_elem(&netpolicy_ports, &p) ? 1 : 0;
 }
 
-static __always_inline int check4(struct bpf_sock_addr *ctx)
+/* The destination as 16 bytes: IPv4 as an IPv4-mapped IPv6 address, so one trie serves both. */
+static __always_inline void address4(struct bpf_sock_addr *ctx, __u8 addr[16])
 {
-	__u8 addr[16] = {};
 	__u32 ip = ctx->user_ip4; /* network byte order */
 
+	__builtin_memset(addr, 0, 10);
 	addr[10] = 0xff;
 	addr[11] = 0xff;
 	__builtin_memcpy(addr + 12, &ip, 4);
-	return allowed(addr, bpf_ntohs((__u16)ctx->user_port));
 }
 
-static __always_inline int check6(struct bpf_sock_addr *ctx)
+static __always_inline void address6(struct bpf_sock_addr *ctx, __u8 addr[16])
 {
-	__u8 addr[16];
 	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
 
 	__builtin_memcpy(addr, &w0, 4);
 	__builtin_memcpy(addr + 4, &w1, 4);
 	__builtin_memcpy(addr + 8, &w2, 4);
 	__builtin_memcpy(addr + 12, &w3, 4);
+}
+
+static __always_inline int check4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+
+	address4(ctx, addr);
+	return allowed(addr, bpf_ntohs((__u16)ctx->user_port));
+}
+
+static __always_inline int check6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+
+	address6(ctx, addr);
 	return allowed(addr, bpf_ntohs((__u16)ctx->user_port));
 }
 
@@ -147,12 +161,9 @@ static __always_inline int bind_allowed(__u8 addr[16])
 SEC("cgroup/bind4")
 int alcub3_net_bind4(struct bpf_sock_addr *ctx)
 {
-	__u8 addr[16] = {};
-	__u32 ip = ctx->user_ip4;
+	__u8 addr[16];
 
-	addr[10] = 0xff;
-	addr[11] = 0xff;
-	__builtin_memcpy(addr + 12, &ip, 4);
+	address4(ctx, addr);
 	return bind_allowed(addr);
 }
 
@@ -160,11 +171,7 @@ SEC("cgroup/bind6")
 int alcub3_net_bind6(struct bpf_sock_addr *ctx)
 {
 	__u8 addr[16];
-	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
 
-	__builtin_memcpy(addr, &w0, 4);
-	__builtin_memcpy(addr + 4, &w1, 4);
-	__builtin_memcpy(addr + 8, &w2, 4);
-	__builtin_memcpy(addr + 12, &w3, 4);
+	address6(ctx, addr);
 	return bind_allowed(addr);
 }

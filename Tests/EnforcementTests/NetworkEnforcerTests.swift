@@ -24,12 +24,7 @@ import Testing
 @Suite(.serialized, .enabled(if: geteuid() == 0, "needs root: cgroup BPF programs"))
 struct NetworkEnforcerKernelTests {
     func connect(in cgroup: SandboxCgroup, to ip: String, port: UInt16) throws -> Int32 {
-        let script = "import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(s.connect_ex((\"\(ip)\", \(port))))"
-        let process = try SandboxedProcess(
-            spec: ProcessSpec(executable: "/usr/bin/python3", arguments: ["/usr/bin/python3", "-c", script], environment: [],
-                              workingDirectory: "/", hostname: "t", namespaces: [], seccomp: nil, dieWithParent: true),
-            cgroup: cgroup)
-        return process.wait().shellCode
+        try python("import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(s.connect_ex((\"\(ip)\", \(port))))", in: cgroup)
     }
 
     @Test func listedDestinationsOnlyAndLiveChanges() throws {
