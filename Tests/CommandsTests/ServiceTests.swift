@@ -79,6 +79,17 @@ final class TestService: @unchecked Sendable {
     }
 
     /// Terminates every sandbox, stops the service, removes its files and pins.
+    /// `sandbox create` of a shell command under the UNCLASSIFIED policy with
+    /// `settings` (flow YAML) merged over it; the result and the created record.
+    func create(_ agent: String, unclassified settings: String, _ script: String) throws -> (Result, [String: Any]?) {
+        let file = "\(agent)-policy.yaml"
+        try "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {\(settings)}\n"
+            .write(toFile: root + "/" + file, atomically: true, encoding: .utf8)
+        let r = try run(["sandbox", "create", "--agent-id", agent, "--policy-file", file, "--format", "json", "--",
+                         "/bin/sh", "-c", script], in: root)
+        return (r, (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any])
+    }
+
     func tearDown() {
         if pid > 0 {
             if let list = try? run(["sandbox", "list", "--format", "json"], autoStart: false),
@@ -301,16 +312,9 @@ struct ServiceTests {
         let service = try TestService()
         defer { service.tearDown() }
         try service.start()
-        try """
-            sandbox_configuration:
-              default_policies:
-                UNCLASSIFIED: {on_violation: "freeze"}
-            """.write(toFile: service.root + "/freeze.yaml", atomically: true, encoding: .utf8)
-        let created = try service.run(["sandbox", "create", "--agent-id", "frz", "--policy-file", "freeze.yaml", "--format", "json",
-                                       "--", "/bin/sh", "-c", "\(EscapeSuiteTests.attacker) mount; sleep 0.5; echo after > after.txt; sleep 60"],
-                                      in: service.root)
+        let (created, record) = try service.create("frz", unclassified: #"on_violation: "freeze""#,
+                                                   "\(EscapeSuiteTests.attacker) mount; sleep 0.5; echo after > after.txt; sleep 60")
         #expect(created.code == 0, "\(created.stderr)")
-        let record = (try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any]
         let id = record?["sandboxID"] as? String ?? ""
         let events = "/sys/fs/cgroup/unified/alcub3/\(id)/cgroup.events"
         // The agent works in its private workspace, seen from here through its init.
@@ -335,16 +339,9 @@ struct ServiceTests {
         let service = try TestService()
         defer { service.tearDown() }
         try service.start()
-        try """
-            sandbox_configuration:
-              default_policies:
-                UNCLASSIFIED: {workspace_size: "16MB"}
-            """.write(toFile: service.root + "/small.yaml", atomically: true, encoding: .utf8)
-        let created = try service.run(["sandbox", "create", "--agent-id", "ws", "--policy-file", "small.yaml", "--format", "json", "--",
-                                       "/bin/sh", "-c", "pwd > where.txt; head -c 40000000 /dev/zero > big; echo $? > /tmp/status.txt; sleep 60"],
-                                      in: service.root)
+        let (created, record) = try service.create("ws", unclassified: #"workspace_size: "16MB""#,
+                                                   "pwd > where.txt; head -c 40000000 /dev/zero > big; echo $? > /tmp/status.txt; sleep 60")
         #expect(created.code == 0, "\(created.stderr)")
-        let record = (try? JSONSerialization.jsonObject(with: Data(created.stdout.utf8))) as? [String: Any]
         let root = "/proc/\(record?["initPID"] as? Int ?? 0)/root"
         let workspace = root + "/workspace"
         usleep(1_000_000)
