@@ -34,6 +34,7 @@ let package = Package(
             plugins: ["BPFObjects"]),
         .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy"]),
         .target(name: "Enforcement", dependencies: ["Telemetry", "Sandbox", "Policy", "KernelSupport", "CLibBPF"]),
+        .target(name: "Integrity", dependencies: ["CAlcub3", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Service",
             dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement",
@@ -54,6 +55,7 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "ServiceTests", dependencies: ["Service"]),
+        .testTarget(name: "IntegrityTests", dependencies: ["Integrity"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Telemetry", "Sandbox", "Policy"]),
     ],
     swiftLanguageModes: [.v6]
