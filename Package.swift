@@ -37,8 +37,8 @@ let package = Package(
         .target(name: "Integrity", dependencies: ["CAlcub3", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Service",
-            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement",
-                           .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement", "Integrity",
+                           .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Commands",
             dependencies: [

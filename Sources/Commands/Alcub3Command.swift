@@ -13,7 +13,7 @@ public struct Alcub3Command: AsyncParsableCommand {
         commandName: "alcub3",
         abstract: "Run untrusted AI agents in sandboxes and watch them from the kernel.",
         version: "0.1.0",
-        subcommands: [RunCommand.self, SandboxCommand.self, EventsCommand.self, AuditCommand.self, DaemonCommand.self,
+        subcommands: [RunCommand.self, SandboxCommand.self, IntegrityCommand.self, EventsCommand.self, AuditCommand.self, DaemonCommand.self,
                       DoctorCommand.self])
 
     public init() {}

@@ -176,20 +176,7 @@ struct SandboxCommand: ParsableCommand {
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
-            var request = ServiceRequest(op: .show)
-            request.agentID = agentID
-            let record = try ServiceAccess.decode(SandboxRecord.self, try ServiceAccess.call(request))
-            let report: [String: Any] = [
-                "agent_id": record.agentID, "sandbox_id": record.sandboxID, "baseline": baseline,
-                "checked": ["sandbox exists: \(record.state.rawValue)", "policy recorded in the store"],
-                "not_checked": ["filesystem, memory and behaviour baselines: the integrity validator is not built yet"],
-                "valid": NSNull(),
-            ]
-            if format == .json { ServiceAccess.printJSON(OCSFEncoder.jsonLine(report)) } else {
-                Output.out("sandbox \(record.sandboxID) (\(record.state.rawValue)); baseline \(baseline)\n")
-                Output.out("not checked: filesystem, memory and behaviour baselines (the integrity validator is not built yet)\n")
-            }
-            throw ExitCode(2)
+            try IntegrityCommand.validate(agentID: agentID, baseline: baseline, format: format)
         }
     }
 

@@ -64,6 +64,11 @@ struct RequestHandler: Sendable {
         case .policySet:
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
                                                            ports: request.ports ?? [])))
+        case .baseline:
+            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request))))
+        case .validate:
+            connection.send(.result(try manager.validate(agentID: try agentID(request), baseline: request.baselineText ?? "",
+                                                         source: request.baselineSource ?? "the baseline")))
         case .thaw:
             connection.send(.result(try manager.thaw(agentID: try agentID(request))))
         case .export:

@@ -7,7 +7,7 @@ import Foundation
 /// the client goes away).
 public struct ServiceRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
+        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", baseline, validate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
     }
 
     public var op: Operation
@@ -20,6 +20,8 @@ public struct ServiceRequest: Codable, Sendable {
     public var seccompProfile: String?      // --seccomp-profile contents (OCI / Docker JSON)
     public var destinations: [String]?      // policy set: allowed destinations (CIDR)
     public var ports: [Int]?                // policy set: allowed ports
+    public var baselineText: String?        // validate: a baseline file's text, or a stored baseline id
+    public var baselineSource: String?      // its name, for error messages
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

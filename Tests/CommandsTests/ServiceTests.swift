@@ -360,6 +360,47 @@ struct ServiceTests {
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "ws", "--force"]).code == 0)
     }
 
+    /// A signed baseline of the sandbox's workspace; validation is clean until
+    /// something changes inside, then names each change; a baseline edited by
+    /// hand or made for another agent is refused.
+    @Test func integrityBaselineAndValidation() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let setup = "mkdir -p src && echo one > src/a.txt && echo two > src/b.txt && echo three > c.txt; sleep 60"
+        #expect(try service.run(["sandbox", "create", "--agent-id", "int-1", "--", "/bin/sh", "-c", setup]).code == 0)
+        #expect(try service.run(["sandbox", "create", "--agent-id", "int-2", "--", "/bin/sh", "-c", "sleep 60"]).code == 0)
+        usleep(300_000)
+        let made = try service.run(["integrity", "baseline", "--agent-id", "int-1", "--output", "b1.json"], in: service.root)
+        #expect(made.code == 0 && made.stdout.contains("written to b1.json"), "\(made.stderr)")
+        let clean = try service.run(["integrity", "validate", "--agent-id", "int-1", "--baseline", "b1.json"], in: service.root)
+        #expect(clean.code == 0 && clean.stdout.hasPrefix("VALID"), "\(clean.stdout) \(clean.stderr)")
+
+        let change = "echo changed > src/a.txt && chmod 700 src/b.txt && rm c.txt && echo new > d.txt"
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "int-1", "--", "/bin/sh", "-c", change]).code == 0)
+        let dirty = try service.run(["sandbox", "validate", "--agent-id", "int-1", "--baseline", "b1.json", "--format", "json"],
+                                    in: service.root)
+        #expect(dirty.code == 1, "\(dirty.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(dirty.stdout.utf8)) as? [String: Any])
+        let dimensions = report["dimensions"] as? [[String: Any]] ?? []
+        let findings = (dimensions.first?["findings"] as? [[String: Any]] ?? []).map { "\($0["change"] ?? "") \($0["path"] ?? "")" }
+        #expect(Set(findings) == ["content /workspace/src/a.txt", "permissions /workspace/src/b.txt", "deleted /workspace/c.txt",
+                                  "created /workspace/d.txt"], "\(findings)")
+
+        // Tampered (one hash changed by hand) and foreign-agent baselines are refused.
+        var text = try String(contentsOfFile: service.root + "/b1.json", encoding: .utf8)
+        let hash = try #require(text.range(of: #""hash" : "[0-9a-f]{64}""#, options: .regularExpression))
+        text.replaceSubrange(hash, with: "\"hash\" : \"" + String(repeating: "0", count: 64) + "\"")
+        try text.write(toFile: service.root + "/tampered.json", atomically: true, encoding: .utf8)
+        let tampered = try service.run(["integrity", "validate", "--agent-id", "int-1", "--baseline", "tampered.json"], in: service.root)
+        #expect(tampered.code == 68 && tampered.stderr.contains("tampered"), "\(tampered.stderr)")
+        let foreign = try service.run(["integrity", "validate", "--agent-id", "int-2", "--baseline", "b1.json"], in: service.root)
+        #expect(foreign.code == 68 && foreign.stderr.contains("baseline of agent 'int-1', not 'int-2'"), "\(foreign.stderr)")
+        try "{\"baseline\": ".write(toFile: service.root + "/cut.json", atomically: true, encoding: .utf8)
+        let cut = try service.run(["integrity", "validate", "--agent-id", "int-1", "--baseline", "cut.json"], in: service.root)
+        #expect(cut.code == 68 && cut.stderr.contains("not an alcub3 baseline"), "\(cut.stderr)")
+    }
+
     @Test func networkClassesAreEnforcedInTheKernel() throws {
         let service = try TestService()
         defer { service.tearDown() }

@@ -1,0 +1,120 @@
+import Crypto
+import Foundation
+import Integrity
+import Policy
+import Store
+import Telemetry
+
+/// What `integrity validate` (and `sandbox validate`) answers.
+public struct ValidationReport: Codable, Sendable {
+    public struct Dimension: Codable, Sendable {
+        public var name: String
+        /// nil: not measured by this version (said in `status`).
+        public var valid: Bool?
+        public var status: String
+        public var checkedEntries: Int
+        public var findings: [IntegrityFinding]
+    }
+
+    public var agentID: String
+    public var sandboxID: String
+    public var baselineID: String
+    public var valid: Bool
+    /// The share of the baseline this validation could check: entries read back
+    /// (unreadable ones excluded) over entries in the baseline, times the share of
+    /// the three dimensions measured. 1.0 means everything was looked at.
+    public var confidence: Double
+    public var dimensions: [Dimension]
+    public var microseconds: Int
+}
+
+extension SandboxManager {
+    /// The key baselines are signed with: made by the service on first use, mode 0600.
+    func baselineKey() throws -> Curve25519.Signing.PrivateKey {
+        do {
+            return try BaselineKey.loadOrCreate(at: configuration.stateDirectory + "/baseline.key")
+        } catch let error as BaselineError {
+            throw ServiceFailure(ExitCodes.internalError, error.description)
+        }
+    }
+
+    /// The tree a sandbox's filesystem baseline covers: its working directory
+    /// (the private workspace, read through its init's root; or the shared host
+    /// directory), and that path as the sandbox sees it.
+    func integrityRoot(_ sandbox: LiveSandbox) -> (host: String, inside: String) {
+        let inside = Self.details(of: sandbox)?.workingDirectory ?? sandbox.policy.filesystem.workspace
+        if inside == sandbox.policy.filesystem.workspace && sandbox.policy.filesystem.readOnlySystem {
+            return ("/proc/\(sandbox.initProcess.pid)/root" + inside, inside)
+        }
+        return (inside, inside)
+    }
+
+    /// `integrity baseline`: scans the sandbox's tree, signs the baseline,
+    /// stores it (audited) and returns the signed JSON.
+    public func makeBaseline(agentID: String) throws -> String {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        let (host, inside) = integrityRoot(sandbox)
+        let tree: FileTree
+        do {
+            tree = try FileTree.scan(root: host)
+        } catch {
+            throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
+        }
+        let now = WallClock.nowUnixNanos()
+        let count = (try? store.baselines(agentID: agentID).count) ?? 0
+        let id = String(format: "baseline-%03d", count + 1) + "-" + sandbox.record.sandboxID
+        let baseline = FilesystemBaseline(id: id, agentID: agentID, sandboxID: sandbox.record.sandboxID,
+                                          createdAt: WallClock.iso8601(unixNanos: now), root: inside, tree: tree)
+        let json = String(decoding: try SignedBaseline(signing: baseline, with: baselineKey()).jsonData(), as: UTF8.self)
+        try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
+        try? store.appendAudit(actor: "operator", action: "baseline.create", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["baseline": id, "root_hash": tree.rootHash, "entries": String(tree.count)]))
+        return json
+    }
+
+    /// `integrity validate`: the baseline (a file's text, or a stored id) is
+    /// checked (signature, agent, format), then the tree is read again and compared.
+    public func validate(agentID: String, baseline text: String, source: String) throws -> ValidationReport {
+        guard let sandbox = sandbox(agentID: agentID) else {
+            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        let started = DispatchTime.now().uptimeNanoseconds
+        var data = Data(text.utf8)
+        if let stored = try store.baseline(id: text.trimmingCharacters(in: .whitespacesAndNewlines)) { data = Data(stored.json.utf8) }
+        let baseline: FilesystemBaseline
+        do {
+            baseline = try SignedBaseline.verify(data, source: source, trusted: baselineKey().publicKey, agentID: agentID)
+        } catch let error as BaselineError {
+            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+        }
+        let (host, inside) = integrityRoot(sandbox)
+        guard baseline.root == inside else {
+            throw ServiceFailure(ExitCodes.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(inside)")
+        }
+        let tree: FileTree
+        do {
+            tree = try FileTree.scan(root: host)
+        } catch {
+            throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
+        }
+        let findings = FilesystemValidator.compare(baseline, with: tree, foundBy: "rescan")
+        let readable = tree.entries.values.filter { $0.unreadable == nil }.count
+        let coverage = baseline.entries.isEmpty ? 1 : min(1, Double(readable) / Double(baseline.entries.count))
+        let filesystem = ValidationReport.Dimension(name: "filesystem", valid: findings.isEmpty,
+                                                    status: findings.isEmpty ? "clean" : "\(findings.count) changes",
+                                                    checkedEntries: tree.count, findings: findings)
+        let notYet = { (name: String) in
+            ValidationReport.Dimension(name: name, valid: nil, status: "not measured by this version", checkedEntries: 0, findings: [])
+        }
+        let report = ValidationReport(agentID: agentID, sandboxID: sandbox.record.sandboxID, baselineID: baseline.id,
+                                      valid: findings.isEmpty, confidence: (coverage / 3 * 1000).rounded() / 1000,
+                                      dimensions: [filesystem, notYet("memory"), notYet("behaviour")],
+                                      microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000))
+        try? store.appendAudit(actor: "operator", action: "baseline.validate", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["baseline": baseline.id, "valid": String(report.valid),
+                                                            "findings": String(findings.count)]))
+        return report
+    }
+}
