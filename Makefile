@@ -10,7 +10,7 @@ CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
 DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
                libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux
 
-.PHONY: deps build test demo bench bpf vmlinux check-generated escape clean
+.PHONY: deps build test test-lsm demo bench bpf vmlinux check-generated escape clean
 
 deps:
 	@scripts/install-deps.sh $(DEB_PACKAGES)
@@ -23,6 +23,12 @@ build: deps
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build --no-parallel $(BUILD_FLAGS)
+	@$(MAKE) --no-print-directory test-lsm
+
+# The BPF-LSM programs in a QEMU guest (this host's kernel refuses BPF-LSM):
+# Debian's cloud kernel, a busybox initramfs, bpf/test/lsm-test.c. Needs root.
+test-lsm: bpf
+	@scripts/test-lsm.sh
 
 demo: build
 	@scripts/demo.sh $(BIN)

@@ -14,6 +14,7 @@ struct BPFObjects: BuildToolPlugin {
         let headers = [
             bpfDir.appending(path: "include/vmlinux.h"),
             root.appending(path: "Sources/CAlcub3/include/alcub3_events.h"),
+            root.appending(path: "Sources/CAlcub3/include/alcub3_lsm.h"),
         ]
         let sources = try FileManager.default.contentsOfDirectory(atPath: bpfDir.path)
             .filter { $0.hasSuffix(".bpf.c") }

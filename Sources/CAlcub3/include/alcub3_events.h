@@ -31,6 +31,7 @@ enum alcub3_kind {
     ALCUB3_KIND_NETWORK = 8,
     ALCUB3_KIND_FILE = 9,
     ALCUB3_KIND_SYSCALL_BATCH = 10,/* several syscalls of one thread: struct alcub3_syscall_batch */
+    ALCUB3_KIND_LSM = 11,         /* a BPF-LSM refusal: struct alcub3_lsm_event (alcub3_lsm.h) */
 };
 
 /* hdr.flags */
