@@ -64,7 +64,22 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         startRetention(store)
+        startIntegrityCycles()
         log.info("listening on \(configuration.socketPath)")
+    }
+
+    /// Validates the sandboxes that have a baseline every `check_interval`
+    /// (integrity_monitoring in the configuration; off when disabled).
+    private func startIntegrityCycles() {
+        let settings = policyConfiguration.integrityMonitoring
+        let seconds = Double(settings.checkInterval.components.seconds) + Double(settings.checkInterval.components.attoseconds) / 1e18
+        guard settings.enabled, seconds > 0, let manager else { return }
+        Thread.detachNewThread {
+            while true {
+                usleep(UInt32(min(seconds, 3600) * 1e6))
+                manager.runIntegrityCycle()
+            }
+        }
     }
 
     /// Applies the configured retention now and every 10 minutes (never to the audit log).

@@ -78,6 +78,7 @@ final class EventPipeline: Sendable {
         }
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
+        if case .file(let file) = event { manager.integrityWatch.note(file) }
         if let finding = EscapeDetector.finding(for: event) {
             manager.raise(finding, in: sandbox, processes: sandbox.processes)
         }

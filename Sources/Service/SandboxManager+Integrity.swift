@@ -71,6 +71,8 @@ extension SandboxManager {
         try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
         try? store.appendAudit(actor: "operator", action: "baseline.create", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": id, "root_hash": tree.rootHash, "entries": String(tree.count)]))
+        // From now on the service validates the sandbox against it, event-driven.
+        integrityWatch.watch(cgroupID: sandbox.cgroup.id, baseline: baseline, tree: tree)
         return json
     }
 
@@ -116,5 +118,50 @@ extension SandboxManager {
                                details: ServiceJSON.encode(["baseline": baseline.id, "valid": String(report.valid),
                                                             "findings": String(findings.count)]))
         return report
+    }
+
+    /// One validation cycle of every sandbox with a baseline: each new
+    /// difference becomes an alert (Detection Finding) and an event.
+    func runIntegrityCycle() {
+        for result in integrityWatch.cycle() {
+            guard let sandbox = sandbox(cgroupID: result.cgroupID) else { continue }
+            for finding in result.newFindings { raise(finding, in: sandbox) }
+            if !result.newFindings.isEmpty {
+                log.warning("integrity violations", metadata: ["sandbox": "\(sandbox.record.sandboxID)",
+                                                               "count": "\(result.newFindings.count)",
+                                                               "cycle_us": "\(result.microseconds)"])
+            }
+        }
+    }
+
+    /// An integrity finding as an OCSF Detection Finding, stored as an alert and as an event.
+    func raise(_ finding: IntegrityFinding, in sandbox: LiveSandbox) {
+        let now = WallClock.nowUnixNanos()
+        let id = "integrity-\(finding.change.rawValue)"
+        var detail = "\(finding.change.rawValue) \(finding.path)"
+        if let old = finding.old { detail += " (was \(old))" }
+        if let new = finding.new { detail += " (now \(new))" }
+        let object: [String: Any] = [
+            "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
+            "activity_id": 1, "activity_name": "Create", "type_uid": 200401, "severity_id": 4, "severity": "High",
+            "status_id": 1, "status": "New", "time": now / 1_000_000, "time_dt": WallClock.iso8601(unixNanos: now),
+            "metadata": ["version": OCSFEncoder.schemaVersion,
+                         "product": ["name": "alcub3", "vendor_name": "alcub3", "version": OCSFEncoder.productVersion]],
+            "sandbox_id": sandbox.record.sandboxID, "agent_id": sandbox.record.agentID,
+            "finding_info": ["uid": id, "title": "Integrity: \(finding.change.rawValue)", "types": ["integrity violation"]],
+            "message": "\(id): \(detail)",
+            "evidences": [["file": ["path": finding.path], "data": ["old": finding.old ?? "", "new": finding.new ?? "",
+                                                                    "found_by": finding.foundBy]]],
+            "unmapped": ["technique": id, "dimension": finding.dimension, "found_by": finding.foundBy],
+        ]
+        let json = OCSFEncoder.jsonLine(object)
+        do {
+            _ = try store.appendAlert(AlertRecord(timeNs: now, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                                  severityID: 4, technique: id, json: json))
+            try store.appendEvents([StoredEvent(timeNs: now, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                                kind: "alert", classUID: 2004, json: json)])
+        } catch {
+            log.error("could not store an integrity finding of \(sandbox.record.sandboxID): \(error)")
+        }
     }
 }

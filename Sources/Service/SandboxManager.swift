@@ -91,6 +91,8 @@ public final class SandboxManager: @unchecked Sendable {
     let store: EventStore
     let monitor: TelemetryMonitor
     let network: NetworkEnforcer
+    /// The sandboxes with a filesystem baseline, validated every check_interval.
+    let integrityWatch = IntegrityWatch()
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()
@@ -157,7 +159,7 @@ public final class SandboxManager: @unchecked Sendable {
             _ = try store.appendAlert(AlertRecord(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
                                                   severityID: 4, technique: finding.technique.id, json: json))
             try store.appendEvents([StoredEvent(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
-                                                kind: "finding", classUID: 2004, json: json)])
+                                                kind: "alert", classUID: 2004, json: json)])
         } catch {
             log.error("could not store a finding (\(finding.technique.id)) of \(sandbox.record.sandboxID): \(error)")
         }
@@ -541,6 +543,7 @@ public final class SandboxManager: @unchecked Sendable {
         }
         guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
         sandbox.resources?.stop()
+        integrityWatch.unwatch(cgroupID: sandbox.cgroup.id)
         try? sandbox.cgroup.destroy()
         sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)

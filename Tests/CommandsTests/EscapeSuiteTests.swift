@@ -7,18 +7,25 @@ import Testing
 /// of the kernel's record of the attempt.
 @Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups and namespaces"))
 struct EscapeSuiteTests {
-    /// Builds the static attacker once (as `make escape` does).
+    /// Builds the static attacker once (as `make escape` does) and puts it
+    /// where a sandbox can see it: not under /tmp (private in a sandbox) nor
+    /// a hidden path such as /root, where a clone of the repository may be.
     static let attacker: String = {
-        let output = packageRoot.appendingPathComponent(".build/escape/alcub3-escape").path
+        let built = packageRoot.appendingPathComponent(".build/escape/alcub3-escape").path
         let source = packageRoot.appendingPathComponent("escape/alcub3-escape.c").path
-        try? FileManager.default.createDirectory(atPath: (output as NSString).deletingLastPathComponent,
+        try? FileManager.default.createDirectory(atPath: (built as NSString).deletingLastPathComponent,
                                                  withIntermediateDirectories: true)
         let cc = Process()
         cc.executableURL = URL(fileURLWithPath: "/usr/bin/cc")
-        cc.arguments = ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", output, source]
+        cc.arguments = ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", built, source]
         try? cc.run()
         cc.waitUntilExit()
-        return output
+        let visible = "/var/tmp/alcub3-test-\(geteuid())/alcub3-escape"
+        try? FileManager.default.createDirectory(atPath: (visible as NSString).deletingLastPathComponent,
+                                                 withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        try? FileManager.default.removeItem(atPath: visible)
+        try? FileManager.default.copyItem(atPath: built, toPath: visible)
+        return visible
     }()
 
     /// Techniques that cannot reach the kernel on this machine, with why.
@@ -72,6 +79,7 @@ struct EscapeSuiteTests {
     ]
 
     @Test func everyTechniqueIsRefusedAndReportedWithin50ms() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.attacker), "the attacker was not built: \(Self.attacker)")
         var (outcome, r) = try attack(Self.techniques.filter { $0 != "memory-hog" })
         #expect(r.code == 0, "the attacker saw a technique succeed: \(r.stdout.suffix(2000)) \(r.stderr.suffix(500))")
         let (hog, hogRun) = try attack(["memory-hog"], smallLimits: true)

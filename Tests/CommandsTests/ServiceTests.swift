@@ -10,7 +10,8 @@ final class TestService: @unchecked Sendable {
     /// its reaper missed a SIGKILLed child here and waitUntilExit hung.
     private(set) var pid: pid_t = 0
 
-    init(metricsPort: UInt16? = nil) throws {
+    /// `configuration`: YAML the daemon gets through ALCUB3_CONFIG (over the shipped defaults).
+    init(metricsPort: UInt16? = nil, configuration: String? = nil) throws {
         root = NSTemporaryDirectory() + "alcub3-svc-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var env = ProcessInfo.processInfo.environment
@@ -19,6 +20,10 @@ final class TestService: @unchecked Sendable {
         env["ALCUB3_PIN_DIR"] = "/sys/fs/bpf/" + (root as NSString).lastPathComponent
         env["ALCUB3_METRICS"] = metricsPort.map { "127.0.0.1:\($0)" } ?? "off"
         env["ALCUB3_NO_AUTOSTART"] = "1"
+        if let configuration {
+            try configuration.write(toFile: root + "/daemon.yaml", atomically: true, encoding: .utf8)
+            env["ALCUB3_CONFIG"] = root + "/daemon.yaml"
+        }
         environment = env
     }
 
@@ -307,13 +312,14 @@ struct ServiceTests {
     }
 
     /// on_violation: freeze stops the whole sandbox at the first escape
-    /// attempt, until thaw; the response is audited and stored.
+    /// attempt, until thaw; the response is audited and stored. (One attempt:
+    /// a later one after the thaw would freeze it again, as it should.)
     @Test func aFreezingPolicyFreezesUntilThaw() throws {
         let service = try TestService()
         defer { service.tearDown() }
         try service.start()
         let (created, record) = try service.create("frz", unclassified: #"on_violation: "freeze""#,
-                                                   "\(EscapeSuiteTests.attacker) mount; sleep 0.5; echo after > after.txt; sleep 60")
+                                                   "\(EscapeSuiteTests.attacker) io-uring; sleep 0.5; echo after > after.txt; sleep 60")
         #expect(created.code == 0, "\(created.stderr)")
         let id = record?["sandboxID"] as? String ?? ""
         let events = "/sys/fs/cgroup/unified/alcub3/\(id)/cgroup.events"
@@ -399,6 +405,30 @@ struct ServiceTests {
         try "{\"baseline\": ".write(toFile: service.root + "/cut.json", atomically: true, encoding: .utf8)
         let cut = try service.run(["integrity", "validate", "--agent-id", "int-1", "--baseline", "cut.json"], in: service.root)
         #expect(cut.code == 68 && cut.stderr.contains("not an alcub3 baseline"), "\(cut.stderr)")
+    }
+
+    /// Once a sandbox has a baseline, the service validates it every
+    /// check_interval from the paths file-write telemetry marked dirty, and
+    /// stores each change as an alert, once.
+    @Test func theServiceValidatesFromFileEvents() throws {
+        let service = try TestService(configuration: """
+            sandbox_configuration:
+              integrity_monitoring: {check_interval: "1s"}
+            """)
+        defer { service.tearDown() }
+        try service.start()
+        let script = "echo one > a.txt; echo two > b.txt; sleep 1.5; echo changed > a.txt; chmod 700 b.txt; sleep 60"
+        #expect(try service.run(["sandbox", "create", "--agent-id", "watch-1", "--", "/bin/sh", "-c", script]).code == 0)
+        usleep(500_000)
+        #expect(try service.run(["integrity", "baseline", "--agent-id", "watch-1", "--output", "w.json"], in: service.root).code == 0)
+        usleep(3_500_000)  // the change at 1.5 s, then a cycle (1 s)
+        let tail = try service.run(["events", "tail", "--agent-id", "watch-1", "--kind", "alert", "--lines", "100"])
+        let findings = tail.stdout.split(separator: "\n").filter { $0.contains("\"class_uid\":2004") }
+        #expect(findings.contains { $0.contains("integrity-content") && $0.contains("/workspace/a.txt") && $0.contains("\"found_by\":\"event\"") },
+                "\(tail.stdout.prefix(1500))")
+        #expect(findings.contains { $0.contains("integrity-permissions") && $0.contains("/workspace/b.txt") })
+        #expect(findings.filter { $0.contains("integrity-content") }.count == 1, "reported more than once")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "watch-1", "--force"]).code == 0)
     }
 
     @Test func networkClassesAreEnforcedInTheKernel() throws {

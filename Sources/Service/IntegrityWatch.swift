@@ -1,0 +1,95 @@
+import Foundation
+import Integrity
+import Telemetry
+
+/// Event-driven validation of the sandboxes that have a baseline: file-write
+/// telemetry marks paths dirty, and each cycle (every `check_interval`)
+/// rereads only those, so its cost follows what changed; every tenth cycle
+/// rereads the whole tree, for changes telemetry could not see (made from
+/// outside the sandbox). Each difference is reported once until the tree
+/// matches the baseline again there.
+final class IntegrityWatch: @unchecked Sendable {
+    struct Watched {
+        var baseline: FilesystemBaseline
+        var tree: FileTree
+        /// The tree's root as the sandbox sees it (file events carry these paths).
+        var inside: String
+        var dirty: Set<String> = []
+        /// Findings already reported ("change path"), so each is reported once.
+        var reported: Set<String> = []
+        var cycles = 0
+    }
+
+    /// A cycle's result for one sandbox.
+    struct CycleResult {
+        let cgroupID: UInt64
+        let newFindings: [IntegrityFinding]
+        let reread: Int
+        let microseconds: Int
+        let full: Bool
+    }
+
+    static let fullRescanEvery = 10
+    private let lock = NSLock()
+    private var watched: [UInt64: Watched] = [:]
+
+    func watch(cgroupID: UInt64, baseline: FilesystemBaseline, tree: FileTree) {
+        lock.withLock { watched[cgroupID] = Watched(baseline: baseline, tree: tree, inside: baseline.root) }
+    }
+
+    func unwatch(cgroupID: UInt64) { lock.withLock { _ = watched.removeValue(forKey: cgroupID) } }
+
+    var isEmpty: Bool { lock.withLock { watched.isEmpty } }
+
+    /// A file event of a watched sandbox: its paths under the tree become dirty.
+    func note(_ event: FileEvent) {
+        lock.withLock {
+            guard var entry = watched[event.origin.sandboxCgroupID] else { return }
+            for path in [event.path, event.secondPath].compactMap({ $0 }) {
+                if let relative = Self.relative(path, to: entry.inside) { entry.dirty.insert(relative) }
+            }
+            watched[event.origin.sandboxCgroupID] = entry
+        }
+    }
+
+    static func relative(_ path: String, to root: String) -> String? {
+        if path == root { return "" }
+        let prefix = root == "/" ? "/" : root + "/"
+        return path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : nil
+    }
+
+    /// One cycle over every watched sandbox (a few at most: the lock is held
+    /// while reading, which the dirty paths keep short).
+    func cycle() -> [CycleResult] {
+        lock.withLock {
+            var results: [CycleResult] = []
+            for (cgroupID, var entry) in watched {
+                let started = DispatchTime.now().uptimeNanoseconds
+                entry.cycles += 1
+                let full = entry.cycles % Self.fullRescanEvery == 0
+                var findings: [IntegrityFinding]
+                let reread: Int
+                if full, let fresh = try? FileTree.scan(root: entry.tree.root) {
+                    entry.tree = fresh
+                    reread = fresh.count
+                    findings = FilesystemValidator.compare(entry.baseline, with: fresh, foundBy: "rescan")
+                } else {
+                    let dirty = entry.dirty
+                    entry.tree.rescan(Array(dirty))
+                    reread = dirty.count
+                    findings = dirty.isEmpty ? []
+                        : FilesystemValidator.compare(entry.baseline, with: entry.tree, only: dirty, foundBy: "event")
+                }
+                entry.dirty = []
+                let keys = Set(findings.map { "\($0.change.rawValue) \($0.path)" })
+                let fresh = findings.filter { !entry.reported.contains("\($0.change.rawValue) \($0.path)") }
+                // A path that matches the baseline again may be reported again when it changes again.
+                if full { entry.reported = keys } else { entry.reported.formUnion(keys) }
+                watched[cgroupID] = entry
+                results.append(CycleResult(cgroupID: cgroupID, newFindings: fresh, reread: reread,
+                                           microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000), full: full))
+            }
+            return results
+        }
+    }
+}
