@@ -7,19 +7,21 @@ import Telemetry
 struct IntegrityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "integrity", abstract: "Integrity baselines of sandboxes and validation against them.",
-        subcommands: [Baseline.self, Validate.self])
+        subcommands: [Baseline.self, Validate.self, DebugValidate.self])
 
     struct Baseline: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Record a signed baseline of a sandbox's files (content hashes, metadata, a Merkle root).")
         @Option(name: .customLong("agent-id")) var agentID: String
         @Option(help: "Write the baseline to this file (inside the working directory); default: print it.") var output: String?
+        @Flag(help: "Replace the sandbox's current baseline (recorded in the audit log).") var update = false
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
             let path = try output.map(SafePath.inWorkingDirectory)
             var request = ServiceRequest(op: .baseline)
             request.agentID = agentID
+            request.update = update
             let json = try ServiceAccess.decode(String.self, try ServiceAccess.call(request))
             guard let path else {
                 Output.out(json + "\n")
@@ -52,8 +54,21 @@ struct IntegrityCommand: ParsableCommand {
         }
     }
 
+    struct DebugValidate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "debug-validate", abstract: "Validate with each step of the cycle and its time.")
+        @Option(name: .customLong("agent-id")) var agentID: String
+        @Option(help: "A baseline file, or the id of a stored baseline.") var baseline: String
+        @Flag(help: "Print every step (always on; accepted for the published command line).") var trace = false
+        @Option(help: "table or json.") var format: OutputFormat = .table
+
+        func run() throws {
+            try IntegrityCommand.validate(agentID: agentID, baseline: baseline, format: format, trace: true)
+        }
+    }
+
     /// Shared with `sandbox validate`.
-    static func validate(agentID: String, baseline: String, format: OutputFormat) throws {
+    static func validate(agentID: String, baseline: String, format: OutputFormat, trace: Bool = false) throws {
         var request = ServiceRequest(op: .validate)
         request.agentID = agentID
         if FileManager.default.fileExists(atPath: baseline) {
@@ -70,6 +85,9 @@ struct IntegrityCommand: ParsableCommand {
         if format == .json {
             ServiceAccess.printJSON(result)
         } else {
+            if trace {
+                for step in report.steps { Output.out(String(format: "%8d us  %@\n", step.microseconds, step.name as NSString)) }
+            }
             Output.out("\(report.valid ? "VALID" : "VIOLATIONS")  agent \(report.agentID), sandbox \(report.sandboxID), "
                        + "baseline \(report.baselineID), confidence \(report.confidence), \(report.microseconds) us\n")
             for dimension in report.dimensions {
@@ -77,7 +95,7 @@ struct IntegrityCommand: ParsableCommand {
                 for finding in dimension.findings {
                     Output.out("    \(finding.change.rawValue) \(finding.path)"
                                + (finding.old.map { " was \($0)" } ?? "") + (finding.new.map { " now \($0)" } ?? "")
-                               + " [\(finding.foundBy)]\n")
+                               + " [\(finding.foundBy)\(finding.cause.map { ": \($0)" } ?? "")]\n")
                 }
             }
         }

@@ -15,6 +15,8 @@ public struct IntegrityFinding: Codable, Sendable, Equatable {
     /// How the change was found: `event` (a path file-write telemetry marked
     /// dirty) or `rescan` (the periodic full read, for what telemetry could miss).
     public var foundBy: String
+    /// For `event`: the write that marked the path ("rename by pid 42 (python3) at 2026-...Z").
+    public var cause: String?
 }
 
 /// Compares a baseline with the tree as it is now.

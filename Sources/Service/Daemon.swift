@@ -72,12 +72,14 @@ public final class Daemon: @unchecked Sendable {
     /// (integrity_monitoring in the configuration; off when disabled).
     private func startIntegrityCycles() {
         let settings = policyConfiguration.integrityMonitoring
-        let seconds = Double(settings.checkInterval.components.seconds) + Double(settings.checkInterval.components.attoseconds) / 1e18
-        guard settings.enabled, seconds > 0, let manager else { return }
+        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        let interval = seconds(settings.checkInterval), refresh = seconds(settings.baselineUpdateInterval)
+        guard settings.enabled, interval > 0, let manager else { return }
         Thread.detachNewThread {
             while true {
-                usleep(UInt32(min(seconds, 3600) * 1e6))
+                usleep(UInt32(min(interval, 3600) * 1e6))
                 manager.runIntegrityCycle()
+                if refresh > 0 { manager.refreshBaselines(olderThan: refresh) }
             }
         }
     }

@@ -78,7 +78,11 @@ final class EventPipeline: Sendable {
         }
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
-        if case .file(let file) = event { manager.integrityWatch.note(file) }
+        if case .file(let file) = event {
+            let who = sandbox.processes[file.origin.pid].map { " (\($0.name))" } ?? ""
+            let when = WallClock.iso8601(unixNanos: sandbox.encoder.clock.unixNanos(boot: file.origin.bootNanos))
+            manager.integrityWatch.note(file, cause: "\(file.operation.rawValue) by pid \(file.origin.pid)\(who) at \(when)")
+        }
         if let finding = EscapeDetector.finding(for: event) {
             manager.raise(finding, in: sandbox, processes: sandbox.processes)
         }

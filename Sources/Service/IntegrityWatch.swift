@@ -14,10 +14,13 @@ final class IntegrityWatch: @unchecked Sendable {
         var tree: FileTree
         /// The tree's root as the sandbox sees it (file events carry these paths).
         var inside: String
-        var dirty: Set<String> = []
+        /// Dirty path -> the event that marked it (the finding's cause).
+        var dirty: [String: String] = [:]
         /// Findings already reported ("change path"), so each is reported once.
         var reported: Set<String> = []
         var cycles = 0
+        /// When the baseline was made or last refreshed (CLOCK_MONOTONIC seconds).
+        var since = ProcessInfo.processInfo.systemUptime
     }
 
     /// A cycle's result for one sandbox.
@@ -41,16 +44,28 @@ final class IntegrityWatch: @unchecked Sendable {
 
     var isEmpty: Bool { lock.withLock { watched.isEmpty } }
 
-    /// A file event of a watched sandbox: its paths under the tree become dirty.
-    func note(_ event: FileEvent) {
+    /// A file event of a watched sandbox: its paths under the tree become
+    /// dirty, remembered with `cause` (the event in words).
+    func note(_ event: FileEvent, cause: String) {
         lock.withLock {
             guard var entry = watched[event.origin.sandboxCgroupID] else { return }
             for path in [event.path, event.secondPath].compactMap({ $0 }) {
-                if let relative = Self.relative(path, to: entry.inside) { entry.dirty.insert(relative) }
+                if let relative = Self.relative(path, to: entry.inside) { entry.dirty[relative] = cause }
             }
             watched[event.origin.sandboxCgroupID] = entry
         }
     }
+
+    /// The baseline a sandbox is validated against, and whether it is clean
+    /// (nothing unresolved) and older than `age` seconds: ready for a refresh.
+    func refreshable(olderThan age: Double) -> [UInt64] {
+        lock.withLock {
+            let now = ProcessInfo.processInfo.systemUptime
+            return watched.filter { $0.value.reported.isEmpty && $0.value.dirty.isEmpty && now - $0.value.since >= age }.map(\.key)
+        }
+    }
+
+    func baselineID(cgroupID: UInt64) -> String? { lock.withLock { watched[cgroupID]?.baseline.id } }
 
     static func relative(_ path: String, to root: String) -> String? {
         if path == root { return "" }
@@ -75,12 +90,18 @@ final class IntegrityWatch: @unchecked Sendable {
                     findings = FilesystemValidator.compare(entry.baseline, with: fresh, foundBy: "rescan")
                 } else {
                     let dirty = entry.dirty
-                    entry.tree.rescan(Array(dirty))
+                    entry.tree.rescan(Array(dirty.keys))
                     reread = dirty.count
                     findings = dirty.isEmpty ? []
-                        : FilesystemValidator.compare(entry.baseline, with: entry.tree, only: dirty, foundBy: "event")
+                        : FilesystemValidator.compare(entry.baseline, with: entry.tree, only: Set(dirty.keys), foundBy: "event")
+                    // Each finding names the write that led to it (its path, or the nearest dirty ancestor).
+                    for i in findings.indices {
+                        var key = Self.relative(findings[i].path, to: entry.inside)
+                        while let path = key, dirty[path] == nil, let slash = path.lastIndex(of: "/") { key = String(path[..<slash]) }
+                        findings[i].cause = key.flatMap { dirty[$0] }
+                    }
                 }
-                entry.dirty = []
+                entry.dirty = [:]
                 let keys = Set(findings.map { "\($0.change.rawValue) \($0.path)" })
                 let fresh = findings.filter { !entry.reported.contains("\($0.change.rawValue) \($0.path)") }
                 // A path that matches the baseline again may be reported again when it changes again.

@@ -65,7 +65,7 @@ struct RequestHandler: Sendable {
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
                                                            ports: request.ports ?? [])))
         case .baseline:
-            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request))))
+            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false)))
         case .validate:
             connection.send(.result(try manager.validate(agentID: try agentID(request), baseline: request.baselineText ?? "",
                                                          source: request.baselineSource ?? "the baseline")))

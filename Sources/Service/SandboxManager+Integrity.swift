@@ -26,6 +26,13 @@ public struct ValidationReport: Codable, Sendable {
     public var confidence: Double
     public var dimensions: [Dimension]
     public var microseconds: Int
+    /// Each step of the validation with its time (`integrity debug-validate --trace`).
+    public var steps: [Step]
+
+    public struct Step: Codable, Sendable {
+        public var name: String
+        public var microseconds: Int
+    }
 }
 
 extension SandboxManager {
@@ -50,10 +57,17 @@ extension SandboxManager {
     }
 
     /// `integrity baseline`: scans the sandbox's tree, signs the baseline,
-    /// stores it (audited) and returns the signed JSON.
-    public func makeBaseline(agentID: String) throws -> String {
+    /// stores it (audited) and returns the signed JSON. A sandbox that already
+    /// has one keeps it unless `update` (an operator's deliberate choice, or the
+    /// service's refresh of a clean sandbox), recorded in the audit log.
+    public func makeBaseline(agentID: String, update: Bool = false, actor: String = "operator") throws -> String {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+        }
+        let current = integrityWatch.baselineID(cgroupID: sandbox.cgroup.id)
+        if let current, !update {
+            throw ServiceFailure(ExitCodes.agentInUse, "sandbox of agent '\(agentID)' already has baseline \(current); "
+                                 + "pass --update to replace it (recorded in the audit log)")
         }
         let (host, inside) = integrityRoot(sandbox)
         let tree: FileTree
@@ -69,8 +83,10 @@ extension SandboxManager {
                                           createdAt: WallClock.iso8601(unixNanos: now), root: inside, tree: tree)
         let json = String(decoding: try SignedBaseline(signing: baseline, with: baselineKey()).jsonData(), as: UTF8.self)
         try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
-        try? store.appendAudit(actor: "operator", action: "baseline.create", subject: sandbox.record.sandboxID,
-                               details: ServiceJSON.encode(["baseline": id, "root_hash": tree.rootHash, "entries": String(tree.count)]))
+        try? store.appendAudit(actor: actor, action: current == nil ? "baseline.create" : "baseline.update",
+                               subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["baseline": id, "replaces": current ?? "", "root_hash": tree.rootHash,
+                                                            "entries": String(tree.count)]))
         // From now on the service validates the sandbox against it, event-driven.
         integrityWatch.watch(cgroupID: sandbox.cgroup.id, baseline: baseline, tree: tree)
         return json
@@ -83,6 +99,13 @@ extension SandboxManager {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         let started = DispatchTime.now().uptimeNanoseconds
+        var steps: [ValidationReport.Step] = []
+        var mark = started
+        func step(_ name: String) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            steps.append(.init(name: name, microseconds: Int((now - mark) / 1000)))
+            mark = now
+        }
         var data = Data(text.utf8)
         if let stored = try store.baseline(id: text.trimmingCharacters(in: .whitespacesAndNewlines)) { data = Data(stored.json.utf8) }
         let baseline: FilesystemBaseline
@@ -91,6 +114,7 @@ extension SandboxManager {
         } catch let error as BaselineError {
             throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
         }
+        step("read the baseline and check its Ed25519 signature, agent and format (\(baseline.entries.count) entries)")
         let (host, inside) = integrityRoot(sandbox)
         guard baseline.root == inside else {
             throw ServiceFailure(ExitCodes.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(inside)")
@@ -101,7 +125,9 @@ extension SandboxManager {
         } catch {
             throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
         }
+        step("read and hash \(inside) again (\(tree.count) entries)")
         let findings = FilesystemValidator.compare(baseline, with: tree, foundBy: "rescan")
+        step("compare with the baseline (\(findings.count) changes)")
         let readable = tree.entries.values.filter { $0.unreadable == nil }.count
         let coverage = baseline.entries.isEmpty ? 1 : min(1, Double(readable) / Double(baseline.entries.count))
         let filesystem = ValidationReport.Dimension(name: "filesystem", valid: findings.isEmpty,
@@ -113,11 +139,25 @@ extension SandboxManager {
         let report = ValidationReport(agentID: agentID, sandboxID: sandbox.record.sandboxID, baselineID: baseline.id,
                                       valid: findings.isEmpty, confidence: (coverage / 3 * 1000).rounded() / 1000,
                                       dimensions: [filesystem, notYet("memory"), notYet("behaviour")],
-                                      microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000))
+                                      microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000), steps: steps)
         try? store.appendAudit(actor: "operator", action: "baseline.validate", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": baseline.id, "valid": String(report.valid),
                                                             "findings": String(findings.count)]))
         return report
+    }
+
+    /// A clean sandbox's baseline older than `seconds` (baseline_update_interval)
+    /// is made again, recorded as `baseline.update` by the service; never over
+    /// an unresolved violation.
+    func refreshBaselines(olderThan seconds: Double) {
+        for cgroupID in integrityWatch.refreshable(olderThan: seconds) {
+            guard let sandbox = sandbox(cgroupID: cgroupID) else { continue }
+            do {
+                _ = try makeBaseline(agentID: sandbox.record.agentID, update: true, actor: "service")
+            } catch {
+                log.error("could not refresh the baseline of \(sandbox.record.sandboxID): \(error)")
+            }
+        }
     }
 
     /// One validation cycle of every sandbox with a baseline: each new
@@ -151,7 +191,7 @@ extension SandboxManager {
             "finding_info": ["uid": id, "title": "Integrity: \(finding.change.rawValue)", "types": ["integrity violation"]],
             "message": "\(id): \(detail)",
             "evidences": [["file": ["path": finding.path], "data": ["old": finding.old ?? "", "new": finding.new ?? "",
-                                                                    "found_by": finding.foundBy]]],
+                                                                    "found_by": finding.foundBy, "cause": finding.cause ?? ""]]],
             "unmapped": ["technique": id, "dimension": finding.dimension, "found_by": finding.foundBy],
         ]
         let json = OCSFEncoder.jsonLine(object)

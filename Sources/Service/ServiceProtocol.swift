@@ -22,6 +22,7 @@ public struct ServiceRequest: Codable, Sendable {
     public var ports: [Int]?                // policy set: allowed ports
     public var baselineText: String?        // validate: a baseline file's text, or a stored baseline id
     public var baselineSource: String?      // its name, for error messages
+    public var update: Bool?                // baseline: replace the sandbox's current one
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

@@ -379,8 +379,14 @@ struct ServiceTests {
         usleep(300_000)
         let made = try service.run(["integrity", "baseline", "--agent-id", "int-1", "--output", "b1.json"], in: service.root)
         #expect(made.code == 0 && made.stdout.contains("written to b1.json"), "\(made.stderr)")
-        let clean = try service.run(["integrity", "validate", "--agent-id", "int-1", "--baseline", "b1.json"], in: service.root)
-        #expect(clean.code == 0 && clean.stdout.hasPrefix("VALID"), "\(clean.stdout) \(clean.stderr)")
+        let clean = try service.run(["integrity", "debug-validate", "--agent-id", "int-1", "--baseline", "b1.json", "--trace"],
+                                    in: service.root)
+        #expect(clean.code == 0 && clean.stdout.contains("VALID") && clean.stdout.contains(" us  read and hash /workspace again"),
+                "\(clean.stdout) \(clean.stderr)")
+        // A second baseline only deliberately.
+        let again = try service.run(["integrity", "baseline", "--agent-id", "int-1"])
+        #expect(again.code == 73 && again.stderr.contains("pass --update"), "\(again.stderr)")
+        #expect(try service.run(["integrity", "baseline", "--agent-id", "int-1", "--update", "--output", "b2.json"], in: service.root).code == 0)
 
         let change = "echo changed > src/a.txt && chmod 700 src/b.txt && rm c.txt && echo new > d.txt"
         #expect(try service.run(["sandbox", "exec", "--agent-id", "int-1", "--", "/bin/sh", "-c", change]).code == 0)
@@ -427,6 +433,7 @@ struct ServiceTests {
         #expect(findings.contains { $0.contains("integrity-content") && $0.contains("/workspace/a.txt") && $0.contains("\"found_by\":\"event\"") },
                 "\(tail.stdout.prefix(1500))")
         #expect(findings.contains { $0.contains("integrity-permissions") && $0.contains("/workspace/b.txt") })
+        #expect(findings.contains { $0.contains("\"cause\":\"") && $0.contains("by pid") }, "no cause recorded")
         #expect(findings.filter { $0.contains("integrity-content") }.count == 1, "reported more than once")
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "watch-1", "--force"]).code == 0)
     }
