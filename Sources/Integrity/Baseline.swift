@@ -19,6 +19,8 @@ public struct FilesystemBaseline: Codable, Sendable, Equatable {
     public var root: String
     public var rootHash: String
     public var entries: [FileEntry]
+    /// The sandbox's behaviour over the observation window before the baseline.
+    public var behaviour: BehaviourProfile?
 
     public init(id: String, agentID: String, sandboxID: String, createdAt: String, root: String, tree: FileTree) {
         self.format = Self.currentFormat

@@ -4,6 +4,8 @@ import Foundation
 public struct IntegrityFinding: Codable, Sendable, Equatable {
     public enum Change: String, Codable, Sendable {
         case created, deleted, content, permissions, owner, kind, target, xattrs, unreadable
+        /// Behaviour unlike the baseline's profile (new program, destination, syscall mix).
+        case behaviour
     }
 
     public var dimension = "filesystem"
