@@ -48,7 +48,7 @@ let package = Package(
             ]),
         .executableTarget(name: "alcub3", dependencies: ["Commands"]),
         // `make bench`: alcub3 side by side with the tools a user would pick instead.
-        .executableTarget(name: "alcub3-bench", dependencies: ["Telemetry", "Sandbox", "KernelSupport", "Policy", "Store"]),
+        .executableTarget(name: "alcub3-bench", dependencies: ["Telemetry", "Sandbox", "KernelSupport", "Policy", "Store", "Integrity"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Sandbox", "CLibBPF", "CAlcub3"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Telemetry"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands"]),

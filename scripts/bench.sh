@@ -8,6 +8,7 @@ cd "$root"
 command -v swift >/dev/null 2>&1 || PATH="/opt/swift/usr/bin:$PATH"
 [ "$(id -u)" -eq 0 ] || { echo "make bench needs root (BPF, cgroups)" >&2; exit 77; }
 command -v bwrap >/dev/null 2>&1 || { echo "make bench compares with bubblewrap: install it (make deps)" >&2; exit 1; }
+command -v aide >/dev/null 2>&1 || { echo "make bench compares with AIDE: install it (make deps)" >&2; exit 1; }
 swift build -c release --product alcub3-bench >/dev/null
 swift build -c release --product alcub3 >/dev/null
 # The attacker runs inside sandboxes whose /tmp is private: it stays in .build.
