@@ -32,7 +32,8 @@ public struct FileTree: Sendable {
             throw SystemError(errno: ENOTDIR, call: "scan", context: "\(root) is not a directory")
         }
         var seen = 0
-        tree.scanDirectory("", progress: { seen += 1; if seen % 1000 == 0 { progress?(seen) } })
+        let buffer = ReadBuffer()
+        tree.scanDirectory("", buffer: buffer, progress: { seen += 1; if seen % 1000 == 0 { progress?(seen) } })
         return tree
     }
 
@@ -47,8 +48,8 @@ public struct FileTree: Sendable {
     }
 
     /// Records `relative` and, for a directory, everything below it, then its Merkle hash.
-    private mutating func scanDirectory(_ relative: String, progress: () -> Void) {
-        guard var entry = Self.readEntry(absolute(relative), relative: relative) else { return }
+    private mutating func scanDirectory(_ relative: String, buffer: ReadBuffer, progress: () -> Void) {
+        guard var entry = Self.readEntry(absolute(relative), relative: relative, buffer: buffer) else { return }
         progress()
         guard entry.kind == .directory else {
             entries[relative] = entry
@@ -66,7 +67,7 @@ public struct FileTree: Sendable {
             entry.unreadable = SystemError.name(of: errno)
         }
         children[relative] = names
-        for child in names.sorted() { scanDirectory(child, progress: progress) }
+        for child in names.sorted() { scanDirectory(child, buffer: buffer, progress: progress) }
         children[relative] = Set(names.filter { entries[$0] != nil })
         entry.hash = merkleHash(of: relative)
         entries[relative] = entry
@@ -88,13 +89,14 @@ public struct FileTree: Sendable {
     public mutating func rescan(_ paths: [String]) -> Set<String> {
         var changed: Set<String> = []
         var dirty: Set<String> = []
+        let buffer = ReadBuffer()
         for requested in Set(paths) {
             // A path in a directory that is new itself: read from the first ancestor the tree knows.
             var path = requested
             while let parent = Self.parent(of: path), entries[parent] == nil, !parent.isEmpty { path = parent }
             let before = entries[path]
             removeSubtree(path)
-            scanDirectory(path, progress: {})
+            scanDirectory(path, buffer: buffer, progress: {})
             if let parent = Self.parent(of: path) {
                 if entries[path] != nil { children[parent, default: []].insert(path) } else { children[parent]?.remove(path) }
                 var up: String? = parent
@@ -113,6 +115,14 @@ public struct FileTree: Sendable {
         return changed
     }
 
+    /// `path` and every path the tree has below it.
+    public func paths(under path: String) -> [String] {
+        guard entries[path] != nil else { return [] }
+        var result = [path]
+        for child in children[path] ?? [] { result += paths(under: child) }
+        return result
+    }
+
     private mutating func removeSubtree(_ path: String) {
         for child in children[path] ?? [] { removeSubtree(child) }
         children[path] = nil
@@ -121,7 +131,7 @@ public struct FileTree: Sendable {
 
     /// lstat, and the content hash of a regular file (streamed in 1 MiB reads,
     /// so a huge file costs no memory). nil when the path does not exist.
-    static func readEntry(_ path: String, relative: String) -> FileEntry? {
+    static func readEntry(_ path: String, relative: String, buffer: ReadBuffer) -> FileEntry? {
         var st = stat()
         guard lstat(path, &st) == 0 else { return nil }
         let kind: FileEntry.Kind
@@ -144,7 +154,7 @@ public struct FileTree: Sendable {
         case .characterDevice, .blockDevice:
             entry.device = UInt64(st.st_rdev)
         case .file:
-            switch contentHash(path) {
+            switch contentHash(path, buffer: buffer) {
             case .success(let hash): entry.hash = hash
             case .failure(let error): entry.unreadable = SystemError.name(of: error.errno)
             }
@@ -157,21 +167,27 @@ public struct FileTree: Sendable {
 
     struct ReadFailure: Error { let errno: Int32 }
 
-    static func contentHash(_ path: String) -> Result<String, ReadFailure> {
+    /// One 1 MiB read buffer for a whole scan (a fresh zeroed one per file cost
+    /// more than hashing it).
+    final class ReadBuffer {
+        let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        deinit { bytes.deallocate() }
+    }
+
+    static func contentHash(_ path: String, buffer: ReadBuffer) -> Result<String, ReadFailure> {
         // O_NOFOLLOW: a file replaced by a symlink since lstat is not followed.
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return .failure(ReadFailure(errno: errno)) }
         defer { close(fd) }
         var hasher = SHA256()
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            let n = Glibc.read(fd, buffer.bytes.baseAddress, buffer.bytes.count)
             if n < 0 {
                 if errno == EINTR { continue }
                 return .failure(ReadFailure(errno: errno))
             }
             if n == 0 { break }
-            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer.bytes[..<n]))
         }
         return .success(Hex.string(hasher.finalize()))
     }

@@ -23,19 +23,31 @@ public struct IntegrityFinding: Codable, Sendable, Equatable {
 
 /// Compares a baseline with the tree as it is now.
 public enum FilesystemValidator {
-    /// Every difference, or only those at `paths` (and below them) when given.
+    /// Every difference, or only those at `paths` (and below them) when given:
+    /// then only those paths are looked up (binary search in the baseline's
+    /// sorted entries, the tree's own children), so a cycle costs what changed.
     public static func compare(_ baseline: FilesystemBaseline, with tree: FileTree, only paths: Set<String>? = nil,
                                foundBy: String) -> [IntegrityFinding] {
-        let before = Dictionary(baseline.entries.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
-        func wanted(_ path: String) -> Bool {
-            guard let paths else { return true }
-            return paths.contains { path == $0 || path.hasPrefix($0 + "/") }
+        let allPaths: [String]
+        var before: [String: FileEntry] = [:]
+        if let paths {
+            var candidates = Set<String>()
+            for path in paths {
+                candidates.formUnion(tree.paths(under: path))
+                for entry in baseline.entries(under: path) {
+                    candidates.insert(entry.path)
+                    before[entry.path] = entry
+                }
+            }
+            allPaths = candidates.sorted()
+        } else {
+            before = Dictionary(baseline.entries.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
+            allPaths = Set(before.keys).union(tree.entries.keys).sorted()
         }
         func shown(_ path: String) -> String {
             path.isEmpty ? baseline.root : (baseline.root == "/" ? "/" : baseline.root + "/") + path
         }
         var findings: [IntegrityFinding] = []
-        let allPaths = Set(before.keys).union(tree.entries.keys).filter(wanted).sorted()
         for path in allPaths {
             let old = before[path], new = tree.entries[path]
             func add(_ change: IntegrityFinding.Change, _ a: String?, _ b: String?) {
@@ -63,5 +75,24 @@ public enum FilesystemValidator {
             }
         }
         return findings
+    }
+}
+
+extension FilesystemBaseline {
+    /// The entry at `path` and those below it, from `entries` (sorted by path:
+    /// every path with a given prefix lies in one run, found by binary search).
+    func entries(under path: String) -> [FileEntry] {
+        if path.isEmpty { return entries }
+        var found: [FileEntry] = []
+        let exact = entries.partitionPoint(where: { $0.path >= path })
+        if exact < entries.endIndex, entries[exact].path == path { found.append(entries[exact]) }
+        // Not contiguous with `path` itself ("a-b" and "a.c" sort between "a" and "a/x").
+        let prefix = path + "/"
+        var i = entries.partitionPoint(where: { $0.path >= prefix })
+        while i < entries.endIndex, entries[i].path.hasPrefix(prefix) {
+            found.append(entries[i])
+            i += 1
+        }
+        return found
     }
 }
