@@ -21,6 +21,8 @@ public struct FilesystemBaseline: Codable, Sendable, Equatable {
     public var entries: [FileEntry]
     /// The sandbox's behaviour over the observation window before the baseline.
     public var behaviour: BehaviourProfile?
+    /// Each process of the sandbox at the baseline: its executable memory.
+    public var memory: [MemoryBaseline]?
 
     public init(id: String, agentID: String, sandboxID: String, createdAt: String, root: String, tree: FileTree) {
         self.format = Self.currentFormat

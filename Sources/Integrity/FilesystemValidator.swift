@@ -6,6 +6,8 @@ public struct IntegrityFinding: Codable, Sendable, Equatable {
         case created, deleted, content, permissions, owner, kind, target, xattrs, unreadable
         /// Behaviour unlike the baseline's profile (new program, destination, syscall mix).
         case behaviour
+        /// Executable memory unlike the baseline's (the kind is in `cause`).
+        case memory
     }
 
     public var dimension = "filesystem"
@@ -19,6 +21,15 @@ public struct IntegrityFinding: Codable, Sendable, Equatable {
     public var foundBy: String
     /// For `event`: the write that marked the path ("rename by pid 42 (python3) at 2026-...Z").
     public var cause: String?
+
+    public init(change: Change, path: String, old: String?, new: String?, foundBy: String, cause: String? = nil) {
+        self.change = change
+        self.path = path
+        self.old = old
+        self.new = new
+        self.foundBy = foundBy
+        self.cause = cause
+    }
 }
 
 /// Compares a baseline with the tree as it is now.

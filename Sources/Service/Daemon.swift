@@ -47,6 +47,7 @@ public final class Daemon: @unchecked Sendable {
         let network = try NetworkEnforcer(rootLevel: layout.alcub3RootLevel, pinDirectory: configuration.pinDirectory + "/net")
         manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
                                      layout: layout, log: log)
+        manager.anomalyThreshold = policyConfiguration.integrityMonitoring.anomalyThreshold
         let pipeline = EventPipeline(manager: manager, log: log)
         self.pipeline = pipeline
         pipelineTask = Task.detached { await pipeline.run() }

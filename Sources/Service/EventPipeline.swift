@@ -78,6 +78,7 @@ final class EventPipeline: Sendable {
         }
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
+        sandbox.behaviour.record(event)
         if case .file(let file) = event {
             let who = sandbox.processes[file.origin.pid].map { " (\($0.name))" } ?? ""
             let when = WallClock.iso8601(unixNanos: sandbox.encoder.clock.unixNanos(boot: file.origin.bootNanos))

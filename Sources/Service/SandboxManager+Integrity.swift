@@ -79,8 +79,12 @@ extension SandboxManager {
         let now = WallClock.nowUnixNanos()
         let count = (try? store.baselines(agentID: agentID).count) ?? 0
         let id = String(format: "baseline-%03d", count + 1) + "-" + sandbox.record.sandboxID
-        let baseline = FilesystemBaseline(id: id, agentID: agentID, sandboxID: sandbox.record.sandboxID,
+        var baseline = FilesystemBaseline(id: id, agentID: agentID, sandboxID: sandbox.record.sandboxID,
                                           createdAt: WallClock.iso8601(unixNanos: now), root: inside, tree: tree)
+        // Memory: every process of the sandbox now (one that ends meanwhile is skipped).
+        baseline.memory = sandbox.cgroup.processes().sorted().compactMap { try? MemoryBaseline.capture(pid: $0) }
+        // Behaviour: what it did since it started (or since its last baseline); a new window begins.
+        baseline.behaviour = sandbox.behaviour.takeAndRestart()
         let json = String(decoding: try SignedBaseline(signing: baseline, with: baselineKey()).jsonData(), as: UTF8.self)
         try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
         try? store.appendAudit(actor: actor, action: current == nil ? "baseline.create" : "baseline.update",
@@ -128,22 +132,59 @@ extension SandboxManager {
         step("read and hash \(inside) again (\(tree.count) entries)")
         let findings = FilesystemValidator.compare(baseline, with: tree, foundBy: "rescan")
         step("compare with the baseline (\(findings.count) changes)")
+        let memory = validateMemory(baseline.memory ?? [])
+        step("capture and compare the executable memory of \(memory.checked) of \(baseline.memory?.count ?? 0) baseline processes")
+        let behaviour = baseline.behaviour.map {
+            BehaviourProfile.compare(baseline: $0, current: sandbox.behaviour.current(),
+                                     threshold: anomalyThreshold, root: inside)
+        }
+        step("compare behaviour with the baseline's profile")
         let readable = tree.entries.values.filter { $0.unreadable == nil }.count
         let coverage = baseline.entries.isEmpty ? 1 : min(1, Double(readable) / Double(baseline.entries.count))
         let filesystem = ValidationReport.Dimension(name: "filesystem", valid: findings.isEmpty,
                                                     status: findings.isEmpty ? "clean" : "\(findings.count) changes",
                                                     checkedEntries: tree.count, findings: findings)
-        let notYet = { (name: String) in
-            ValidationReport.Dimension(name: name, valid: nil, status: "not measured by this version", checkedEntries: 0, findings: [])
-        }
+        let memoryCount = baseline.memory?.count ?? 0
+        let memoryDimension = memoryCount == 0
+            ? ValidationReport.Dimension(name: "memory", valid: nil, status: "no process in the baseline", checkedEntries: 0, findings: [])
+            : ValidationReport.Dimension(name: "memory", valid: memory.findings.isEmpty,
+                                         status: memory.findings.isEmpty ? "clean (\(memory.checked) of \(memoryCount) processes still running)"
+                                             : "\(memory.findings.count) changes", checkedEntries: memory.checked, findings: memory.findings)
+        let behaviourDimension = behaviour.map {
+            ValidationReport.Dimension(name: "behaviour", valid: $0.isEmpty, status: $0.isEmpty ? "as in the baseline's window" : "\($0.count) differences",
+                                       checkedEntries: 1, findings: $0)
+        } ?? ValidationReport.Dimension(name: "behaviour", valid: nil, status: "no profile in the baseline", checkedEntries: 0, findings: [])
+        let dimensions = [filesystem, memoryDimension, behaviourDimension]
+        // Coverage per dimension: the share of the baseline read back; a dimension the baseline lacks counts 0.
+        let memoryCoverage = memoryCount == 0 ? 0 : Double(memory.checked) / Double(memoryCount)
+        let confidence = (coverage + memoryCoverage + (behaviour == nil ? 0 : 1)) / 3
+        let valid = dimensions.allSatisfy { $0.valid != false }
         let report = ValidationReport(agentID: agentID, sandboxID: sandbox.record.sandboxID, baselineID: baseline.id,
-                                      valid: findings.isEmpty, confidence: (coverage / 3 * 1000).rounded() / 1000,
-                                      dimensions: [filesystem, notYet("memory"), notYet("behaviour")],
+                                      valid: valid, confidence: (confidence * 1000).rounded() / 1000,
+                                      dimensions: dimensions,
                                       microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000), steps: steps)
         try? store.appendAudit(actor: "operator", action: "baseline.validate", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": baseline.id, "valid": String(report.valid),
-                                                            "findings": String(findings.count)]))
+                                                            "findings": String(dimensions.map(\.findings.count).reduce(0, +))]))
         return report
+    }
+
+    /// Each baseline process still running (same pid and start time) is
+    /// captured again and compared; one that ended is not counted as checked.
+    func validateMemory(_ processes: [MemoryBaseline]) -> (checked: Int, findings: [IntegrityFinding]) {
+        var checked = 0
+        var findings: [IntegrityFinding] = []
+        for before in processes {
+            guard let now = try? MemoryBaseline.capture(pid: before.pid), now.startTime == before.startTime else { continue }
+            checked += 1
+            for found in MemoryValidator.compare(before, now) {
+                var finding = IntegrityFinding(change: .memory, path: found.path, old: found.old, new: found.new, foundBy: "rescan")
+                finding.dimension = "memory"
+                finding.cause = "\(found.change.rawValue) in pid \(found.pid)" + (found.mapping.map { " at \($0)" } ?? "")
+                findings.append(finding)
+            }
+        }
+        return (checked, findings)
     }
 
     /// A clean sandbox's baseline older than `seconds` (baseline_update_interval)

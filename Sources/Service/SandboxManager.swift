@@ -28,6 +28,8 @@ final class LiveSandbox: @unchecked Sendable {
     /// and the watcher of the cgroup limits.
     var supervisor: SeccompSupervisor?
     var resources: ResourceWatcher?
+    /// What the sandbox did since it started or since its last baseline.
+    let behaviour = BehaviourRecorder()
     private let responded = NSLock()
     private var hasResponded = false
 
@@ -93,6 +95,9 @@ public final class SandboxManager: @unchecked Sendable {
     let network: NetworkEnforcer
     /// The sandboxes with a filesystem baseline, validated every check_interval.
     let integrityWatch = IntegrityWatch()
+    /// integrity_monitoring.anomaly_threshold: how far (Jensen-Shannon) a
+    /// sandbox's syscall mix may move from its baseline's. Set by the daemon.
+    var anomalyThreshold = 0.8
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()

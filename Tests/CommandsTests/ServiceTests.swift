@@ -438,6 +438,48 @@ struct ServiceTests {
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "watch-1", "--force"]).code == 0)
     }
 
+    /// The baseline also keeps each process's executable memory and the
+    /// sandbox's behaviour: code changed in a running process and a program
+    /// never run before are both found.
+    @Test func memoryAndBehaviourAreValidated() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let (created, record) = try service.create("mem-1", unclassified: "pids_limit: 64", "while :; do sleep 0.2; done")
+        #expect(created.code == 0, "\(created.stderr)")
+        let initPID = record?["initPID"] as? Int ?? 0
+        usleep(600_000)
+        #expect(try service.run(["integrity", "baseline", "--agent-id", "mem-1", "--output", "m.json"], in: service.root).code == 0)
+        let clean = try service.run(["integrity", "validate", "--agent-id", "mem-1", "--baseline", "m.json", "--format", "json"],
+                                    in: service.root)
+        #expect(clean.code == 0, "\(clean.stdout)")
+
+        // One byte of the init's code (the last of its first executable mapping) changed from outside.
+        let maps = try String(contentsOfFile: "/proc/\(initPID)/maps", encoding: .utf8)
+        let text = try #require(maps.split(separator: "\n").first { $0.split(separator: " ")[1].contains("x") })
+        let end = try #require(UInt64(text.split(separator: " ")[0].split(separator: "-")[1], radix: 16))
+        let mem = open("/proc/\(initPID)/mem", O_RDWR)
+        #expect(mem >= 0)
+        var byte: UInt8 = 0
+        #expect(pread(mem, &byte, 1, off_t(end - 1)) == 1)
+        byte ^= 0xff
+        #expect(pwrite(mem, &byte, 1, off_t(end - 1)) == 1)
+        close(mem)
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "mem-1", "--", "/usr/bin/python3", "-c", "pass"]).code == 0)
+        usleep(300_000)
+
+        let dirty = try service.run(["integrity", "validate", "--agent-id", "mem-1", "--baseline", "m.json", "--format", "json"],
+                                    in: service.root)
+        #expect(dirty.code == 1, "\(dirty.stdout) \(dirty.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(dirty.stdout.utf8)) as? [String: Any])
+        let dimensions = Dictionary(uniqueKeysWithValues: (report["dimensions"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "", $0) })
+        let memory = (dimensions["memory"]?["findings"] as? [[String: Any]] ?? []).compactMap { $0["cause"] as? String }
+        #expect(memory.contains { $0.hasPrefix("codeModified in pid \(initPID)") }, "\(memory)")
+        let behaviour = (dimensions["behaviour"]?["findings"] as? [[String: Any]] ?? []).map { "\($0["new"] ?? "") \($0["path"] ?? "")" }
+        #expect(behaviour.contains("new program /usr/bin/python3"), "\(behaviour)")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "mem-1", "--force"]).code == 0)
+    }
+
     @Test func networkClassesAreEnforcedInTheKernel() throws {
         let service = try TestService()
         defer { service.tearDown() }

@@ -1,0 +1,51 @@
+import Foundation
+import Integrity
+import Sandbox
+import Telemetry
+
+/// A sandbox's behaviour as the event pipeline sees it, since it started or
+/// since its last baseline: the profile a baseline keeps and a validation
+/// compares against.
+final class BehaviourRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var profile = BehaviourProfile()
+    private var since = ProcessInfo.processInfo.systemUptime
+
+    func record(_ event: TelemetryEvent) {
+        lock.withLock {
+            switch event {
+            case .syscall(let s) where !s.isEntry:
+                profile.syscalls[SyscallNames.name(Int(s.number)), default: 0] += 1
+            case .process(let p):
+                if case .exec(let filename, _, _, _, _) = p.activity { profile.add(executable: filename) }
+            case .network(let n) where n.operation == .connect || n.operation == .sendto || n.operation == .sendmsg:
+                if n.remote.ip != nil || n.remote.unixPath != nil { profile.add(destination: n.remote.description) }
+            case .file(let f):
+                let parent = (f.path as NSString).deletingLastPathComponent
+                profile.add(writtenDirectory: parent.isEmpty ? "/" : parent)
+            default:
+                break
+            }
+        }
+    }
+
+    /// The profile so far, covering the seconds since it began.
+    func current() -> BehaviourProfile {
+        lock.withLock {
+            var copy = profile
+            copy.windowSeconds = ProcessInfo.processInfo.systemUptime - since
+            return copy
+        }
+    }
+
+    /// The profile so far, and a new one begins (at a baseline).
+    func takeAndRestart() -> BehaviourProfile {
+        lock.withLock {
+            var copy = profile
+            copy.windowSeconds = ProcessInfo.processInfo.systemUptime - since
+            profile = BehaviourProfile()
+            since = ProcessInfo.processInfo.systemUptime
+            return copy
+        }
+    }
+}
