@@ -134,4 +134,25 @@ final class ScratchTree {
         chmod(path, 0o644)
         #expect(throws: BaselineError.self) { try BaselineKey.loadOrCreate(at: path) }
     }
+
+    /// A huge file is streamed: hashing 1 GiB does not grow the resident set
+    /// by more than the read buffer and some slack.
+    @Test func aHugeFileIsStreamedNotLoaded() throws {
+        let scratch = try ScratchTree(files: 1)
+        let huge = scratch.path("huge.img")
+        let fd = open(huge, O_WRONLY | O_CREAT, 0o600)
+        #expect(fd >= 0 && ftruncate(fd, 1 << 30) == 0)  // sparse: reads back as zeros, costs no disk
+        close(fd)
+        func residentKiB() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        }
+        let before = residentKiB()
+        let tree = try FileTree.scan(root: scratch.root)
+        let grown = residentKiB() - before
+        #expect(tree.entries["huge.img"]?.size == 1 << 30 && tree.entries["huge.img"]?.hash?.count == 64)
+        #expect(grown < 64 * 1024, "the resident set grew by \(grown) KiB while hashing 1 GiB")
+    }
+
 }
