@@ -19,6 +19,8 @@ final class IntegrityWatch: @unchecked Sendable {
         /// Findings already reported ("change path"), so each is reported once.
         var reported: Set<String> = []
         var cycles = 0
+        /// The last cycle: paths reread and its time.
+        var lastCycle: (reread: Int, microseconds: Int)?
         /// When the baseline was made or last refreshed (CLOCK_MONOTONIC seconds).
         var since = ProcessInfo.processInfo.systemUptime
     }
@@ -67,6 +69,16 @@ final class IntegrityWatch: @unchecked Sendable {
 
     func baselineID(cgroupID: UInt64) -> String? { lock.withLock { watched[cgroupID]?.baseline.id } }
 
+    /// One line for `sandbox monitor`.
+    func status(cgroupID: UInt64) -> String {
+        lock.withLock {
+            guard let entry = watched[cgroupID] else { return "no baseline (alcub3 integrity baseline --agent-id ...)" }
+            let state = entry.reported.isEmpty ? "clean" : "\(entry.reported.count) unresolved changes"
+            let cycle = entry.lastCycle.map { "; last cycle reread \($0.reread) paths in \($0.microseconds) us" } ?? ""
+            return "baseline \(entry.baseline.id): \(state) after \(entry.cycles) cycles\(cycle)"
+        }
+    }
+
     static func relative(_ path: String, to root: String) -> String? {
         if path == root { return "" }
         let prefix = root == "/" ? "/" : root + "/"
@@ -106,6 +118,8 @@ final class IntegrityWatch: @unchecked Sendable {
                 let fresh = findings.filter { !entry.reported.contains("\($0.change.rawValue) \($0.path)") }
                 // A path that matches the baseline again may be reported again when it changes again.
                 if full { entry.reported = keys } else { entry.reported.formUnion(keys) }
+                let microseconds = Int((DispatchTime.now().uptimeNanoseconds - started) / 1000)
+                entry.lastCycle = (reread, microseconds)
                 watched[cgroupID] = entry
                 results.append(CycleResult(cgroupID: cgroupID, newFindings: fresh, reread: reread,
                                            microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000), full: full))

@@ -37,7 +37,7 @@ struct MonitorSnapshot: Codable {
             eventsByKind: counts, syscalls: live?.syscalls ?? 0,
             kernelDropped: manager.monitor.counters().dropped,
             streamDropped: 0, latestAlerts: alerts,
-            integrity: "not checked: the integrity validator is not built yet")
+            integrity: live.map { manager.integrityWatch.status(cgroupID: $0.cgroup.id) } ?? "sandbox not running")
     }
 
     /// Reads a usage figure from the v2 file when the controller is there, else from v1.

@@ -434,6 +434,8 @@ struct ServiceTests {
                 "\(tail.stdout.prefix(1500))")
         #expect(findings.contains { $0.contains("integrity-permissions") && $0.contains("/workspace/b.txt") })
         #expect(findings.contains { $0.contains("\"cause\":\"") && $0.contains("by pid") }, "no cause recorded")
+        let monitor = try service.run(["sandbox", "monitor", "--agent-id", "watch-1", "--count", "1", "--format", "json"])
+        #expect(monitor.stdout.contains("unresolved changes after"), "\(monitor.stdout.prefix(800))")
         #expect(findings.filter { $0.contains("integrity-content") }.count == 1, "reported more than once")
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "watch-1", "--force"]).code == 0)
     }
