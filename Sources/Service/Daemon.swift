@@ -48,6 +48,13 @@ public final class Daemon: @unchecked Sendable {
         manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
                                      layout: layout, log: log)
         manager.anomalyThreshold = policyConfiguration.integrityMonitoring.anomalyThreshold
+        // BPF-LSM where the kernel allows it; where it refuses, say so once and go on without.
+        do {
+            manager.lsm = try LSMEnforcer(rootLevel: layout.alcub3RootLevel)
+            log.info("BPF-LSM programs loaded and attached")
+        } catch {
+            log.notice("BPF-LSM not used: \(error); seccomp, Landlock and cgroup BPF carry the policy")
+        }
         let pipeline = EventPipeline(manager: manager, log: log)
         self.pipeline = pipeline
         pipelineTask = Task.detached { await pipeline.run() }

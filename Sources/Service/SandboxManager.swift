@@ -98,6 +98,8 @@ public final class SandboxManager: @unchecked Sendable {
     /// integrity_monitoring.anomaly_threshold: how far (Jensen-Shannon) a
     /// sandbox's syscall mix may move from its baseline's. Set by the daemon.
     var anomalyThreshold = 0.8
+    /// The BPF-LSM programs, where the kernel allows them (set by the daemon at start; nil when refused).
+    var lsm: LSMEnforcer?
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()
@@ -136,8 +138,9 @@ public final class SandboxManager: @unchecked Sendable {
                 + (program.logDenials ? " (logged)" : "")
                 + (program.usesNotify ? ", escape syscalls to the supervisor" : ", no supervisor (user-notify unavailable)")
         } ?? "none"
-        let lsm = Self.bpfLSM.available
-            ? "available (not used yet by process sandboxes)"
+        let lsm = self.lsm != nil
+            ? "loaded: mounts, module and kernel file loading, bpf(), fileless exec, the metadata address, ptrace and signals across the boundary refused in the kernel"
+            : Self.bpfLSM.available ? "available but not loaded (see the service's log)"
             : "refused (\(Self.bpfLSM.errno ?? Self.bpfLSM.detail)): \(Self.bpfLSM.fallback ?? "")"
         return [
             ("enforcement: seccomp", seccomp),
@@ -396,6 +399,11 @@ public final class SandboxManager: @unchecked Sendable {
                 cgroupPath: cgroup.path, cgroupID: cgroup.id, initPID: initProcess.pid,
                 createdNs: WallClock.nowUnixNanos(),
                 detailsJSON: ServiceJSON.encode(SandboxDetails(limits: request.limits, applied: limits, workingDirectory: workingDirectory)))
+            // The init has made its mounts: from here the LSM programs hold the sandbox too.
+            if let lsm {
+                try step("confine cgroup id \(cgroup.id) in the BPF-LSM programs") { try lsm.confine(sandboxCgroupID: cgroup.id) }
+                undo.append { lsm.release(sandboxCgroupID: cgroup.id) }
+            }
             report(enforcementSummary(spec: spec, process: initProcess), to: steps)
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
@@ -549,6 +557,7 @@ public final class SandboxManager: @unchecked Sendable {
         guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
         sandbox.resources?.stop()
         integrityWatch.unwatch(cgroupID: sandbox.cgroup.id)
+        lsm?.release(sandboxCgroupID: sandbox.cgroup.id)
         try? sandbox.cgroup.destroy()
         sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)
@@ -612,6 +621,8 @@ public final class SandboxManager: @unchecked Sendable {
                 byCgroup[cgroupID] = sandbox
             }
             startWatchers(sandbox)  // limits only: the seccomp listener ended with the old service
+            // The LSM links are not pinned: they ended with the old service and hold the sandbox again from here.
+            try? lsm?.confine(sandboxCgroupID: cgroupID)
             let last = try store.events(EventFilter(sandboxID: record.sandboxID, limit: 1, newest: true)).first
             let gap: [String: Any] = [
                 "record": "monitoring_gap", "sandbox_id": record.sandboxID, "agent_id": record.agentID,
