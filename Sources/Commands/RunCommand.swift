@@ -30,6 +30,10 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(name: .customLong("syscall-entry"), help: "Also record syscall entries, not only completed syscalls.")
     var syscallEntry = false
 
+    @Flag(name: .customLong("private-workspace"),
+          help: "Work in a private workspace (the policy's, a tmpfs of workspace_size) instead of the current directory.")
+    var privateWorkspace = false
+
     @Option(name: .customLong("policy-file"), help: "YAML overriding parts of the default policy (repeatable), as for sandbox create.")
     var policyFiles: [String] = []
 
@@ -84,6 +88,7 @@ struct RunCommand: AsyncParsableCommand {
         let session = RunSession(
             agentID: agent, policy: policy, executable: executable, arguments: argv,
             format: format, printSyscalls: syscalls, syscallEntry: syscallEntry)
+        session.privateWorkspace = privateWorkspace
         let code = try await session.run()
         throw ExitCode(code)
     }

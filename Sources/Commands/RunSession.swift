@@ -24,6 +24,9 @@ final class RunSession: @unchecked Sendable {
     private var interruptSignal: Int32?
     private var liveCgroup: SandboxCgroup?
 
+    /// Work in a private, size-capped workspace instead of the caller's directory.
+    var privateWorkspace = false
+
     init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
          format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
         self.agentID = agentID
@@ -102,12 +105,17 @@ final class RunSession: @unchecked Sendable {
         }
         var spec = ProcessSpec(
             executable: executable, arguments: arguments, environment: Self.sandboxEnvironment(),
-            workingDirectory: FileManager.default.currentDirectoryPath, hostname: sandboxID,
+            workingDirectory: privateWorkspace ? policy.filesystem.workspace : FileManager.default.currentDirectoryPath,
+            hostname: sandboxID,
             namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
         // The read-only system view: the working directory and a private /tmp stay writable.
         spec.readOnlyRoot = policy.filesystem.readOnlySystem
         spec.hiddenPaths = policy.filesystem.hiddenPaths
-        spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
+        if privateWorkspace {
+            spec.workspace = (policy.filesystem.workspace, policy.filesystem.workspaceBytes)
+        } else {
+            spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
+        }
         spec.v1ProcsFiles = applied.v1ProcsFiles
 
         // From here a signal kills the sandbox; before, set-up stops at this check.
@@ -144,7 +152,8 @@ final class RunSession: @unchecked Sendable {
         supervisor?.start()
         defer { supervisor?.stop() }
         let resources = ResourceWatcher(cgroup: cgroup, applied: applied, limits: limits,
-                                        capped: spec.readOnlyRoot ? ["/proc/\(process.pid)/root/tmp"] : []) { finding in
+                                        capped: spec.readOnlyRoot ? ["/proc/\(process.pid)/root/tmp"]
+                                            + (privateWorkspace ? ["/proc/\(process.pid)/root" + policy.filesystem.workspace] : []) : []) { finding in
             renderer.render(finding)
         }
         resources.start()

@@ -80,10 +80,20 @@ public enum EscapeDetector {
             return EscapeFinding(technique: EscapeTechnique.named("memfd-exec")!, sandboxCgroupID: e.origin.sandboxCgroupID,
                                  pid: e.origin.pid, evidence: "exec of \(filename) (a program with no file)",
                                  refusedBy: "nothing: it ran", observedNanos: e.origin.bootNanos)
+        case .syscall(let s) where !s.isEntry && (s.returnValue == -Int64(ENOSPC) || s.returnValue == -Int64(EDQUOT)):
+            // A write refused for want of space: a size cap (tmpfs workspace, /tmp) holding.
+            let name = SyscallNames.name(Int(s.number))
+            guard writeSyscalls.contains(name) else { return nil }
+            return EscapeFinding(technique: EscapeTechnique.named("disk-filler")!, sandboxCgroupID: s.origin.sandboxCgroupID,
+                                 pid: s.origin.pid, evidence: "\(name) refused with \(SystemError.name(of: Int32(-s.returnValue)))",
+                                 refusedBy: "tmpfs size limit", observedNanos: s.origin.bootNanos)
         default:
             return nil
         }
     }
+
+    static let writeSyscalls: Set<String> = ["write", "writev", "pwrite64", "pwritev", "pwritev2", "fallocate",
+                                             "copy_file_range", "sendfile", "splice"]
 
     /// A process adjusting itself (its OOM score): refused by the read-only
     /// /proc, but no attempt at anything outside.

@@ -141,4 +141,23 @@ struct EscapeSuiteTests {
         #expect(Date().timeIntervalSince(started) < 10)
     }
 
+
+    /// With --private-workspace the disk filler meets the workspace's size
+    /// cap (ENOSPC inside), is reported, and the caller's directory is untouched.
+    @Test func aPrivateWorkspaceHoldsADiskFiller() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-pw-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED: {workspace_size: \"8MB\"}\n"
+            .write(toFile: dir + "/small.yaml", atomically: true, encoding: .utf8)
+        let r = try alcub3(["run", "--format", "json", "--private-workspace", "--policy-file", "small.yaml", "--",
+                            Self.attacker, "--workspace", "/workspace", "disk-filler"], in: dir)
+        #expect(r.code == 0, "\(r.stdout.suffix(1500)) \(r.stderr.suffix(500))")
+        let attempt = r.jsonLines.first { $0["technique"] as? String == "disk-filler" }
+        #expect(attempt?["refused"] as? Bool == true && (attempt?["detail"] as? String ?? "").contains("/workspace"), "\(attempt ?? [:])")
+        #expect(r.jsonLines.contains { ($0["unmapped"] as? [String: Any])?["technique"] as? String == "disk-filler" })
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir)
+        #expect(left == ["small.yaml"], "\(left)")
+    }
+
 }
