@@ -8,7 +8,7 @@ CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
 
 # Debian packages alcub3 builds, tests and benchmarks with.
 DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
-               libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux aide
+               libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux aide chromium
 
 .PHONY: deps build test test-lsm demo bench bpf vmlinux check-generated escape clean
 

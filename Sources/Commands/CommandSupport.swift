@@ -18,9 +18,9 @@ enum SafePath {
     }
 }
 
-/// `--since`: an ISO 8601 time or an age like 300s, 5m, 2h, 1d.
+/// `--since` (and `--start-time`, `--end-time`): an ISO 8601 time or an age like 300s, 5m, 2h, 1d.
 enum SinceParser {
-    static func parse(_ text: String) throws -> Int64 {
+    static func parse(_ text: String, option: String = "--since") throws -> Int64 {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
         if let unit = text.last, let scale = units[unit], let value = Double(text.dropLast()), value >= 0 {
             return WallClock.nowUnixNanos() - Int64(value * scale * 1e9)
@@ -30,7 +30,7 @@ enum SinceParser {
         if let date = formatter.date(from: text) ?? ISO8601DateFormatter().date(from: text) {
             return Int64(date.timeIntervalSince1970 * 1e9)
         }
-        throw fail(ExitCodes.usage, "invalid --since '\(text)': use an ISO 8601 time or an age such as 300s, 5m, 2h, 1d")
+        throw fail(ExitCodes.usage, "invalid \(option) '\(text)': use an ISO 8601 time or an age such as 300s, 5m, 2h, 1d")
     }
 }
 

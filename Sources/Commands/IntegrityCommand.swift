@@ -7,7 +7,7 @@ import Telemetry
 struct IntegrityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "integrity", abstract: "Integrity baselines of sandboxes and validation against them.",
-        subcommands: [Baseline.self, Validate.self, DebugValidate.self])
+        subcommands: [Baseline.self, Validate.self, DebugValidate.self, Report.self])
 
     struct Baseline: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -22,7 +22,15 @@ struct IntegrityCommand: ParsableCommand {
             var request = ServiceRequest(op: .baseline)
             request.agentID = agentID
             request.update = update
-            let json = try ServiceAccess.decode(String.self, try ServiceAccess.call(request))
+            var progressShown = false
+            let json = try ServiceAccess.decode(String.self, try ServiceAccess.call(request) { message in
+                // Progress on long trees, on stderr so the output stays the baseline or its summary.
+                if message.type == .step, format == .table, let text = message.message {
+                    Output.err("\r" + text)
+                    progressShown = true
+                }
+            })
+            if progressShown { Output.err("\n") }
             guard let path else {
                 Output.out(json + "\n")
                 return
@@ -64,6 +72,48 @@ struct IntegrityCommand: ParsableCommand {
 
         func run() throws {
             try IntegrityCommand.validate(agentID: agentID, baseline: baseline, format: format, trace: true)
+        }
+    }
+
+    struct Report: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A self-contained HTML report of a sandbox over a time range, and the same data as JSON.",
+            discussion: "Timeline of events and alerts, Detection Findings, integrity findings, top processes, files written and "
+                + "destinations, the sandbox's audit log entries. With --output F.html the JSON goes beside it (F.json).")
+        @Option(name: .customLong("agent-id")) var agentID: String
+        @Option(name: .customLong("start-time"), help: "ISO 8601, or an age such as 5m, 2h (default: the sandbox's start).")
+        var startTime: String?
+        @Option(name: .customLong("end-time"), help: "ISO 8601, or an age such as 5m, 2h (default: the sandbox's end, or now).")
+        var endTime: String?
+        @Option(help: "Write the HTML here and the JSON beside it (inside the working directory); default: print a summary.")
+        var output: String?
+        @Option(help: "table or json (json prints the report's data).") var format: OutputFormat = .table
+
+        func run() throws {
+            let htmlPath = try output.map(SafePath.inWorkingDirectory)
+            let jsonPath = try htmlPath.map { try SafePath.inWorkingDirectory(ReportRenderer.jsonPath(besides: $0)) }
+            var request = ServiceRequest(op: .report)
+            request.agentID = agentID
+            request.sinceNs = try startTime.map { try SinceParser.parse($0, option: "--start-time") }
+            request.untilNs = try endTime.map { try SinceParser.parse($0, option: "--end-time") }
+            let json = try ServiceAccess.call(request)
+            let report = try ServiceAccess.decode(SandboxReport.self, json)
+            if let htmlPath, let jsonPath {
+                let jsonName = (jsonPath as NSString).lastPathComponent
+                for (path, text) in [(htmlPath, ReportRenderer.html(report, jsonName: jsonName)), (jsonPath, ServiceAccess.prettyJSON(json) + "\n")] {
+                    guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+                        throw fail(ExitCodes.kernelRefused, "cannot write \(path)")
+                    }
+                }
+            }
+            if format == .json {
+                ServiceAccess.printJSON(json)
+            } else if let output {
+                Output.out("report of \(agentID) (\(report.sandboxID)): \(report.eventsRead) events, \(report.alerts.count + report.alertsOmitted) alerts, "
+                           + "written to \(output) and \(ReportRenderer.jsonPath(besides: output))\n")
+            } else {
+                Output.out(ReportRenderer.text(report))
+            }
         }
     }
 

@@ -92,12 +92,16 @@ enum ServiceAccess {
 
     /// Pretty JSON with sorted keys, for --format json.
     static func printJSON(_ json: String) {
+        Output.out(prettyJSON(json) + "\n")
+    }
+
+    /// `json` indented, keys sorted; as it is when it does not parse.
+    static func prettyJSON(_ json: String) -> String {
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)),
               let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]) else {
-            Output.out(json + "\n")
-            return
+            return json
         }
-        Output.out(String(decoding: data, as: UTF8.self) + "\n")
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

@@ -65,7 +65,10 @@ struct RequestHandler: Sendable {
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
                                                            ports: request.ports ?? [])))
         case .baseline:
-            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false)))
+            // Progress every 1000 entries, for long trees.
+            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false) { count in
+                connection.send(ServiceMessage(type: .step, json: nil, message: "scanned \(count) entries"))
+            }))
         case .validate:
             connection.send(.result(try manager.validate(agentID: try agentID(request), baseline: request.baselineText ?? "",
                                                          source: request.baselineSource ?? "the baseline")))
@@ -85,6 +88,13 @@ struct RequestHandler: Sendable {
             connection.send(.result(try MonitorSnapshot.take(manager: manager, agentID: try agentID(request))))
         case .auditVerify:
             connection.send(.result(try manager.store.verifyAudit()))
+        case .report:
+            let agent = try agentID(request)
+            guard let record = try manager.store.sandbox(agentID: agent) else {
+                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+            }
+            connection.send(.result(try SandboxReport.make(store: manager.store, record: record, sinceNs: request.sinceNs,
+                                                           untilNs: request.untilNs)))
         }
     }
 

@@ -60,7 +60,8 @@ extension SandboxManager {
     /// stores it (audited) and returns the signed JSON. A sandbox that already
     /// has one keeps it unless `update` (an operator's deliberate choice, or the
     /// service's refresh of a clean sandbox), recorded in the audit log.
-    public func makeBaseline(agentID: String, update: Bool = false, actor: String = "operator") throws -> String {
+    public func makeBaseline(agentID: String, update: Bool = false, actor: String = "operator",
+                             progress: ((Int) -> Void)? = nil) throws -> String {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
@@ -72,7 +73,7 @@ extension SandboxManager {
         let (host, inside) = integrityRoot(sandbox)
         let tree: FileTree
         do {
-            tree = try FileTree.scan(root: host)
+            tree = try FileTree.scan(root: host, progress: progress)
         } catch {
             throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
         }

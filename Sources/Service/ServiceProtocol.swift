@@ -7,7 +7,7 @@ import Foundation
 /// the client goes away).
 public struct ServiceRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", baseline, validate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify"
+        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", baseline, validate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify", report
     }
 
     public var op: Operation
@@ -34,6 +34,7 @@ public struct ServiceRequest: Codable, Sendable {
     public var status: String?              // list filter: active, stopped, all
     public var kind: String?                // events filter
     public var sinceNs: Int64?
+    public var untilNs: Int64?              // report: the end of the range
     public var afterID: Int64?
     public var limit: Int?
     public var follow: Bool?
