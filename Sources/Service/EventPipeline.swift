@@ -31,13 +31,25 @@ final class EventPipeline: Sendable {
 
     /// Runs until the hub finishes the stream (the monitor stopped).
     func run() async {
+        // Records of a sandbox still being created (watched before its first
+        // process starts, registered once it runs): held, then stored in order.
+        var held: [UInt64: [TelemetryEvent]] = [:]
         for await batch in subscription.events {
             var rows: [StoredEvent] = []
             rows.reserveCapacity(batch.count / 4)
+            for (id, events) in held where !manager.isCreating(cgroupID: id) {
+                held[id] = nil
+                guard let sandbox = manager.sandbox(cgroupID: id) else { continue }  // its creation failed
+                for event in events { if let row = render(event, sandbox: sandbox) { rows.append(row) } }
+            }
             // Runs of records come from one sandbox: look it up once per run, not per syscall.
             var cached: (id: UInt64, sandbox: LiveSandbox?) = (0, nil)
             for event in batch {
                 if let id = event.sandboxCgroupID, id != cached.id { cached = (id, manager.sandbox(cgroupID: id)) }
+                if cached.sandbox == nil, let id = event.sandboxCgroupID, manager.isCreating(cgroupID: id) {
+                    if held[id, default: []].count < 1_000_000 { held[id, default: []].append(event) }
+                    continue
+                }
                 if let row = render(event, sandbox: cached.sandbox) { rows.append(row) }
             }
             let syscalls = batch.reduce(0) { if case .syscall = $1 { $0 + 1 } else { $0 } }

@@ -105,6 +105,10 @@ public final class SandboxManager: @unchecked Sendable {
     private let lock = NSLock()
     private var live: [String: LiveSandbox] = [:]      // by agent id
     private var byCgroup: [UInt64: LiveSandbox] = [:]
+    /// Cgroups watched by the BPF programs whose sandbox is not registered yet.
+    private var creating: Set<UInt64> = []
+
+    func isCreating(cgroupID: UInt64) -> Bool { lock.withLock { creating.contains(cgroupID) } }
 
     public init(configuration: ServiceSettings, store: EventStore, monitor: TelemetryMonitor,
                 network: NetworkEnforcer, layout: CgroupLayout, log: Logger) throws {
@@ -360,6 +364,9 @@ public final class SandboxManager: @unchecked Sendable {
                 }
                 undo.append { [network] in network.remove(cgroup) }
             }
+            // Its records are held by the pipeline until the sandbox is registered below.
+            lock.withLock { _ = creating.insert(cgroup.id) }
+            undo.append { [self] in lock.withLock { _ = creating.remove(cgroup.id) } }
             try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
                 try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
             }
@@ -410,6 +417,7 @@ public final class SandboxManager: @unchecked Sendable {
             lock.withLock {
                 live[request.agentID] = sandbox
                 byCgroup[cgroup.id] = sandbox
+                creating.remove(cgroup.id)
             }
             try? store.appendAudit(actor: "service", action: "sandbox.create", subject: sandboxID,
                                    details: ServiceJSON.encode(["agent_id": request.agentID, "classification": record.classification,

@@ -482,6 +482,21 @@ struct ServiceTests {
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "mem-1", "--force"]).code == 0)
     }
 
+    /// Records of a sandbox's first milliseconds (before the service has
+    /// registered it) are held and stored, not lost.
+    @Test func theFirstRecordsOfASandboxAreKept() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        try service.start()
+        let (created, _) = try service.create("early", unclassified: "pids_limit: 64", "echo early > first.txt; exec sleep 60")
+        #expect(created.code == 0, "\(created.stderr)")
+        usleep(500_000)
+        let tail = try service.run(["events", "tail", "--agent-id", "early", "--lines", "1000"])
+        #expect(tail.stdout.contains("/workspace/first.txt"), "the first write was lost: \(tail.stdout.prefix(1200))")
+        #expect(tail.stdout.contains("\"name\":\"sh\""), "the first exec was lost")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "early", "--force"]).code == 0)
+    }
+
     @Test func networkClassesAreEnforcedInTheKernel() throws {
         let service = try TestService()
         defer { service.tearDown() }
