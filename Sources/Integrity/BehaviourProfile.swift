@@ -30,6 +30,9 @@ public struct BehaviourProfile: Codable, Sendable, Equatable {
 
     public var totalSyscalls: UInt64 { syscalls.values.reduce(0, +) }
 
+    /// Fewer syscalls than this in either window: no mix to compare.
+    public static let minimumSyscalls: UInt64 = 1000
+
     /// Jensen-Shannon divergence (base 2, 0 to 1) between two syscall mixes:
     /// 0 for the same shares, 1 for disjoint ones.
     public static func divergence(_ a: [String: UInt64], _ b: [String: UInt64]) -> Double {
@@ -62,8 +65,11 @@ public struct BehaviourProfile: Codable, Sendable, Equatable {
             add("writes in a new directory", directory)
         }
         for name in Set(current.syscalls.keys).subtracting(baseline.syscalls.keys).sorted() { add("syscall never seen", name) }
-        let d = divergence(baseline.syscalls, current.syscalls)
-        if d > threshold { add(String(format: "syscall mix diverged (Jensen-Shannon %.3f > %.3f)", d, threshold), root) }
+        // A mix is compared only when both windows saw enough syscalls to have one.
+        if baseline.totalSyscalls >= minimumSyscalls && current.totalSyscalls >= minimumSyscalls {
+            let d = divergence(baseline.syscalls, current.syscalls)
+            if d > threshold { add(String(format: "syscall mix diverged (Jensen-Shannon %.3f > %.3f)", d, threshold), root) }
+        }
         return findings
     }
 }
