@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Service
+import Store
 import Telemetry
 
 /// `alcub3 integrity`: signed baselines of a sandbox and validation against them.
@@ -12,12 +13,25 @@ struct IntegrityCommand: ParsableCommand {
     struct Baseline: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Record a signed baseline of a sandbox's files (content hashes, metadata, a Merkle root).")
-        @Option(name: .customLong("agent-id")) var agentID: String
+        @Option(name: .customLong("agent-id"), help: "The sandbox's agent id (with --list: only its baselines).") var agentID: String?
         @Option(help: "Write the baseline to this file (inside the working directory); default: print it.") var output: String?
         @Flag(help: "Replace the sandbox's current baseline (recorded in the audit log).") var update = false
+        @Flag(help: "List the stored baselines (ids, sandbox, time, size) instead of making one.") var list = false
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
+            if list {
+                var request = ServiceRequest(op: .baseline)
+                request.agentID = agentID
+                request.list = true
+                let result = try ServiceAccess.call(request)
+                if format == .json { ServiceAccess.printJSON(result); return }
+                for row in try ServiceAccess.decode([BaselineSummary].self, result) {
+                    Output.out("\(row.id)  agent \(row.agentID)  \(WallClock.iso8601(unixNanos: row.createdNs))  \(row.bytes) bytes\n")
+                }
+                return
+            }
+            guard let agentID else { throw fail(ExitCodes.usage, "give --agent-id (or --list)") }
             let path = try output.map(SafePath.inWorkingDirectory)
             var request = ServiceRequest(op: .baseline)
             request.agentID = agentID

@@ -78,6 +78,7 @@ public enum DefaultConfiguration {
         enabled: true
         check_interval: "30s"
         baseline_update_interval: "24h"
+        full_rescan_every: 10   # every tenth cycle reads the whole tree, for changes telemetry could not see
         anomaly_threshold: 0.8
 
       behavioral_analysis:
@@ -89,6 +90,7 @@ public enum DefaultConfiguration {
     service:
       socket_path: "/run/alcub3/alcub3.sock"
       # socket_group: "alcub3"   # members of this group may use the socket besides root
+      # baseline_key: "/etc/alcub3/baseline.key"   # an operator's Ed25519 key (base64, 0600); default STATE_DIR/baseline.key
       state_dir: "/var/lib/alcub3"
       metrics_address: "127.0.0.1:9464"
       retention:

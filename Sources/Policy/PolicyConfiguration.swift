@@ -144,6 +144,8 @@ public struct IntegrityMonitoring: Sendable, Equatable {
     public internal(set) var enabled = false
     public internal(set) var checkInterval = Duration.zero
     public internal(set) var baselineUpdateInterval = Duration.zero
+    /// Every how many cycles the whole tree is read again (for changes telemetry could not see).
+    public internal(set) var fullRescanEvery = 10
     /// Above 0, at most 1.
     public internal(set) var anomalyThreshold = 0.0
 }
@@ -166,6 +168,9 @@ public struct ServiceConfiguration: Sendable, Equatable {
     public internal(set) var socketPath = ""
     /// A group whose members may use the socket besides root; nil: root only.
     public internal(set) var socketGroup: String?
+    /// The Ed25519 key baselines are signed with, when the operator gives one;
+    /// nil: the service's own, STATE_DIR/baseline.key.
+    public internal(set) var baselineKey: String?
     public internal(set) var stateDir = ""
     public internal(set) var metricsAddress = ListenAddress(host: "", port: 0)
     public internal(set) var retention = Retention()
@@ -313,6 +318,13 @@ extension IntegrityMonitoring {
             .value("enabled", \.enabled, YAMLValue.bool),
             .value("check_interval", \.checkInterval, YAMLValue.duration),
             .value("baseline_update_interval", \.baselineUpdateInterval, YAMLValue.duration),
+            .value("full_rescan_every", \.fullRescanEvery) { node in
+                let cycles = try YAMLValue.integer(node)
+                guard (1...1_000_000).contains(cycles) else {
+                    throw PolicyError(.invalidValue, "\(cycles) is not a number of cycles from 1 to 1000000")
+                }
+                return cycles
+            },
             .value("anomaly_threshold", \.anomalyThreshold) { node in
                 let text = try YAMLValue.text(node)
                 guard DecimalNumber(Substring(text)) != nil, let value = Double(text) else {
@@ -348,6 +360,9 @@ extension ServiceConfiguration {
             // null clears a group an earlier file set.
             .value("socket_group", \.socketGroup, required: false) { node in
                 YAMLValue.isNull(node) ? nil : try PolicyValue.groupName(YAMLValue.text(node))
+            },
+            .value("baseline_key", \.baselineKey, required: false) { node in
+                YAMLValue.isNull(node) ? nil : try PolicyValue.sandboxPath(YAMLValue.text(node))
             },
             .value("state_dir", \.stateDir) { try PolicyValue.sandboxPath(YAMLValue.text($0)) },
             .value("metrics_address", \.metricsAddress) { try ListenAddress(YAMLValue.text($0)) },

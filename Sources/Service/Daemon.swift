@@ -48,6 +48,7 @@ public final class Daemon: @unchecked Sendable {
         manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
                                      layout: layout, log: log)
         manager.anomalyThreshold = policyConfiguration.integrityMonitoring.anomalyThreshold
+        manager.integrityWatch.fullRescanEvery = policyConfiguration.integrityMonitoring.fullRescanEvery
         // BPF-LSM where the kernel allows it; where it refuses, say so once and go on without.
         do {
             manager.lsm = try LSMEnforcer(rootLevel: layout.alcub3RootLevel)

@@ -34,7 +34,8 @@ final class IntegrityWatch: @unchecked Sendable {
         let full: Bool
     }
 
-    static let fullRescanEvery = 10
+    /// integrity_monitoring.full_rescan_every (set by the daemon).
+    var fullRescanEvery = 10
     private let lock = NSLock()
     private var watched: [UInt64: Watched] = [:]
 
@@ -93,7 +94,7 @@ final class IntegrityWatch: @unchecked Sendable {
             for (cgroupID, var entry) in watched {
                 let started = DispatchTime.now().uptimeNanoseconds
                 entry.cycles += 1
-                let full = entry.cycles % Self.fullRescanEvery == 0
+                let full = entry.cycles % fullRescanEvery == 0
                 var findings: [IntegrityFinding]
                 let reread: Int
                 if full, let fresh = try? FileTree.scan(root: entry.tree.root) {

@@ -64,6 +64,9 @@ struct RequestHandler: Sendable {
         case .policySet:
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
                                                            ports: request.ports ?? [])))
+        case .baseline where request.list == true:
+            // Every stored baseline (of one agent when named), oldest first.
+            connection.send(.result(try manager.store.baselines(agentID: request.agentID)))
         case .baseline:
             // Progress every 1000 entries, for long trees.
             connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false) { count in

@@ -39,7 +39,7 @@ extension SandboxManager {
     /// The key baselines are signed with: made by the service on first use, mode 0600.
     func baselineKey() throws -> Curve25519.Signing.PrivateKey {
         do {
-            return try BaselineKey.loadOrCreate(at: configuration.stateDirectory + "/baseline.key")
+            return try BaselineKey.loadOrCreate(at: configuration.baselineKeyPath ?? configuration.stateDirectory + "/baseline.key")
         } catch let error as BaselineError {
             throw ServiceFailure(ExitCodes.internalError, error.description)
         }

@@ -23,6 +23,7 @@ public struct ServiceRequest: Codable, Sendable {
     public var baselineText: String?        // validate: a baseline file's text, or a stored baseline id
     public var baselineSource: String?      // its name, for error messages
     public var update: Bool?                // baseline: replace the sandbox's current one
+    public var list: Bool?                  // baseline: list the stored baselines instead
     public var policyJSON: String?          // import: an exported effective policy
     public var command: [String]?
     public var workingDirectory: String?

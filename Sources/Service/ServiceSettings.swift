@@ -16,6 +16,8 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
     public var metricsAddress: String?
     public var retentionMaxAgeSeconds: Double?
     public var retentionMaxBytes: UInt64?
+    /// service.baseline_key: the operator's signing key; nil: STATE_DIR/baseline.key.
+    public var baselineKeyPath: String?
 
     public init(socketPath: String = "/run/alcub3/alcub3.sock", stateDirectory: String = "/var/lib/alcub3",
                 pinDirectory: String = "/sys/fs/bpf/alcub3", allowedGroup: UInt32? = nil,
@@ -42,6 +44,7 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
         var c = ServiceSettings()
         c.socketPath = section.socketPath
         c.stateDirectory = section.stateDir
+        c.baselineKeyPath = section.baselineKey
         c.metricsAddress = section.metricsAddress.port == 0 ? nil : "\(section.metricsAddress.host):\(section.metricsAddress.port)"
         c.retentionMaxAgeSeconds = section.retention.maxAge == .zero ? nil
             : Double(section.retention.maxAge.components.seconds) + Double(section.retention.maxAge.components.attoseconds) / 1e18

@@ -204,9 +204,18 @@ struct ServiceTests {
         #expect(created.code == 0, "\(created.stderr)")
         usleep(800_000)
         service.kill9()
-        let countAtKill = Int((try? String(contentsOfFile: service.root + "/count.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        // The shell truncates count.txt before writing it: a read may catch it empty, so read until a number comes.
+        func count() -> Int {
+            for _ in 0..<20 {
+                let text = (try? String(contentsOfFile: service.root + "/count.txt", encoding: .utf8)) ?? ""
+                if let n = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) { return n }
+                usleep(10_000)
+            }
+            return 0
+        }
+        let countAtKill = count()
         usleep(800_000)
-        let countLater = Int((try? String(contentsOfFile: service.root + "/count.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+        let countLater = count()
         #expect(countLater > countAtKill, "the sandbox stopped when the service died")
         // Still isolated: its network namespace has no route to the host's listener.
         #expect((try? String(contentsOfFile: service.root + "/connect.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "111")
@@ -387,6 +396,9 @@ struct ServiceTests {
         let again = try service.run(["integrity", "baseline", "--agent-id", "int-1"])
         #expect(again.code == 73 && again.stderr.contains("pass --update"), "\(again.stderr)")
         #expect(try service.run(["integrity", "baseline", "--agent-id", "int-1", "--update", "--output", "b2.json"], in: service.root).code == 0)
+        let listed = try service.run(["integrity", "baseline", "--list", "--agent-id", "int-1", "--format", "json"])
+        let baselines = (try? JSONSerialization.jsonObject(with: Data(listed.stdout.utf8))) as? [[String: Any]] ?? []
+        #expect(baselines.count == 2 && baselines.allSatisfy { $0["agentID"] as? String == "int-1" }, "\(listed.stdout)")
 
         let change = "echo changed > src/a.txt && chmod 700 src/b.txt && rm c.txt && echo new > d.txt"
         #expect(try service.run(["sandbox", "exec", "--agent-id", "int-1", "--", "/bin/sh", "-c", change]).code == 0)
