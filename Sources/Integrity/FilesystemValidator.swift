@@ -21,6 +21,8 @@ public struct IntegrityFinding: Codable, Sendable, Equatable {
     public var foundBy: String
     /// For `event`: the write that marked the path ("rename by pid 42 (python3) at 2026-...Z").
     public var cause: String?
+    /// When the change was found (ISO 8601, UTC).
+    public var time: String? = Date().ISO8601Format()
 
     public init(change: Change, path: String, old: String?, new: String?, foundBy: String, cause: String? = nil) {
         self.change = change
