@@ -1,6 +1,7 @@
 import Enforcement
 import Foundation
 import Sandbox
+import Synchronization
 import Telemetry
 
 /// Turns the event stream into what a person or a program reads: one table
@@ -27,27 +28,25 @@ final class EventRenderer: @unchecked Sendable {
         self.printSyscalls = printSyscalls
     }
 
-    /// Findings first: the whole batch is judged and its findings printed
-    /// before any of its events, so an alert does not wait for the rendering
-    /// of the records around it. Then the events, in slices of 32 with the
-    /// lock released between them: a finding from the supervisor waits for
-    /// one slice, not for a burst of thousands of records (a fork bomb's).
+    /// Escape findings of a batch, judged on the ring buffer consumer's thread
+    /// (EventHub.observe) as soon as the kernel's records arrive, before the
+    /// batch waits for its turn to be rendered. It takes no lock the
+    /// rendering holds, and prints on a queue of its own: neither a batch being
+    /// rendered nor a slow reader of the output holds up the consumer.
+    func detect(_ batch: [TelemetryEvent]) {
+        let findings = batch.compactMap(EscapeDetector.finding(for:))
+        if !findings.isEmpty { findingQueue.async { [self] in for finding in findings { render(finding) } } }
+    }
+
+    private let findingQueue = DispatchQueue(label: "alcub3-findings")
+
+    /// Waits until every finding handed to the queue is printed (before the summary).
+    func drainFindings() { findingQueue.sync {} }
+
+    /// The events, in slices of 32 with the lock released between them: a
+    /// finding waits for one slice, not for a burst of thousands of records
+    /// (a fork bomb's).
     func render(_ batch: [TelemetryEvent]) {
-        let (text, findings) = lock.withLock {
-            var text = ""
-            var findings: [EscapeFinding] = []
-            for event in batch {
-                processes.observe(event)
-                if let finding = EscapeDetector.finding(for: event) {
-                    summary.findings[finding.technique.id, default: 0] += 1
-                    text += findingLine(finding, processes) + "\n"
-                    findings.append(finding)
-                }
-            }
-            return (text, findings)
-        }
-        write(text)
-        for finding in findings { onFinding?(finding) }
         var start = batch.startIndex
         while start < batch.endIndex {
             let end = min(start + 32, batch.endIndex)
@@ -60,6 +59,16 @@ final class EventRenderer: @unchecked Sendable {
         let text = lock.withLock {
             var text = ""
             for event in batch {
+                processes.observe(event)
+                if case .process(let p) = event {
+                    switch p.activity {
+                    case .exec(let file, _, _, _, let name): namesSeen.withLock { $0[p.origin.pid] = (name, file) }
+                    case .fork(let child, _, false, let name):
+                        namesSeen.withLock { $0[child] = (name, $0[p.origin.pid]?.executable ?? "") }
+                    case .exit(_, _, false, _): namesSeen.withLock { _ = $0.removeValue(forKey: p.origin.pid) }
+                    default: break
+                    }
+                }
                 summary.count(event)
                 if case .file(let f) = event, f.fileID != 0 { filePaths[f.fileID] = (f.path, processes[f.origin.pid]?.name ?? "?") }
                 if let line = line(for: event) { text += line + "\n" }
@@ -78,15 +87,26 @@ final class EventRenderer: @unchecked Sendable {
     /// A syscall the seccomp supervisor refused, a limit hit: its finding,
     /// printed at once (formatted from a copy of the process table).
     func render(_ finding: EscapeFinding) {
-        let processes = lock.withLock {
-            summary.findings[finding.technique.id, default: 0] += 1
-            return self.processes
+        findingCounts.withLock { $0[finding.technique.id, default: 0] += 1 }
+        var known = ProcessTable()
+        if let seen = namesSeen.withLock({ $0[finding.pid] }) {
+            known.seed(pid: finding.pid, name: seen.name, executable: seen.executable)
         }
-        write(findingLine(finding, processes) + "\n")
+        write(findingLine(finding, known) + "\n")
         onFinding?(finding)
     }
 
-    var finalSummary: RunSummary { lock.withLock { summary } }
+    /// Findings by technique, and the process names as of the last rendered
+    /// slice: what a finding needs, behind locks of their own.
+    private let findingCounts = Mutex<[String: Int]>([:])
+    private let namesSeen = Mutex<[Int32: (name: String, executable: String)]>([:])
+
+    var finalSummary: RunSummary {
+        drainFindings()
+        var result = lock.withLock { summary }
+        result.findings = findingCounts.withLock { $0 }
+        return result
+    }
 
     private func findingLine(_ finding: EscapeFinding, _ processes: ProcessTable) -> String {
         if format == .json { return OCSFEncoder.jsonLine(finding.ocsf(encoder: encoder, processes: processes)) }

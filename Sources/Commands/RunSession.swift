@@ -88,6 +88,7 @@ final class RunSession: @unchecked Sendable {
         defer { initPIDKnown.finish() }
         let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
         renderer.onFinding = Self.responder(policy.onViolation, cgroup: cgroup)
+        monitor.hub.observe { batch in renderer.detect(batch) }
         let streaming = Task { () -> RunSummary in
             for await pid in initPID { renderer.seedInit(pid: pid) }
             for await batch in subscription.events { renderer.render(batch) }

@@ -9,13 +9,16 @@ import Telemetry
 final class BehaviourRecorder: @unchecked Sendable {
     private let lock = NSLock()
     private var profile = BehaviourProfile()
+    /// Syscall counts by number: the event path runs once per syscall, so no
+    /// name lookup there; names are given when a profile is taken.
+    private var syscallCounts = [UInt64](repeating: 0, count: 1024)
     private var since = ProcessInfo.processInfo.systemUptime
 
     func record(_ event: TelemetryEvent) {
         lock.withLock {
             switch event {
             case .syscall(let s) where !s.isEntry:
-                profile.syscalls[SyscallNames.name(Int(s.number)), default: 0] += 1
+                if s.number >= 0 && Int(s.number) < syscallCounts.count { syscallCounts[Int(s.number)] += 1 }
             case .process(let p):
                 if case .exec(let filename, _, _, _, _) = p.activity { profile.add(executable: filename) }
             case .network(let n) where n.operation == .connect || n.operation == .sendto || n.operation == .sendmsg:
@@ -30,22 +33,24 @@ final class BehaviourRecorder: @unchecked Sendable {
     }
 
     /// The profile so far, covering the seconds since it began.
-    func current() -> BehaviourProfile {
-        lock.withLock {
-            var copy = profile
-            copy.windowSeconds = ProcessInfo.processInfo.systemUptime - since
-            return copy
-        }
-    }
+    func current() -> BehaviourProfile { lock.withLock { snapshot() } }
 
     /// The profile so far, and a new one begins (at a baseline).
     func takeAndRestart() -> BehaviourProfile {
         lock.withLock {
-            var copy = profile
-            copy.windowSeconds = ProcessInfo.processInfo.systemUptime - since
+            let taken = snapshot()
             profile = BehaviourProfile()
+            syscallCounts = [UInt64](repeating: 0, count: syscallCounts.count)
             since = ProcessInfo.processInfo.systemUptime
-            return copy
+            return taken
         }
+    }
+
+    /// Called with the lock held.
+    private func snapshot() -> BehaviourProfile {
+        var copy = profile
+        copy.windowSeconds = ProcessInfo.processInfo.systemUptime - since
+        for (nr, count) in syscallCounts.enumerated() where count > 0 { copy.syscalls[SyscallNames.name(nr)] = count }
+        return copy
     }
 }

@@ -91,7 +91,8 @@ final class EventPipeline: Sendable {
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
         sandbox.processes.observe(event)
         sandbox.behaviour.record(event)
-        if case .file(let file) = event {
+        // The cause is put in words only for a sandbox with a baseline.
+        if case .file(let file) = event, manager.integrityWatch.isWatching(cgroupID: file.origin.sandboxCgroupID) {
             let who = sandbox.processes[file.origin.pid].map { " (\($0.name))" } ?? ""
             let when = WallClock.iso8601(unixNanos: sandbox.encoder.clock.unixNanos(boot: file.origin.bootNanos))
             manager.integrityWatch.note(file, cause: "\(file.operation.rawValue) by pid \(file.origin.pid)\(who) at \(when)")

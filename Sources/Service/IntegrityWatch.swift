@@ -47,6 +47,8 @@ final class IntegrityWatch: @unchecked Sendable {
 
     var isEmpty: Bool { lock.withLock { watched.isEmpty } }
 
+    func isWatching(cgroupID: UInt64) -> Bool { lock.withLock { watched[cgroupID] != nil } }
+
     /// A file event of a watched sandbox: its paths under the tree become
     /// dirty, remembered with `cause` (the event in words).
     func note(_ event: FileEvent, cause: String) {

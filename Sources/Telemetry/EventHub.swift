@@ -11,6 +11,14 @@ public final class EventHub: Sendable {
 
     private let subscribers = Mutex<[Int: Subscriber]>([:])
     private let nextID = Atomic<Int>(0)
+    private let observers = Mutex<[@Sendable ([TelemetryEvent]) -> Void]>([])
+
+    /// `body` runs on the ring buffer consumer's thread with each batch, before
+    /// any subscriber gets it: for work that must not wait for a subscriber's
+    /// turn (escape findings). It must be quick, and must not block.
+    public func observe(_ body: @escaping @Sendable ([TelemetryEvent]) -> Void) {
+        observers.withLock { $0.append(body) }
+    }
 
     public init() {}
 
@@ -35,6 +43,7 @@ public final class EventHub: Sendable {
     /// Called by the ring buffer consumer once per drain.
     func publish(_ batch: [TelemetryEvent]) {
         guard !batch.isEmpty else { return }
+        for observer in observers.withLock({ $0 }) { observer(batch) }
         let current = subscribers.withLock { Array($0.values) }
         for subscriber in current {
             if case .dropped(let lost) = subscriber.continuation.yield(batch) {
