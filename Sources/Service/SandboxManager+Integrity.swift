@@ -133,7 +133,7 @@ extension SandboxManager {
         step("read and hash \(inside) again (\(tree.count) entries)")
         let findings = FilesystemValidator.compare(baseline, with: tree, foundBy: "rescan")
         step("compare with the baseline (\(findings.count) changes)")
-        let memory = validateMemory(baseline.memory ?? [])
+        let memory = validateMemory(baseline.memory ?? [], running: sandbox.cgroup.processes())
         step("capture and compare the executable memory of \(memory.checked) of \(baseline.memory?.count ?? 0) baseline processes")
         let behaviour = baseline.behaviour.map {
             BehaviourProfile.compare(baseline: $0, current: sandbox.behaviour.current(),
@@ -172,18 +172,31 @@ extension SandboxManager {
 
     /// Each baseline process still running (same pid and start time) is
     /// captured again and compared; one that ended is not counted as checked.
-    func validateMemory(_ processes: [MemoryBaseline]) -> (checked: Int, findings: [IntegrityFinding]) {
+    /// A process started since the baseline is held to the baseline of a
+    /// process of the same program (by file and offset, not address): a
+    /// library it loads that the baseline's did not, or LD_PRELOAD, is found.
+    func validateMemory(_ processes: [MemoryBaseline], running: [Int32]) -> (checked: Int, findings: [IntegrityFinding]) {
         var checked = 0
         var findings: [IntegrityFinding] = []
-        for before in processes {
-            guard let now = try? MemoryBaseline.capture(pid: before.pid), now.startTime == before.startTime else { continue }
-            checked += 1
-            for found in MemoryValidator.compare(before, now) {
+        func add(_ found: [MemoryFinding]) {
+            for found in found {
                 var finding = IntegrityFinding(change: .memory, path: found.path, old: found.old, new: found.new, foundBy: "rescan")
                 finding.dimension = "memory"
                 finding.cause = "\(found.change.rawValue) in pid \(found.pid)" + (found.mapping.map { " at \($0)" } ?? "")
                 findings.append(finding)
             }
+        }
+        var known = Set<Int32>()
+        for before in processes {
+            guard let now = try? MemoryBaseline.capture(pid: before.pid), now.startTime == before.startTime else { continue }
+            checked += 1
+            known.insert(before.pid)
+            add(MemoryValidator.compare(before, now))
+        }
+        let byProgram = Dictionary(processes.map { ($0.executable, $0) }, uniquingKeysWith: { a, _ in a })
+        for pid in running where !known.contains(pid) {
+            guard let now = try? MemoryBaseline.capture(pid: pid), let model = byProgram[now.executable] else { continue }
+            add(MemoryValidator.compare(model, now, sameProcess: false))
         }
         return (checked, findings)
     }

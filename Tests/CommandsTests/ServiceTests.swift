@@ -459,7 +459,7 @@ struct ServiceTests {
         let service = try TestService()
         defer { service.tearDown() }
         try service.start()
-        let (created, record) = try service.create("mem-1", unclassified: "pids_limit: 64", "while :; do sleep 0.2; done")
+        let (created, record) = try service.create("mem-1", unclassified: "pids_limit: 64", "sleep 1000 & while :; do sleep 0.2; done")
         #expect(created.code == 0, "\(created.stderr)")
         let initPID = record?["initPID"] as? Int ?? 0
         usleep(600_000)
@@ -480,6 +480,9 @@ struct ServiceTests {
         #expect(pwrite(mem, &byte, 1, off_t(end - 1)) == 1)
         close(mem)
         #expect(try service.run(["sandbox", "exec", "--agent-id", "mem-1", "--", "/usr/bin/python3", "-c", "pass"]).code == 0)
+        // A program the baseline knows (sleep), started again with a library preloaded.
+        #expect(try service.run(["sandbox", "exec", "--agent-id", "mem-1", "--", "/bin/sh", "-c",
+                                 "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libz.so.1 sleep 5 > /dev/null 2>&1 &"]).code == 0)
         usleep(300_000)
 
         let dirty = try service.run(["integrity", "validate", "--agent-id", "mem-1", "--baseline", "m.json", "--format", "json"],
@@ -489,6 +492,7 @@ struct ServiceTests {
         let dimensions = Dictionary(uniqueKeysWithValues: (report["dimensions"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "", $0) })
         let memory = (dimensions["memory"]?["findings"] as? [[String: Any]] ?? []).compactMap { $0["cause"] as? String }
         #expect(memory.contains { $0.hasPrefix("codeModified in pid \(initPID)") }, "\(memory)")
+        #expect(memory.contains { $0.hasPrefix("libraryInjected") }, "no injected library found: \(memory)")
         let behaviour = (dimensions["behaviour"]?["findings"] as? [[String: Any]] ?? []).map { "\($0["new"] ?? "") \($0["path"] ?? "")" }
         #expect(behaviour.contains("new program /usr/bin/python3"), "\(behaviour)")
         #expect(try service.run(["sandbox", "terminate", "--agent-id", "mem-1", "--force"]).code == 0)
