@@ -14,11 +14,19 @@ final class BehaviourRecorder: @unchecked Sendable {
     private var syscallCounts = [UInt64](repeating: 0, count: 1024)
     private var since = ProcessInfo.processInfo.systemUptime
 
+    /// Adds the pipeline's counts by syscall number, and zeroes them.
+    func add(syscalls counts: inout [UInt64]) {
+        guard counts.contains(where: { $0 > 0 }) else { return }
+        lock.withLock {
+            for nr in counts.indices where counts[nr] > 0 && nr < syscallCounts.count { syscallCounts[nr] += counts[nr] }
+        }
+        for nr in counts.indices { counts[nr] = 0 }
+    }
+
+    /// Everything but syscalls (see `add(syscalls:)`).
     func record(_ event: TelemetryEvent) {
         lock.withLock {
             switch event {
-            case .syscall(let s) where !s.isEntry:
-                if s.number >= 0 && Int(s.number) < syscallCounts.count { syscallCounts[Int(s.number)] += 1 }
             case .process(let p):
                 if case .exec(let filename, _, _, _, _) = p.activity { profile.add(executable: filename) }
             case .network(let n) where n.operation == .connect || n.operation == .sendto || n.operation == .sendmsg:

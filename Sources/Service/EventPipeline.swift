@@ -52,6 +52,7 @@ final class EventPipeline: Sendable {
                 }
                 if let row = render(event, sandbox: cached.sandbox) { rows.append(row) }
             }
+            for sandbox in manager.liveSandboxes { sandbox.behaviour.add(syscalls: &sandbox.pendingSyscalls) }
             let syscalls = batch.reduce(0) { if case .syscall = $1 { $0 + 1 } else { $0 } }
             guard !rows.isEmpty else {
                 statistics.withLock { $0.syscalls += UInt64(syscalls) }
@@ -89,6 +90,16 @@ final class EventPipeline: Sendable {
             return nil
         }
         guard event.sandboxCgroupID != nil, let sandbox else { return nil }
+        // Syscalls, a million a second: counted here, handed to the behaviour
+        // recorder once per batch (flushSyscalls), judged only when they failed.
+        if case .syscall(let s) = event {
+            sandbox.syscalls += 1
+            if !s.isEntry, s.number >= 0, Int(s.number) < sandbox.pendingSyscalls.count { sandbox.pendingSyscalls[Int(s.number)] += 1 }
+            if s.returnValue < 0, let finding = EscapeDetector.finding(for: event) {
+                manager.raise(finding, in: sandbox, processes: sandbox.processes)
+            }
+            return nil
+        }
         sandbox.processes.observe(event)
         sandbox.behaviour.record(event)
         // The cause is put in words only for a sandbox with a baseline.
@@ -101,9 +112,6 @@ final class EventPipeline: Sendable {
             manager.raise(finding, in: sandbox, processes: sandbox.processes)
         }
         switch event {
-        case .syscall:
-            sandbox.syscalls += 1
-            return nil
         case .writeVolume(let w):
             let now = WallClock.nowUnixNanos()
             let json = OCSFEncoder.jsonLine([

@@ -22,6 +22,8 @@ final class LiveSandbox: @unchecked Sendable {
     let encoder: OCSFEncoder
     var processes = ProcessTable()
     var syscalls: UInt64 = 0
+    /// Syscalls by number since the pipeline last handed them to `behaviour`.
+    var pendingSyscalls = [UInt64](repeating: 0, count: 1024)
     /// Set once after creation, stopped by `finish`: the seccomp supervisor
     /// (nil when the filter has no notify rules, or after a service restart:
     /// the listener died with the old service, so escape syscalls fail ENOSYS)

@@ -388,6 +388,11 @@ struct ServiceTests {
         usleep(300_000)
         let made = try service.run(["integrity", "baseline", "--agent-id", "int-1", "--output", "b1.json"], in: service.root)
         #expect(made.code == 0 && made.stdout.contains("written to b1.json"), "\(made.stderr)")
+        // The baseline keeps the behaviour window: the syscalls the sandbox made, by name.
+        let signed = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: service.root + "/b1.json")))) as? [String: Any]
+        let behaviour = (signed?["baseline"] as? [String: Any])?["behaviour"] as? [String: Any]
+        let syscalls = behaviour?["syscalls"] as? [String: Any] ?? [:]
+        #expect(syscalls["execve"] != nil && syscalls.count > 10, "\(syscalls.keys.sorted())")
         let clean = try service.run(["integrity", "debug-validate", "--agent-id", "int-1", "--baseline", "b1.json", "--trace"],
                                     in: service.root)
         #expect(clean.code == 0 && clean.stdout.contains("VALID") && clean.stdout.contains(" us  read and hash /workspace again"),
