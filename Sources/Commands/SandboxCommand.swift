@@ -10,7 +10,7 @@ struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
         abstract: "Create, run commands in, watch and end sandboxes held by the alcub3 service.",
-        subcommands: [Create.self, Exec.self, List.self, Monitor.self, Validate.self, Export.self, Import.self, PolicyCommand.self, Thaw.self,
+        subcommands: [Create.self, Exec.self, List.self, Monitor.self, IntegrityCommand.Validate.self, Export.self, Import.self, PolicyCommand.self, Thaw.self,
                       Terminate.self, DebugCreate.self])
 
     /// Options shared by create and debug-create.
@@ -166,17 +166,6 @@ struct SandboxCommand: ParsableCommand {
                 if count.map({ shown >= $0 }) ?? false { break }
                 usleep(UInt32(seconds * 1e6))
             }
-        }
-    }
-
-    struct Validate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Check a sandbox against an integrity baseline.")
-        @Option(name: .customLong("agent-id")) var agentID: String
-        @Option(help: "Baseline id or file.") var baseline: String
-        @Option(help: "table or json.") var format: OutputFormat = .table
-
-        func run() throws {
-            try IntegrityCommand.validate(agentID: agentID, baseline: baseline, format: format)
         }
     }
 

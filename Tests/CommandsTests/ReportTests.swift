@@ -12,17 +12,13 @@ struct ReportTests {
     static let keep = packageRoot.appendingPathComponent(".build/report-test").path
 
     @Test func aReportOfASandboxThatWritesRunsAndAttemptsAnEscape() throws {
-        let service = try TestService(configuration: """
-            sandbox_configuration:
-              integrity_monitoring: {check_interval: "1s"}
-            """)
+        let service = try TestService(configuration: TestService.quickIntegrityChecks)
         defer { service.tearDown() }
         try service.start()
         // Files (one named like markup: the sandbox chooses its names), a
         // subprocess, a connection, an escape attempt, then a change the
         // service's validation finds after the baseline below. (The first
-        // sleep: events of the sandbox's first few milliseconds can come
-        // before its cgroup is watched, and their processes would go unnamed.)
+        // sleep keeps the sandbox's set-up apart from the actions in the report.)
         let script = "sleep 0.3; mkdir -p src '<script>x<' && echo one > src/a.txt && echo hi > '<script>x</script>.txt' && "
             + "/bin/sh -c 'echo sub > sub.txt' && "
             + "/usr/bin/python3 -c 'import socket; s=socket.socket(); s.settimeout(1); s.connect_ex((\"127.0.0.1\", 9))'; "

@@ -10,6 +10,9 @@ final class TestService: @unchecked Sendable {
     /// its reaper missed a SIGKILLed child here and waitUntilExit hung.
     private(set) var pid: pid_t = 0
 
+    /// A configuration whose integrity cycles run every second (tests cannot wait 30 s).
+    static let quickIntegrityChecks = "sandbox_configuration:\n  integrity_monitoring: {check_interval: \"1s\"}\n"
+
     /// `configuration`: YAML the daemon gets through ALCUB3_CONFIG (over the shipped defaults).
     init(metricsPort: UInt16? = nil, configuration: String? = nil) throws {
         root = NSTemporaryDirectory() + "alcub3-svc-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
@@ -434,10 +437,7 @@ struct ServiceTests {
     /// check_interval from the paths file-write telemetry marked dirty, and
     /// stores each change as an alert, once.
     @Test func theServiceValidatesFromFileEvents() throws {
-        let service = try TestService(configuration: """
-            sandbox_configuration:
-              integrity_monitoring: {check_interval: "1s"}
-            """)
+        let service = try TestService(configuration: TestService.quickIntegrityChecks)
         defer { service.tearDown() }
         try service.start()
         let script = "echo one > a.txt; echo two > b.txt; sleep 1.5; echo changed > a.txt; chmod 700 b.txt; sleep 60"
