@@ -368,7 +368,7 @@ public final class SandboxManager: @unchecked Sendable {
             }
             // Its records are held by the pipeline until the sandbox is registered below.
             lock.withLock { _ = creating.insert(cgroup.id) }
-            undo.append { [self] in lock.withLock { _ = creating.remove(cgroup.id) } }
+            undo.append { [self] in lock.withLock { _ = creating.remove(cgroup.id) }; monitor.hub.wake() }
             try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
                 try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
             }
@@ -421,6 +421,7 @@ public final class SandboxManager: @unchecked Sendable {
                 byCgroup[cgroup.id] = sandbox
                 creating.remove(cgroup.id)
             }
+            monitor.hub.wake()  // the pipeline stores what it held for this sandbox now
             try? store.appendAudit(actor: "service", action: "sandbox.create", subject: sandboxID,
                                    details: ServiceJSON.encode(["agent_id": request.agentID, "classification": record.classification,
                                                                 "command": request.command.joined(separator: " ")]))

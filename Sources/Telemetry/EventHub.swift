@@ -52,6 +52,13 @@ public final class EventHub: Sendable {
         }
     }
 
+    /// Hands every subscriber an empty batch: a subscriber holding records back
+    /// (a sandbox still being created) looks again without waiting for the next
+    /// kernel record, which a quiet sandbox may never send.
+    public func wake() {
+        for subscriber in subscribers.withLock({ Array($0.values) }) { subscriber.continuation.yield([]) }
+    }
+
     /// Ends every subscriber's stream (after the last events were published).
     func finishAll() {
         let all = subscribers.withLock { dict -> [Subscriber] in
