@@ -90,6 +90,18 @@ struct {
 } write_stats SEC(".maps");
 
 /*
+ * Files each sandbox has read (struct alcub3_read_key): only a first read is
+ * reported, so a compiler reading a header ten thousand times sends one record.
+ * LRU: an evicted file is reported again, which costs a record, never a miss.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct alcub3_read_key);
+	__type(value, __u8);
+} read_seen SEC(".maps");
+
+/*
  * Path assembly area, per CPU (the kernel never runs one program twice at
  * once on a CPU). Twice the path size: an offset masked below PATH_LEN plus a
  * length below PATH_LEN stays inside, which the verifier can check.
@@ -849,6 +861,24 @@ __noinline int handle_network(struct sc_args *a)
 	return 0;
 }
 
+#define EPERM  1
+#define EACCES 13
+
+/* Whether this is the sandbox's first read of the file open at fd (and remembers it). */
+static __always_inline int first_read(__u64 cgid, long fd)
+{
+	struct file *f = (struct file *)fd_file(fd);
+	struct alcub3_read_key key = {};
+	__u8 one = 1;
+
+	if (!f)
+		return 0;
+	key.sandbox_cgid = cgid;
+	key.inode = BPF_CORE_READ(f, f_inode, i_ino);
+	key.dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	return bpf_map_update_elem(&read_seen, &key, &one, BPF_NOEXIST) == 0;
+}
+
 __noinline int handle_file(struct sc_args *a)
 {
 	struct alcub3_file_event *e;
@@ -1007,10 +1037,20 @@ __noinline int handle_file(struct sc_args *a)
 		return 0;
 	}
 	if (is_open) {
-		/* Reads are not file-system changes; only writing, creating or truncating opens count. */
-		if (!(oflags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)))
-			return 0;
 		op = ALCUB3_FILE_OPEN;
+		if (!(oflags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC))) {
+			/*
+			 * A read changes nothing, but what an agent reads matters (a
+			 * credential file): the first read of each file is reported, and
+			 * a refused one; ENOENT (path probing) is not.
+			 */
+			if (a->ret == -EACCES || a->ret == -EPERM)
+				op = ALCUB3_FILE_READ;
+			else if (a->ret < 0 || !first_read(a->cgid, a->ret))
+				return 0;
+			else
+				op = ALCUB3_FILE_READ;
+		}
 	}
 
 	e = RESERVE_EVENT(struct alcub3_file_event);

@@ -94,7 +94,15 @@ final class EventRenderer: @unchecked Sendable {
         }
         write(findingLine(finding, known) + "\n")
         onFinding?(finding)
+        if let escape = correlator.add(finding) {
+            findingCounts.withLock { $0["escape", default: 0] += 1 }
+            write(findingLine(escape, known) + "\n")
+            onFinding?(escape)
+        }
     }
+
+    /// Indicators close in time become one escape finding.
+    private let correlator = EscapeCorrelator()
 
     /// Findings by technique, and the process names as of the last rendered
     /// slice: what a finding needs, behind locks of their own.
@@ -113,6 +121,11 @@ final class EventRenderer: @unchecked Sendable {
         let time = encoder.clock.iso8601(boot: finding.observedNanos)
         let clock = String(time.dropFirst(11).prefix(15))
         let name = processes[finding.pid]?.name ?? "?"
+        if !finding.indicators.isEmpty {
+            let confidence = Int((finding.confidence * 100).rounded())
+            return "\(clock) \(pad("\(name)[\(finding.pid)]", 22)) ESCAPE   \(finding.evidence); confidence \(confidence)%; "
+                + "recommended: \(finding.recommendedActions.joined(separator: "; "))"
+        }
         return "\(clock) \(pad("\(name)[\(finding.pid)]", 22)) ALERT    \(finding.technique.id): \(finding.evidence) (refused by \(finding.refusedBy))"
     }
 
@@ -182,7 +195,7 @@ final class EventRenderer: @unchecked Sendable {
             case .credentialChange(let nr, let r, let uid, let euid, _, _, _, _):
                 return head(p.origin, "cred") + " \(SyscallNames.name(Int(nr))) uid \(uid) euid \(euid)\(result(r))"
             }
-        case .file(let f):
+        case .file(let f) where f.operation != .read || printSyscalls:  // first reads: many at a program's start
             let second = f.secondPath.map { " -> \($0)" } ?? ""
             return head(f.origin, f.operation.rawValue) + " \(f.path)\(second)\(result(f.result))"
         case .network(let n):

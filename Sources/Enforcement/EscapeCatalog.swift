@@ -1,3 +1,42 @@
+/// Where an escape attempt aims: the boundary the detector's layer watches.
+public enum EscapeLayer: String, Sendable, CaseIterable {
+    /// The agent's own processes: namespaces, credentials, capabilities, ptrace, memory, fileless code.
+    case process
+    /// The sandbox's boundary with the host: cgroups, /proc and /sys control files, mounts, runtime sockets, network.
+    case container
+    /// The VMM on the host and the guest's channel (vm and hardware levels).
+    case vm
+    /// The virtual TPM and measured boot (hardware level).
+    case hardware
+}
+
+/// OCSF severity (severity_id 2-5).
+public enum FindingSeverity: Int, Sendable, Comparable, CaseIterable {
+    case low = 2, medium = 3, high = 4, critical = 5
+
+    public var name: String {
+        switch self {
+        case .low: "Low"
+        case .medium: "Medium"
+        case .high: "High"
+        case .critical: "Critical"
+        }
+    }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// The layers of the MAESTRO threat model for agentic AI (Cloud Security
+/// Alliance, 2025) an alert belongs to; docs/security.md has the table.
+public enum MaestroLayer: String, Sendable, CaseIterable {
+    case foundationModels = "L1 Foundation Models"
+    case dataOperations = "L2 Data Operations"
+    case agentFrameworks = "L3 Agent Frameworks"
+    case deploymentInfrastructure = "L4 Deployment and Infrastructure"
+    case evaluationObservability = "L5 Evaluation and Observability"
+    case securityCompliance = "L6 Security and Compliance"
+    case agentEcosystem = "L7 Agent Ecosystem"
+}
+
 /// The escape techniques alcub3 refuses and reports, by id. The same ids name
 /// the attempts of the escape suite (escape/alcub3-escape.c) and the alerts
 /// the detector raises; docs/security.md lists them with how each is refused.
@@ -6,40 +45,76 @@ public struct EscapeTechnique: Sendable, Hashable {
     public let name: String
     /// MITRE ATT&CK (Containers matrix where one fits, else Enterprise).
     public let mitre: String?
+    public let layer: EscapeLayer
+    public let severity: FindingSeverity
+    /// How sure a single indicator of this technique is to be an attack, not a
+    /// tool's mistake (0-1): correlated indicators combine theirs.
+    public let confidence: Double
+    public let maestro: MaestroLayer
+
+    init(_ id: String, _ name: String, mitre: String?, _ layer: EscapeLayer, _ severity: FindingSeverity,
+         confidence: Double, maestro: MaestroLayer = .deploymentInfrastructure) {
+        self.id = id
+        self.name = name
+        self.mitre = mitre
+        self.layer = layer
+        self.severity = severity
+        self.confidence = confidence
+        self.maestro = maestro
+    }
 
     public static let all: [EscapeTechnique] = [
-        .init(id: "mount", name: "Mount a filesystem", mitre: "T1611"),
-        .init(id: "cgroup-release-agent", name: "cgroup v1 release_agent (CVE-2022-0492)", mitre: "T1611"),
-        .init(id: "userns-unshare", name: "New namespaces to regain capabilities", mitre: "T1611"),
-        .init(id: "setns-host", name: "Join the host's namespaces", mitre: "T1611"),
-        .init(id: "proc-root-traversal", name: "Reach the host through /proc/PID/root", mitre: "T1611"),
-        .init(id: "open-by-handle", name: "open_by_handle_at (shocker)", mitre: "T1611"),
-        .init(id: "core-pattern", name: "Write kernel.core_pattern", mitre: "T1611"),
-        .init(id: "sysrq", name: "Write sysrq", mitre: "T1529"),
-        .init(id: "kernel-module", name: "Load a kernel module", mitre: "T1547.006"),
-        .init(id: "bpf", name: "Load BPF programs", mitre: "T1014"),
-        .init(id: "perf-event", name: "perf_event_open", mitre: nil),
-        .init(id: "ptrace-outside", name: "ptrace a process", mitre: "T1055.008"),
-        .init(id: "proc-mem-outside", name: "Write /proc/PID/mem", mitre: "T1055.009"),
-        .init(id: "process-vm-writev", name: "process_vm_writev / readv", mitre: "T1055"),
-        .init(id: "keyctl", name: "Kernel keyrings", mitre: "T1555"),
-        .init(id: "userfaultfd", name: "userfaultfd", mitre: "T1068"),
-        .init(id: "io-uring", name: "io_uring", mitre: "T1068"),
-        .init(id: "raw-socket", name: "Raw or packet socket", mitre: "T1040"),
-        .init(id: "cloud-metadata", name: "Cloud metadata address", mitre: "T1552.005"),
-        .init(id: "network-policy", name: "Connect to a destination the policy refuses", mitre: "T1041"),
-        .init(id: "runtime-socket", name: "Container runtime or alcub3 socket", mitre: "T1610"),
-        .init(id: "write-outside-workspace", name: "Write outside the workspace", mitre: "T1565.001"),
-        .init(id: "ld-preload", name: "Write /etc/ld.so.preload", mitre: "T1574.006"),
-        .init(id: "mknod-block", name: "Create a device node", mitre: "T1006"),
-        .init(id: "double-chroot", name: "chroot escape", mitre: "T1611"),
-        .init(id: "setuid-root", name: "Change identity or capabilities", mitre: "T1548"),
-        .init(id: "memfd-exec", name: "Fileless exec through memfd", mitre: "T1620"),
-        .init(id: "wx-mapping", name: "Writable and executable memory", mitre: "T1055"),
-        .init(id: "kernel-control", name: "Host control syscalls (reboot, kexec, swap, clock, syslog)", mitre: "T1529"),
-        .init(id: "fork-bomb", name: "Fork bomb", mitre: "T1499"),
-        .init(id: "memory-hog", name: "Memory exhaustion", mitre: "T1499"),
-        .init(id: "disk-filler", name: "Disk exhaustion", mitre: "T1499"),
+        // The process layer.
+        .init("userns-unshare", "New namespaces to regain capabilities", mitre: "T1611", .process, .high, confidence: 0.9),
+        .init("setns-host", "Join the host's namespaces", mitre: "T1611", .process, .critical, confidence: 0.95),
+        .init("open-by-handle", "open_by_handle_at (shocker)", mitre: "T1611", .process, .critical, confidence: 0.95),
+        .init("kernel-module", "Load a kernel module", mitre: "T1547.006", .process, .critical, confidence: 0.95),
+        .init("bpf", "Load BPF programs", mitre: "T1014", .process, .high, confidence: 0.8, maestro: .evaluationObservability),
+        .init("perf-event", "perf_event_open", mitre: nil, .process, .medium, confidence: 0.6, maestro: .evaluationObservability),
+        .init("ptrace-outside", "ptrace a process", mitre: "T1055.008", .process, .high, confidence: 0.8),
+        .init("proc-mem-outside", "Write /proc/PID/mem", mitre: "T1055.009", .process, .high, confidence: 0.9),
+        .init("process-vm-writev", "process_vm_writev / readv", mitre: "T1055", .process, .high, confidence: 0.8),
+        .init("keyctl", "Kernel keyrings", mitre: "T1555", .process, .medium, confidence: 0.6, maestro: .securityCompliance),
+        .init("userfaultfd", "userfaultfd", mitre: "T1068", .process, .medium, confidence: 0.7),
+        .init("io-uring", "io_uring", mitre: "T1068", .process, .medium, confidence: 0.6),
+        .init("raw-socket", "Raw or packet socket", mitre: "T1040", .process, .medium, confidence: 0.7, maestro: .agentEcosystem),
+        .init("setuid-root", "Change identity or capabilities", mitre: "T1548", .process, .high, confidence: 0.8),
+        .init("memfd-exec", "Fileless exec through memfd", mitre: "T1620", .process, .high, confidence: 0.8),
+        .init("wx-mapping", "Writable and executable memory", mitre: "T1055", .process, .medium, confidence: 0.6),
+        .init("kernel-control", "Host control syscalls (reboot, kexec, swap, clock, syslog)", mitre: "T1529", .process, .high,
+              confidence: 0.8),
+        .init("mknod-block", "Create a device node", mitre: "T1006", .process, .high, confidence: 0.9),
+        .init("fork-bomb", "Fork bomb", mitre: "T1499", .process, .medium, confidence: 0.7),
+        .init("memory-hog", "Memory exhaustion", mitre: "T1499", .process, .medium, confidence: 0.6),
+        .init("disk-filler", "Disk exhaustion", mitre: "T1499", .process, .low, confidence: 0.5),
+        // The container layer: the boundary with the host.
+        .init("mount", "Mount a filesystem", mitre: "T1611", .container, .high, confidence: 0.9),
+        .init("cgroup-release-agent", "cgroup v1 release_agent (CVE-2022-0492)", mitre: "T1611", .container, .critical, confidence: 0.95),
+        .init("cgroup-escape", "Move out of the sandbox's cgroup or change its control files", mitre: "T1611", .container, .critical,
+              confidence: 0.9),
+        .init("proc-control", "Write a kernel setting under /proc/sys (modprobe, hotplug, ...)", mitre: "T1611", .container, .critical,
+              confidence: 0.9),
+        .init("proc-root-traversal", "Reach the host through /proc/PID/root", mitre: "T1611", .container, .critical, confidence: 0.9),
+        .init("core-pattern", "Write kernel.core_pattern", mitre: "T1611", .container, .critical, confidence: 0.95),
+        .init("sysrq", "Write sysrq", mitre: "T1529", .container, .high, confidence: 0.9),
+        .init("double-chroot", "chroot escape", mitre: "T1611", .container, .high, confidence: 0.9),
+        .init("runtime-socket", "Container runtime or alcub3 socket", mitre: "T1610", .container, .critical, confidence: 0.9),
+        .init("write-outside-workspace", "Write outside the workspace", mitre: "T1565.001", .container, .medium, confidence: 0.5),
+        .init("ld-preload", "Write /etc/ld.so.preload", mitre: "T1574.006", .container, .high, confidence: 0.9),
+        .init("cloud-metadata", "Cloud metadata address", mitre: "T1552.005", .container, .high, confidence: 0.9,
+              maestro: .securityCompliance),
+        .init("network-policy", "Connect to a destination the policy refuses", mitre: "T1041", .container, .medium, confidence: 0.6,
+              maestro: .agentEcosystem),
+        // The vm layer (vm and hardware isolation levels).
+        .init("vmm-anomaly", "The VMM process did what a VMM never does (exec, a connect, a write outside its files)",
+              mitre: "T1611", .vm, .critical, confidence: 0.9),
+        .init("guest-channel", "The guest's telemetry channel sent a malformed record or went silent", mitre: "T1562.006",
+              .vm, .high, confidence: 0.6, maestro: .evaluationObservability),
+        // The hardware layer.
+        .init("measured-boot-mismatch", "A guest image's measurement differs from its baseline", mitre: "T1542", .hardware,
+              .critical, confidence: 0.95, maestro: .securityCompliance),
+        .init("tpm-failure", "The virtual TPM could not be started or answered wrongly", mitre: "T1542", .hardware, .high,
+              confidence: 0.7, maestro: .securityCompliance),
     ]
 
     public static func named(_ id: String) -> EscapeTechnique? { all.first { $0.id == id } }
@@ -85,6 +160,8 @@ public enum EscapeClassifier {
         if path.hasSuffix("/release_agent") || path.hasSuffix("/notify_on_release") { return "cgroup-release-agent" }
         if path == "/proc/sys/kernel/core_pattern" { return "core-pattern" }
         if path == "/proc/sysrq-trigger" || path == "/proc/sys/kernel/sysrq" { return "sysrq" }
+        if path.hasPrefix("/proc/sys/") { return "proc-control" }
+        if path.hasPrefix("/sys/fs/cgroup/") { return "cgroup-escape" }
         let parts = path.split(separator: "/")
         if parts.count >= 3, parts[0] == "proc", parts[1].allSatisfy(\.isNumber) || parts[1] == "self" {
             if parts[2] == "root" || parts[2] == "cwd" { return "proc-root-traversal" }

@@ -16,6 +16,24 @@ public struct EscapeFinding: Sendable, Hashable {
     public let refusedBy: String
     /// CLOCK_BOOTTIME when the kernel reported the attempt.
     public let observedNanos: UInt64
+    /// How sure this indicator is (0-1): the technique's, unless the detector knows better.
+    public let confidence: Double
+    /// Set on a correlated escape finding: the indicators it stands on.
+    public let indicators: [EscapeFinding]
+
+    public init(technique: EscapeTechnique, sandboxCgroupID: UInt64?, pid: Int32, evidence: String, refusedBy: String,
+                observedNanos: UInt64, confidence: Double? = nil, indicators: [EscapeFinding] = []) {
+        self.technique = technique
+        self.sandboxCgroupID = sandboxCgroupID
+        self.pid = pid
+        self.evidence = evidence
+        self.refusedBy = refusedBy
+        self.observedNanos = observedNanos
+        self.confidence = confidence ?? technique.confidence
+        self.indicators = indicators
+    }
+
+    public var severity: FindingSeverity { technique.severity }
 }
 
 /// The policy layer of escape detection: every refusal the kernel reports
@@ -76,10 +94,7 @@ public enum EscapeDetector {
                                  pid: e.origin.pid, evidence: "\(e.operation.rawValue) to \(e.remote) refused with EPERM",
                                  refusedBy: "cgroup BPF network policy", observedNanos: e.origin.bootNanos)
         case .process(let e):
-            guard case .exec(let filename, _, _, _, _) = e.activity, filename.hasPrefix("/memfd:") else { return nil }
-            return EscapeFinding(technique: EscapeTechnique.named("memfd-exec")!, sandboxCgroupID: e.origin.sandboxCgroupID,
-                                 pid: e.origin.pid, evidence: "exec of \(filename) (a program with no file)",
-                                 refusedBy: "nothing: it ran", observedNanos: e.origin.bootNanos)
+            return processLayer(e)
         case .syscall(let s) where !s.isEntry && (s.returnValue == -Int64(ENOSPC) || s.returnValue == -Int64(EDQUOT)):
             // A write refused for want of space: a size cap (tmpfs workspace, /tmp) holding.
             let name = SyscallNames.name(Int(s.number))
@@ -92,6 +107,39 @@ public enum EscapeDetector {
         }
     }
 
+    /// What a sandboxed process did to itself that only an escape needs: code
+    /// with no file, namespaces it made or joined, capabilities it regained (every
+    /// sandbox starts with none). Refused attempts come from seccomp; these succeeded.
+    static func processLayer(_ e: ProcessEvent) -> EscapeFinding? {
+        let (id, evidence, confidence): (String, String, Double?)
+        switch e.activity {
+        case .exec(let filename, _, _, _, _) where filename.hasPrefix("/memfd:"):
+            (id, evidence, confidence) = ("memfd-exec", "exec of \(filename) (a program with no file)", nil)
+        case .namespaceChange(let nr, let flags, let fd, let result) where result >= 0:
+            let name = SyscallNames.name(Int(nr))
+            if name == "setns" {
+                (id, evidence, confidence) = ("setns-host", "setns(fd \(fd), 0x\(String(flags, radix: 16))) succeeded", nil)
+            } else {
+                // Allowed by the policy (it would have been refused otherwise): less sure.
+                (id, evidence, confidence) = ("userns-unshare", "\(name)(0x\(String(flags, radix: 16))) succeeded", 0.5)
+            }
+        case .credentialChange(let nr, let result, _, let euid, _, _, let capEffective, _)
+            where result >= 0 && capEffective & escapeCapabilities != 0:
+            (id, evidence, confidence) = ("setuid-root", "\(SyscallNames.name(Int(nr))) left euid \(euid) with capabilities "
+                                          + "0x\(String(capEffective, radix: 16)) (no policy keeps these)", nil)
+        default:
+            return nil
+        }
+        return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID, pid: e.origin.pid,
+                             evidence: evidence, refusedBy: "nothing: it succeeded", observedNanos: e.origin.bootNanos,
+                             confidence: confidence)
+    }
+
+    /// Capabilities no policy keeps, each a way out on its own: DAC_READ_SEARCH
+    /// (2, open_by_handle_at), NET_ADMIN (12), SYS_MODULE (16), SYS_RAWIO (17),
+    /// SYS_PTRACE (19), SYS_ADMIN (21), BPF (39).
+    static let escapeCapabilities: UInt64 = [2, 12, 16, 17, 19, 21, 39].reduce(0) { $0 | (1 << $1) }
+
     static let writeSyscalls: Set<String> = ["write", "writev", "pwrite64", "pwritev", "pwritev2", "fallocate",
                                              "copy_file_range", "sendfile", "splice"]
 
@@ -102,6 +150,7 @@ public enum EscapeDetector {
     }
 
     static func isWriteAttempt(_ e: FileEvent) -> Bool {
+        if e.operation == .read { return false }
         if e.operation != .open { return true } // every other file operation changes the filesystem
         let accessMode = e.openFlags & 3
         return accessMode == UInt32(O_WRONLY) || accessMode == UInt32(O_RDWR)
@@ -118,7 +167,8 @@ extension EscapeFinding {
     /// the other events of docs/events.md.
     public func ocsf(encoder: OCSFEncoder, processes: ProcessTable) -> [String: Any] {
         let nanos = encoder.clock.unixNanos(boot: observedNanos)
-        var finding: [String: Any] = ["title": technique.name, "uid": technique.id, "types": ["escape attempt"]]
+        var finding: [String: Any] = ["title": technique.name, "uid": technique.id,
+                                      "types": [indicators.isEmpty ? "escape attempt" : "escape"]]
         if let mitre = technique.mitre {
             finding["attacks"] = [["technique": ["uid": mitre]]]
         }
@@ -126,7 +176,8 @@ extension EscapeFinding {
             "class_uid": 2004, "class_name": "Detection Finding",
             "category_uid": 2, "category_name": "Findings",
             "activity_id": 1, "activity_name": "Create", "type_uid": 200401,
-            "severity_id": 4, "severity": "High",
+            "severity_id": severity.rawValue, "severity": severity.name,
+            "confidence_score": Int((confidence * 100).rounded()),
             "status_id": 1, "status": "New",
             "time": nanos / 1_000_000,
             "time_dt": WallClock.iso8601(unixNanos: nanos),
@@ -138,7 +189,11 @@ extension EscapeFinding {
             "message": "\(technique.id): \(evidence)",
             "evidences": [["actor": ["process": encoder.processObject(pid: pid, tid: nil, uid: nil, processes: processes)],
                            "data": ["refused_by": refusedBy, "detail": evidence]]],
-            "unmapped": ["technique": technique.id, "refused_by": refusedBy,
+            "unmapped": ["technique": technique.id, "refused_by": refusedBy, "layer": technique.layer.rawValue,
+                         "maestro_layer": technique.maestro.rawValue,
+                         "indicators": indicators.map { ["technique": $0.technique.id, "pid": Int($0.pid), "evidence": $0.evidence,
+                                                         "confidence": $0.confidence] },
+                         "recommended_actions": recommendedActions,
                          // From the kernel's record of the attempt to this finding.
                          "detection_latency_ns": Int64(bitPattern: bootClockNanos() &- observedNanos)],
         ]

@@ -31,7 +31,7 @@ final class BehaviourRecorder: @unchecked Sendable {
                 if case .exec(let filename, _, _, _, _) = p.activity { profile.add(executable: filename) }
             case .network(let n) where n.operation == .connect || n.operation == .sendto || n.operation == .sendmsg:
                 if n.remote.ip != nil || n.remote.unixPath != nil { profile.add(destination: n.remote.description) }
-            case .file(let f):
+            case .file(let f) where f.operation.changesFilesystem:
                 let parent = (f.path as NSString).deletingLastPathComponent
                 profile.add(writtenDirectory: parent.isEmpty ? "/" : parent)
             default:

@@ -103,7 +103,7 @@ final class EventPipeline: Sendable {
         sandbox.processes.observe(event)
         sandbox.behaviour.record(event)
         // The cause is put in words only for a sandbox with a baseline.
-        if case .file(let file) = event, manager.integrityWatch.isWatching(cgroupID: file.origin.sandboxCgroupID) {
+        if case .file(let file) = event, file.operation.changesFilesystem, manager.integrityWatch.isWatching(cgroupID: file.origin.sandboxCgroupID) {
             let who = sandbox.processes[file.origin.pid].map { " (\($0.name))" } ?? ""
             let when = WallClock.iso8601(unixNanos: sandbox.encoder.clock.unixNanos(boot: file.origin.bootNanos))
             manager.integrityWatch.note(file, cause: "\(file.operation.rawValue) by pid \(file.origin.pid)\(who) at \(when)")

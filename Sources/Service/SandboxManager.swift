@@ -97,6 +97,8 @@ public final class SandboxManager: @unchecked Sendable {
     let network: NetworkEnforcer
     /// The sandboxes with a filesystem baseline, validated every check_interval.
     let integrityWatch = IntegrityWatch()
+    /// Escape indicators of one sandbox close in time: one escape finding.
+    let correlator = EscapeCorrelator()
     /// integrity_monitoring.anomaly_threshold: how far (Jensen-Shannon) a
     /// sandbox's syscall mix may move from its baseline's. Set by the daemon.
     var anomalyThreshold = 0.8
@@ -166,20 +168,30 @@ public final class SandboxManager: @unchecked Sendable {
     /// A finding about a live sandbox: stored as an alert (OCSF Detection
     /// Finding) and as an event, so `events tail` shows it in place.
     func raise(_ finding: EscapeFinding, in sandbox: LiveSandbox, processes: ProcessTable) {
+        store(finding, in: sandbox, processes: processes)
+        respond(to: finding, in: sandbox)
+        if let escape = correlator.add(finding) {
+            store(escape, in: sandbox, processes: processes)
+            respond(to: escape, in: sandbox)
+        }
+    }
+
+    private func store(_ finding: EscapeFinding, in sandbox: LiveSandbox, processes: ProcessTable) {
         let object = finding.ocsf(encoder: sandbox.encoder, processes: processes)
         let json = OCSFEncoder.jsonLine(object)
         let time = sandbox.encoder.clock.unixNanos(boot: finding.observedNanos)
         do {
             _ = try store.appendAlert(AlertRecord(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
-                                                  severityID: 4, technique: finding.technique.id, json: json))
+                                                  severityID: finding.severity.rawValue,
+                                                  technique: finding.indicators.isEmpty ? finding.technique.id : "escape", json: json))
             try store.appendEvents([StoredEvent(timeNs: time, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
                                                 kind: "alert", classUID: 2004, json: json)])
         } catch {
             log.error("could not store a finding (\(finding.technique.id)) of \(sandbox.record.sandboxID): \(error)")
         }
-        log.warning("escape attempt refused", metadata: ["sandbox": "\(sandbox.record.sandboxID)",
-                                                          "technique": "\(finding.technique.id)", "evidence": "\(finding.evidence)"])
-        respond(to: finding, in: sandbox)
+        log.warning(finding.indicators.isEmpty ? "escape attempt" : "escape: correlated attempts",
+                    metadata: ["sandbox": "\(sandbox.record.sandboxID)", "technique": "\(finding.technique.id)",
+                               "evidence": "\(finding.evidence)", "confidence": "\(finding.confidence)"])
     }
 
     /// The policy's `on_violation` beyond the alert: kill the process, end or
@@ -568,6 +580,7 @@ public final class SandboxManager: @unchecked Sendable {
         guard removed else { return try store.sandbox(agentID: sandbox.record.agentID) ?? sandbox.record }
         sandbox.resources?.stop()
         integrityWatch.unwatch(cgroupID: sandbox.cgroup.id)
+        correlator.forget(sandboxCgroupID: sandbox.cgroup.id)
         lsm?.release(sandboxCgroupID: sandbox.cgroup.id)
         try? sandbox.cgroup.destroy()
         sandbox.supervisor?.stop()

@@ -149,6 +149,7 @@ public enum EventDecoder {
         UInt32(ALCUB3_FILE_MKDIR.rawValue): .mkdir, UInt32(ALCUB3_FILE_RMDIR.rawValue): .rmdir,
         UInt32(ALCUB3_FILE_LINK.rawValue): .link, UInt32(ALCUB3_FILE_SYMLINK.rawValue): .symlink,
         UInt32(ALCUB3_FILE_CHMOD.rawValue): .chmod, UInt32(ALCUB3_FILE_CHOWN.rawValue): .chown,
+        UInt32(ALCUB3_FILE_READ.rawValue): .read,
     ]
 
     /// A bounded C string; invalid UTF-8 is repaired, never trusted.

@@ -48,6 +48,11 @@ public enum ProcessActivity: Sendable, Hashable {
 public struct ProcessEvent: Sendable, Hashable {
     public var origin: EventOrigin
     public var activity: ProcessActivity
+
+    public init(origin: EventOrigin, activity: ProcessActivity) {
+        self.origin = origin
+        self.activity = activity
+    }
 }
 
 public enum NetworkOperation: String, Sendable, Hashable {
@@ -114,6 +119,12 @@ public struct NetworkEvent: Sendable, Hashable {
 
 public enum FileOperation: String, Sendable, Hashable {
     case open, truncate, rename, unlink, mkdir, rmdir, link, symlink, chmod, chown
+    /// A read-only open: the sandbox's first of each file, or a refused one
+    /// (the kernel keeps the files each sandbox read and reports no repeat).
+    case read
+
+    /// Everything but `read` changes the filesystem.
+    public var changesFilesystem: Bool { self != .read }
 }
 
 public struct FileEvent: Sendable, Hashable {
@@ -130,6 +141,21 @@ public struct FileEvent: Sendable, Hashable {
     public var path: String
     /// The second path of rename, link and symlink (for symlink: the link itself).
     public var secondPath: String?
+
+    public init(origin: EventOrigin, operation: FileOperation, syscall: Int32, result: Int64, openFlags: UInt32, mode: UInt32,
+                ownerUID: UInt32, ownerGID: UInt32, fileID: UInt64, path: String, secondPath: String?) {
+        self.origin = origin
+        self.operation = operation
+        self.syscall = syscall
+        self.result = result
+        self.openFlags = openFlags
+        self.mode = mode
+        self.ownerUID = ownerUID
+        self.ownerGID = ownerGID
+        self.fileID = fileID
+        self.path = path
+        self.secondPath = secondPath
+    }
 }
 
 /// Bytes written through one open file, aggregated in the kernel.

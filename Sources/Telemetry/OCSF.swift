@@ -121,6 +121,7 @@ public struct OCSFEncoder: Sendable {
         case .unlink, .rmdir: (4, "Delete")
         case .mkdir, .symlink, .link: (1, "Create")
         case .chmod, .chown: (7, "Set Security")
+        case .read: (2, "Read")
         }
         var o = base(classUID: 1001, className: "File System Activity", categoryUID: 1, categoryName: "System Activity",
                      activityID: id, activityName: name, origin: e.origin, processes: processes)

@@ -137,6 +137,27 @@ struct TelemetryIntegrationTests {
         #expect(run.events.contains { if case .writeVolume(let w) = $0 { w.totalBytes == 4 } else { false } })
     }
 
+    /// A sandbox's first read of each file is reported, repeats are not (the
+    /// kernel remembers what each sandbox read), and a refused read is.
+    @Test func firstReadsOfEachFileAreReportedOnce() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "a".write(toFile: dir + "/once", atomically: false, encoding: .utf8)
+        try "b".write(toFile: dir + "/often", atomically: false, encoding: .utf8)
+        try "c".write(toFile: dir + "/secret", atomically: false, encoding: .utf8)
+        chmod(dir + "/secret", 0o000)  // unreadable without CAP_DAC_OVERRIDE, which a sandbox has not
+        let script = "open('once').read()\nfor _ in range(200): open('often').read()\n"
+            + "try: open('secret').read()\nexcept PermissionError: pass\nopen('new-file', 'w').write('x')"
+        let run = try SandboxRun.run(["python3", "-c", script], workingDirectory: dir)
+        #expect(run.status == .exited(0))
+        let reads = run.fileEvents.filter { $0.operation == .read }
+        #expect(reads.filter { $0.path == dir + "/once" }.count == 1, "\(reads.map(\.path))")
+        #expect(reads.filter { $0.path == dir + "/often" }.count == 1, "the 199 repeats must stay in the kernel")
+        #expect(reads.contains { $0.path == dir + "/secret" && $0.result == -Int64(EACCES) }, "the refused read is reported")
+        #expect(!reads.contains { $0.path == dir + "/new-file" }, "a write is not a read")
+        #expect(run.fileEvents.contains { $0.operation == .open && $0.path == dir + "/new-file" })
+    }
+
     /// Credential changes carry the credentials after the call.
     @Test func credentialChangesAreReported() throws {
         let run = try SandboxRun.run(["python3", "-c", "import os; os.setgid(65534); os.setuid(65534)"],

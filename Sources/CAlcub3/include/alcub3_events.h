@@ -179,6 +179,7 @@ enum alcub3_file_op {
     ALCUB3_FILE_SYMLINK = 8,
     ALCUB3_FILE_CHMOD = 9,
     ALCUB3_FILE_CHOWN = 10,
+    ALCUB3_FILE_READ = 11,      /* a read-only open: the first of each file by each sandbox, or one refused */
 };
 
 /*
@@ -227,6 +228,17 @@ struct alcub3_counters {
     __u64 submitted;
     __u64 dropped;              /* ring buffer full */
     __u64 syscall_dropped;      /* of which from the syscall ring buffer */
+};
+
+/*
+ * Key of the read-novelty map: a sandbox's first read of a file is reported,
+ * later reads of the same file are not (decided in the kernel).
+ */
+struct alcub3_read_key {
+    __u64 sandbox_cgid;
+    __u64 inode;
+    __u32 dev;
+    __u32 _pad;
 };
 
 /* Value of the monitored-sandbox map (key: sandbox cgroup id). */
