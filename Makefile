@@ -8,9 +8,11 @@ CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
 
 # Debian packages alcub3 builds, tests and benchmarks with.
 DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
-               libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux aide chromium
+               libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux aide chromium \
+               netcat-openbsd python3-pytest python3-venv python3-pip python3-wheel gcc make git \
+               runc busybox-static iptables
 
-.PHONY: deps build test test-lsm demo bench bpf vmlinux check-generated escape clean
+.PHONY: deps build test test-lsm demo bench bpf vmlinux check-generated escape datasets detection clean
 
 deps:
 	@scripts/install-deps.sh $(DEB_PACKAGES)
@@ -53,6 +55,16 @@ bpf:
 escape:
 	@mkdir -p .build/escape
 	cc -static -O2 -Wall -Wextra -Werror -o .build/escape/alcub3-escape escape/alcub3-escape.c
+
+# The behavioural model's data sets, recorded with alcub3's own telemetry in
+# sandboxes (needs root): normal developer work split into train/ and normal/,
+# attacks into attack/, under .build/datasets (docs/detection.md).
+datasets: build escape
+	@scripts/record-datasets.sh $(BIN)
+
+# The models measured on those data sets; the figures go into docs/detection.md.
+detection: datasets
+	@scripts/write-detection.sh $(BIN)
 
 clean:
 	rm -rf .build

@@ -23,7 +23,7 @@ let package = Package(
                        providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
-        .target(name: "CAlcub3"),
+        .target(name: "CAlcub3", linkerSettings: [.linkedLibrary("z")]),  // zlib: container image layers
         .target(name: "KernelSupport"),
         .target(name: "Policy", dependencies: [.product(name: "Yams", package: "Yams")]),
         .target(name: "Store", dependencies: ["CSQLite", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
@@ -32,23 +32,26 @@ let package = Package(
             name: "Telemetry",
             dependencies: ["CLibBPF", "CAlcub3", "KernelSupport"],
             plugins: ["BPFObjects"]),
-        .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy"]),
+        .target(name: "Sandbox", dependencies: ["CAlcub3", "CSeccomp", "KernelSupport", "Policy",
+                                               .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Enforcement", dependencies: ["Telemetry", "Sandbox", "Policy", "KernelSupport", "CLibBPF"]),
         .target(name: "Integrity", dependencies: ["CAlcub3", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
+        // Behavioural models on syscall sequences: pure Swift, no C, no kernel (docs/detection.md).
+        .target(name: "Analysis"),
         .target(
             name: "Service",
-            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement", "Integrity",
+            dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement", "Integrity", "Analysis",
                            .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Commands",
             dependencies: [
-                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport", "Enforcement",
+                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport", "Enforcement", "Analysis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "alcub3", dependencies: ["Commands"]),
         // `make bench`: alcub3 side by side with the tools a user would pick instead.
-        .executableTarget(name: "alcub3-bench", dependencies: ["Telemetry", "Sandbox", "KernelSupport", "Policy", "Store", "Integrity"]),
+        .executableTarget(name: "alcub3-bench", dependencies: ["Telemetry", "Sandbox", "KernelSupport", "Policy", "Store", "Integrity", "Analysis"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "Sandbox", "CLibBPF", "CAlcub3"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Telemetry"]),
         .testTarget(name: "CommandsTests", dependencies: ["Commands"]),
@@ -56,6 +59,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
         .testTarget(name: "ServiceTests", dependencies: ["Service"]),
         .testTarget(name: "IntegrityTests", dependencies: ["Integrity"]),
+        .testTarget(name: "AnalysisTests", dependencies: ["Analysis"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Telemetry", "Sandbox", "Policy"]),
     ],
     swiftLanguageModes: [.v6]

@@ -832,6 +832,37 @@ static void attempt_open_by_handle(struct outcome *o)
     close(mount_fd);
 }
 
+static void attempt_proc_control(struct outcome *o)
+{
+    /* kernel.modprobe names the program the kernel runs as root for an unknown binary
+     * format: whoever sets it runs code on the host. */
+    write_back_same(o, "/proc/sys/kernel/modprobe");
+}
+
+static void attempt_cgroup_escape(struct outcome *o)
+{
+    /* Moving into a top-level cgroup leaves the sandbox's limits, its freezer and the
+     * kernel's per-sandbox telemetry filter. Writing our own pid is the whole attack. */
+    static const char *const procs[] = {"/sys/fs/cgroup/cgroup.procs", "/sys/fs/cgroup/unified/cgroup.procs"};
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
+        int fd = open(procs[i], O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            fail(o, errno, "open(%s, O_WRONLY)", procs[i]);
+            continue;
+        }
+        ssize_t n = write(fd, pid, (size_t)len);
+        int err = errno;
+        close(fd);
+        if (n == len) {
+            win(o, "moved itself into %s", procs[i]);
+            return;
+        }
+        fail(o, err, "write(%s)", procs[i]);
+    }
+}
+
 static void attempt_core_pattern(struct outcome *o)
 {
     /* The real attack writes "|/tmp/x"; writing back the current value proves the same
@@ -1733,6 +1764,8 @@ static const struct technique {
 } techniques[] = {
     {"mount", attempt_mount},
     {"cgroup-release-agent", attempt_cgroup_release_agent},
+    {"cgroup-escape", attempt_cgroup_escape},
+    {"proc-control", attempt_proc_control},
     {"userns-unshare", attempt_userns_unshare},
     {"setns-host", attempt_setns_host},
     {"proc-root-traversal", attempt_proc_root_traversal},

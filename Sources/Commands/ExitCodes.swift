@@ -11,6 +11,8 @@ public enum Alcub3Exit {
     public static let internalError: Int32 = 70
     public static let kernelRefused: Int32 = 71      // a BPF program, cgroup or namespace the kernel refused
     public static let agentInUse: Int32 = 73
+    public static let imageRefused: Int32 = 74     // a container image missing, not OCI, unsupported or failing validation
+    public static let tracesIncomplete: Int32 = 75   // --record-traces: records were dropped, no traces written
     public static let notRoot: Int32 = 77
     public static let commandNotExecutable: Int32 = 126
     public static let commandNotFound: Int32 = 127

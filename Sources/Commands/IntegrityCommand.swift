@@ -8,7 +8,8 @@ import Telemetry
 struct IntegrityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "integrity", abstract: "Integrity baselines of sandboxes and validation against them.",
-        subcommands: [Baseline.self, Validate.self, DebugValidate.self, Report.self])
+        subcommands: [Baseline.self, Validate.self, DebugValidate.self, Report.self, MonitorBehavior.self, DebugBehavior.self,
+                      EvaluateBehavior.self])
 
     struct Baseline: ParsableCommand {
         static let configuration = CommandConfiguration(

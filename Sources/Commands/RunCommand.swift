@@ -18,8 +18,16 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "UNCLASSIFIED, CONFIDENTIAL, SECRET or TOP_SECRET.")
     var classification: String = "UNCLASSIFIED"
 
-    @Option(help: "Isolation level; only 'process' is available to run for now.")
+    @Option(name: [.customLong("isolation"), .customLong("isolation-level")],
+            help: "Isolation level: process or container (with --image); default: the classification's.")
     var isolation: String?
+
+    @Option(help: "Container level: the image, a root filesystem directory, an OCI image layout or a tar of one.")
+    var image: String?
+
+    @Option(name: .customLong("image-digest"),
+            help: "The manifest digest (sha256:...) the OCI image must have; without it, the allow-list \(ImageAllowList.defaultPath).")
+    var imageDigest: String?
 
     @Option(help: "table or json (one JSON object per line).")
     var format: OutputFormat = .table
@@ -40,10 +48,19 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("seccomp-profile"), help: "An OCI / Docker seccomp profile (JSON) replacing the policy's syscall allow-list.")
     var seccompProfile: String?
 
+    @Option(name: .customLong("record-traces"),
+            help: "Write each sandbox thread's syscall numbers to DIR, one trace file per thread (created if missing).")
+    var recordTraces: String?
+
+    @Option(help: "A behaviour profile: an existing file is scored against (alerts in the stream); a new one receives the profile learned from this run.")
+    var profile: String?
+
     @Argument(parsing: .captureForPassthrough, help: "The command, after --.")
     var command: [String] = []
 
     func run() async throws {
+        // The passthrough argument takes a leading --help too: answer it as help, not as a command.
+        if let first = command.first, first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
         guard let program = argv.first, !program.isEmpty else {
             throw fail(Alcub3Exit.usage, "no command given: use alcub3 run [options] -- CMD [ARGS...]")
@@ -60,7 +77,22 @@ struct RunCommand: AsyncParsableCommand {
             policy.isolation = chosen
         }
         // A stronger level than `run` can give is refused, never silently weakened.
-        if policy.isolation != .process {
+        if policy.isolation == .container {
+            guard image != nil else {
+                let why = isolation == nil ? "\(level.rawValue) requires isolation level 'container'" : "isolation level 'container'"
+                throw fail(Alcub3Exit.usage, "\(why) needs an image: --image PATH (a root filesystem, an OCI image layout or a tar of one), "
+                           + "or --isolation process to accept process-level isolation")
+            }
+        } else if image != nil || imageDigest != nil {
+            throw fail(Alcub3Exit.usage, "--image and --image-digest apply to --isolation-level container")
+        }
+        let digest = try imageDigest.map { text in
+            guard let digest = ImageDigest(text) else {
+                throw fail(Alcub3Exit.usage, "--image-digest '\(Self.printable(text))' is not a digest like sha256:<64 lower-case hex digits>")
+            }
+            return digest
+        }
+        if policy.isolation != .process && policy.isolation != .container {
             let why = isolation == nil ? "\(level.rawValue) requires isolation level '\(policy.isolation.rawValue)'" : "isolation level '\(policy.isolation.rawValue)'"
             throw fail(Alcub3Exit.unsupportedIsolation,
                        "\(why), which alcub3 run does not provide yet; pass --isolation process to accept process-level isolation")
@@ -68,16 +100,20 @@ struct RunCommand: AsyncParsableCommand {
         if let seccompProfile {
             policy.seccompProfile = try SeccompProfileFile.read(seccompProfile)
         }
-        let agent = agentID ?? Self.defaultAgentID(for: program)
+        // With a profile, runs of the same program share an agent id, so the profile fits the next run.
+        let agent = agentID ?? Self.defaultAgentID(for: program, unique: profile == nil)
         if let problem = Identifier.validate(agent) {
             throw fail(Alcub3Exit.invalidAgentID, "invalid agent id '\(Self.printable(agent))': \(problem)")
         }
         guard geteuid() == 0 else {
             throw fail(Alcub3Exit.notRoot, "alcub3 run needs root (BPF, cgroups and namespaces); try sudo")
         }
+        let traceDirectory = try recordTraces.map(TraceRecorder.prepare)
         let executable: String
         do {
-            executable = try CommandResolver.resolve(program, hiddenPaths: policy.filesystem.hiddenPaths)
+            // A container's command is looked up in its image, once unpacked.
+            executable = policy.isolation == .container ? program
+                : try CommandResolver.resolve(program, hiddenPaths: policy.filesystem.hiddenPaths)
         } catch SandboxError.commandNotExecutable(let c) {
             throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
         } catch let error as SandboxError {
@@ -89,16 +125,25 @@ struct RunCommand: AsyncParsableCommand {
             agentID: agent, policy: policy, executable: executable, arguments: argv,
             format: format, printSyscalls: syscalls, syscallEntry: syscallEntry)
         session.privateWorkspace = privateWorkspace
+        session.container = image.map { (image: $0, digest: digest) }
+        session.traceDirectory = traceDirectory
+        if let profile {
+            let loaded = try RunBehaviour.prepare(path: profile, agentID: agent)
+            session.behaviour = RunBehaviour(
+                path: profile, profile: loaded, agentID: agent, sandboxID: session.sandboxID,
+                configuration: try Self.configuration(files: policyFiles).behavioralAnalysis,
+                workspace: privateWorkspace ? policy.filesystem.workspace : FileManager.default.currentDirectoryPath, format: format)
+        }
         let code = try await session.run()
         throw ExitCode(code)
     }
 
     /// "<program>-<pid>": readable, and unique among runs on this host.
-    static func defaultAgentID(for program: String) -> String {
+    static func defaultAgentID(for program: String, unique: Bool = true) -> String {
         let base = (program as NSString).lastPathComponent
             .filter { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }
         let trimmed = String(base.drop(while: { $0 == "." || $0 == "-" }).prefix(48))
-        return (trimmed.isEmpty ? "agent" : trimmed) + "-" + String(getpid())
+        return (trimmed.isEmpty ? "agent" : trimmed) + (unique ? "-" + String(getpid()) : "")
     }
 
     /// Control characters shown escaped, so the error line stays one line.
@@ -110,6 +155,15 @@ struct RunCommand: AsyncParsableCommand {
     static func policy(for level: Classification, files: [String]) throws -> SandboxPolicy {
         guard !files.isEmpty else { return SandboxPolicy.builtIn(level) }
         do {
+            return try configuration(files: files).sandboxPolicy(for: level)
+        } catch let error as PolicyError {
+            throw fail(Alcub3Exit.invalidPolicy, error.description)
+        }
+    }
+
+    /// The shipped configuration with `files` merged over it, in order.
+    static func configuration(files: [String]) throws -> PolicyConfiguration {
+        do {
             var configuration = PolicyConfiguration.shipped
             for path in files {
                 guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -117,7 +171,7 @@ struct RunCommand: AsyncParsableCommand {
                 }
                 configuration = try configuration.merging(try PolicyOverrides.parse(text, source: path))
             }
-            return try configuration.sandboxPolicy(for: level)
+            return configuration
         } catch let error as PolicyError {
             throw fail(Alcub3Exit.invalidPolicy, error.description)
         }

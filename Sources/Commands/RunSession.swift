@@ -26,6 +26,12 @@ final class RunSession: @unchecked Sendable {
 
     /// Work in a private, size-capped workspace instead of the caller's directory.
     var privateWorkspace = false
+    /// The container level's image (`--image`) and the manifest digest it must have.
+    var container: (image: String, digest: ImageDigest?)?
+    /// `--record-traces`: where each thread's syscall trace goes (TraceRecorder).
+    var traceDirectory: String?
+    /// `--profile`: the behavioural analyzer, learning or scoring (RunBehaviour).
+    var behaviour: RunBehaviour?
 
     init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
          format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
@@ -72,12 +78,29 @@ final class RunSession: @unchecked Sendable {
             try kernelStep("attaching the network policy to the sandbox cgroup") { try network.apply(policy.network, to: cgroup) }
         }
         defer { network?.remove(cgroup) }
-        try kernelStep("watching the sandbox cgroup") {
-            try monitor.watch(sandboxCgroupID: cgroup.id,
-                              options: .init(syscalls: policy.traceSyscalls, syscallEntry: syscallEntry))
+        func watchSandbox() throws {
+            try kernelStep("watching the sandbox cgroup") {
+                try monitor.watch(sandboxCgroupID: cgroup.id,
+                                  options: .init(syscalls: policy.traceSyscalls || traceDirectory != nil || behaviour != nil,
+                                                syscallEntry: syscallEntry))
+            }
         }
+        // A container's cgroup is watched once runc has set it up (below): runc's
+        // own unshare and setuid in it are not the agent's.
+        if self.container == nil { try watchSandbox() }
         // Subscribe before the process starts, so its first exec is not missed.
         let subscription = monitor.hub.subscribe()
+        behaviour?.start(hub: monitor.hub)
+        // Traces get a subscriber of their own: the rendering never delays them.
+        let recording = traceDirectory.map { directory in
+            let traceSubscription = monitor.hub.subscribe()
+            let task = Task { () -> TraceRecorder in
+                var recorder = TraceRecorder(directory: directory)
+                for await batch in traceSubscription.events { recorder.record(batch) }
+                return recorder
+            }
+            return (subscription: traceSubscription, task: task)
+        }
         try kernelStep("starting the ring buffer consumer") { try monitor.start() }
         defer { monitor.stop() }
 
@@ -119,6 +142,10 @@ final class RunSession: @unchecked Sendable {
         }
         spec.v1ProcsFiles = applied.v1ProcsFiles
 
+        // Container level: the image validated and unpacked, the bundle written; runc runs it below.
+        let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }
+        defer { if container != nil { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) } }
+
         // From here a signal kills the sandbox; before, set-up stops at this check.
         if let sig = interruptLock.withLock({ () -> Int32? in
             liveCgroup = cgroup
@@ -129,13 +156,17 @@ final class RunSession: @unchecked Sendable {
         let started = WallClock.nowUnixNanos()
         let process: SandboxedProcess
         do {
-            process = try SandboxedProcess(spec: spec, cgroup: cgroup)
+            process = try container?.create() ?? SandboxedProcess(spec: spec, cgroup: cgroup)
         } catch SandboxError.commandNotFound(let c) {
             throw fail(Alcub3Exit.commandNotFound, "command not found: \(c)")
         } catch SandboxError.commandNotExecutable(let c) {
             throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
         } catch {
             throw fail(Alcub3Exit.kernelRefused, "could not start the sandbox: \(error)")
+        }
+        if let container {
+            try watchSandbox()
+            do { try container.start() } catch { throw fail(Alcub3Exit.kernelRefused, "could not start the container: \(error)") }
         }
         initPIDKnown.yield(process.pid)
         initPIDKnown.finish()
@@ -153,7 +184,7 @@ final class RunSession: @unchecked Sendable {
         supervisor?.start()
         defer { supervisor?.stop() }
         let resources = ResourceWatcher(cgroup: cgroup, applied: applied, limits: limits,
-                                        capped: spec.readOnlyRoot ? ["/proc/\(process.pid)/root/tmp"]
+                                        capped: spec.readOnlyRoot && container == nil ? ["/proc/\(process.pid)/root/tmp"]
                                             + (privateWorkspace ? ["/proc/\(process.pid)/root" + policy.filesystem.workspace] : []) : []) { finding in
             renderer.render(finding)
         }
@@ -161,7 +192,7 @@ final class RunSession: @unchecked Sendable {
         defer { resources.stop() }
         if format == .table {
             Output.err(
-                "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), process isolation, namespaces \(namespaces.names.joined(separator: ","))) pid \(process.pid)\n")
+                "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), \(container.map(Self.describe) ?? "process isolation, namespaces \(namespaces.names.joined(separator: ","))")) pid \(process.pid)\n")
         }
 
         let status = await Self.waitInBackground(process)
@@ -173,6 +204,10 @@ final class RunSession: @unchecked Sendable {
         let counters = monitor.counters()
         monitor.unwatch(sandboxCgroupID: cgroup.id)
         let summary = await streaming.value
+        if let behaviour {
+            let line = await behaviour.finish()
+            if format == .table { Output.err("alcub3: \(line)\n") }
+        }
 
         TelemetryStatistics.record(counters, streamDropped: subscription.dropped)
         let interrupted = interruptLock.withLock { interruptSignal }
@@ -180,7 +215,26 @@ final class RunSession: @unchecked Sendable {
         printSummary(summary, status: status, interruptedBy: interrupted, code: code,
                      counters: counters, subscriberDropped: subscription.dropped,
                      seconds: Double(WallClock.nowUnixNanos() - started) / 1e9)
+        if let recording {
+            try writeTraces(await recording.task.value, counters: counters,
+                            streamDropped: recording.subscription.dropped, initPID: process.pid)
+        }
         return code
+    }
+
+    /// A data set must not be silently incomplete: with any record lost on
+    /// the way (kernel ring buffer full, a subscriber behind), none is written.
+    private func writeTraces(_ recorder: TraceRecorder, counters: KernelCounters, streamDropped: Int, initPID: Int32) throws {
+        guard counters.dropped == 0 && streamDropped == 0 else {
+            throw fail(Alcub3Exit.tracesIncomplete,
+                       "traces not written: \(counters.dropped) records dropped by the kernel (ring buffer full) and "
+                       + "\(streamDropped) events by the trace recorder; run again on a less busy machine")
+        }
+        let (files, syscalls, skipped) = try recorder.write(excludingPID: initPID)
+        if format == .table {
+            Output.err("alcub3: \(files) traces (\(syscalls) syscalls) written to \(recorder.directory); "
+                       + "\(skipped) threads with fewer than \(TraceRecorder.minimumSyscalls) syscalls skipped\n")
+        }
     }
 
     /// The policy's `on_violation` beyond the printed alert: kill the process

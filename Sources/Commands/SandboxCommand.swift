@@ -27,6 +27,8 @@ struct SandboxCommand: ParsableCommand {
         var seccompProfile: String?
         @Flag(name: .customLong("share-cwd"), help: "Work in the current directory, writable and not size-capped, instead of a private workspace.")
         var shareCwd = false
+        @Option(help: "A behaviour profile: an existing file is the agent's learned behaviour (no observation window); a new one receives the profile learned.")
+        var profile: String?
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
         var command: [String] = []
 
@@ -48,6 +50,7 @@ struct SandboxCommand: ParsableCommand {
             }
             request.seccompProfile = try seccompProfile.map(SeccompProfileFile.read)
             request.shareWorkingDirectory = shareCwd
+            request.profilePath = profile.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
             request.command = command.first == "--" ? Array(command.dropFirst()) : command
             request.workingDirectory = FileManager.default.currentDirectoryPath
             request.environment = RunSession.sandboxEnvironment()

@@ -46,7 +46,7 @@ public final class EscapeCorrelator: Sendable {
             guard combined >= threshold else { return nil }
             let techniques = Set(strongest.keys)
             let first = entry.raisedTechniques.isEmpty
-            guard first || (!techniques.isSubset(of: entry.raisedTechniques) && now - entry.lastRaised > windowNanos) else { return nil }
+            guard first || (!techniques.isSubset(of: entry.raisedTechniques) && now > entry.lastRaised && now - entry.lastRaised > windowNanos) else { return nil }
             entry.raisedTechniques.formUnion(techniques)
             entry.lastRaised = now
 

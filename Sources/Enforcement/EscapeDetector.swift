@@ -123,6 +123,13 @@ public enum EscapeDetector {
                 // Allowed by the policy (it would have been refused otherwise): less sure.
                 (id, evidence, confidence) = ("userns-unshare", "\(name)(0x\(String(flags, radix: 16))) succeeded", 0.5)
             }
+        case .credentialChange(let nr, let result, _, _, _, _, _, _)
+            where result == -Int64(EPERM) && SeccompProfile.effectiveIDCalls.contains(SyscallNames.name(Int(nr))):
+            // The filter lets these through only in their harmless form; any other
+            // form meets its default EPERM, so the supervisor never sees it.
+            return EscapeFinding(technique: EscapeTechnique.named("setuid-root")!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                 pid: e.origin.pid, evidence: "\(SyscallNames.name(Int(nr))) refused with EPERM",
+                                 refusedBy: "seccomp", observedNanos: e.origin.bootNanos)
         case .credentialChange(let nr, let result, _, let euid, _, _, let capEffective, _)
             where result >= 0 && capEffective & escapeCapabilities != 0:
             (id, evidence, confidence) = ("setuid-root", "\(SyscallNames.name(Int(nr))) left euid \(euid) with capabilities "

@@ -84,6 +84,7 @@ public enum DefaultConfiguration {
       behavioral_analysis:
         enabled: true
         observation_window: "300s"
+        analysis_window: "10s"      # after the observation window, behaviour is scored once per analysis window
         ml_model: "behavioral_anomaly_v2"
         sensitivity: "high"
 

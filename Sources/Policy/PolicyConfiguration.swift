@@ -153,6 +153,8 @@ public struct IntegrityMonitoring: Sendable, Equatable {
 public struct BehavioralAnalysis: Sendable, Equatable {
     public internal(set) var enabled = false
     public internal(set) var observationWindow = Duration.zero
+    /// How often the analyzer scores what happened (after the observation window).
+    public internal(set) var analysisWindow = Duration.zero
     public internal(set) var mlModel = ""
     public internal(set) var sensitivity = Sensitivity.high
 }
@@ -341,6 +343,14 @@ extension BehavioralAnalysis {
         [
             .value("enabled", \.enabled, YAMLValue.bool),
             .value("observation_window", \.observationWindow, YAMLValue.duration),
+            .value("analysis_window", \.analysisWindow) { node in
+                let text = try YAMLValue.text(node)
+                let window = try Quantity.duration(text)
+                guard window >= .milliseconds(100), window <= .seconds(3600) else {
+                    throw PolicyError(.invalidValue, "'\(printable(text))' is not a window from 100ms to 1h")
+                }
+                return window
+            },
             .value("ml_model", \.mlModel) { node in
                 let name = try YAMLValue.text(node)
                 if let problem = Identifier.validate(name) {

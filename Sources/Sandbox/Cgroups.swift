@@ -137,6 +137,8 @@ public final class SandboxCgroup: Sendable {
     public static func removeRootIfEmpty(layout: CgroupLayout) {
         rmdir(layout.alcub3Root)
         for mount in Set(layout.v1Controllers.values) { rmdir(mount + "/alcub3") }
+        // runc makes alcub3/ in named hierarchies too (name=systemd) for container sandboxes.
+        for mount in ContainerSandbox.v1Mounts() { rmdir(mount + "/alcub3") }
     }
 }
 

@@ -49,6 +49,9 @@ extension SeccompProfile {
         "pidfd_getfd", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "vhangup",
     ]
 
+    /// Escape syscalls with a harmless form programs use (see `forSandbox`).
+    public static let effectiveIDCalls: Set<String> = ["setresuid", "setresgid"]
+
     /// What the sandbox's own init and the step from it to the command need
     /// once the filter is on (it is installed before the command is cloned).
     /// A profile that refuses any of them would lock the sandbox out of its init.
@@ -126,7 +129,19 @@ extension SeccompProfile {
                                   comment: "\(call) of a \(kind) device"))
             }
         }
-        let escapes = escapeSyscalls.filter { !allowed.contains($0) }
+        // setresuid(-1, id, -1) and setresgid(-1, id, -1) are how glibc's seteuid,
+        // setegid and posix_spawn (GNU make's) set one id: without CAP_SETUID or
+        // CAP_SETGID the kernel lets them take only an id the process already has,
+        // so they are allowed. Any other form gets the default EPERM, and
+        // telemetry's credential record reports it (EscapeDetector).
+        let oneID = 0xffff_ffff as UInt64
+        for call in Self.effectiveIDCalls where !allowed.contains(call) {
+            rules.append(Rule(names: [call], action: .allow,
+                              conditions: [Condition(index: 0, value: oneID, valueTwo: oneID, op: .maskedEqual),
+                                           Condition(index: 2, value: oneID, valueTwo: oneID, op: .maskedEqual)],
+                              comment: "\(call)(-1, id, -1): the effective id only, to one the process has"))
+        }
+        let escapes = escapeSyscalls.filter { !allowed.contains($0) && !Self.effectiveIDCalls.contains($0) }
         rules.append(Rule(names: escapes, action: report, comment: "escape syscalls: refused and reported"))
         return SeccompProfile(defaultAction: .errno(EPERM), rules: rules, logDenials: true)
     }

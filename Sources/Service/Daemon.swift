@@ -49,6 +49,7 @@ public final class Daemon: @unchecked Sendable {
                                      layout: layout, log: log)
         manager.anomalyThreshold = policyConfiguration.integrityMonitoring.anomalyThreshold
         manager.integrityWatch.fullRescanEvery = policyConfiguration.integrityMonitoring.fullRescanEvery
+        manager.behaviourSettings = BehaviourSettings(policyConfiguration.behavioralAnalysis)
         // BPF-LSM where the kernel allows it; where it refuses, say so once and go on without.
         do {
             manager.lsm = try LSMEnforcer(rootLevel: layout.alcub3RootLevel)
@@ -74,6 +75,7 @@ public final class Daemon: @unchecked Sendable {
         }
         startRetention(store)
         startIntegrityCycles()
+        manager.startBehaviourWindows()
         log.info("listening on \(configuration.socketPath)")
     }
 

@@ -1,3 +1,4 @@
+import Analysis
 import Enforcement
 import Foundation
 import Logging
@@ -52,7 +53,13 @@ final class EventPipeline: Sendable {
                 }
                 if let row = render(event, sandbox: cached.sandbox) { rows.append(row) }
             }
-            for sandbox in manager.liveSandboxes { sandbox.behaviour.add(syscalls: &sandbox.pendingSyscalls) }
+            for sandbox in manager.liveSandboxes {
+                sandbox.behaviour.add(syscalls: &sandbox.pendingSyscalls)
+                if !sandbox.pendingRecords.isEmpty {
+                    sandbox.analyzer?.add(sandbox.pendingRecords)
+                    sandbox.pendingRecords.removeAll(keepingCapacity: true)
+                }
+            }
             let syscalls = batch.reduce(0) { if case .syscall = $1 { $0 + 1 } else { $0 } }
             guard !rows.isEmpty else {
                 statistics.withLock { $0.syscalls += UInt64(syscalls) }
@@ -94,7 +101,10 @@ final class EventPipeline: Sendable {
         // recorder once per batch (flushSyscalls), judged only when they failed.
         if case .syscall(let s) = event {
             sandbox.syscalls += 1
-            if !s.isEntry, s.number >= 0, Int(s.number) < sandbox.pendingSyscalls.count { sandbox.pendingSyscalls[Int(s.number)] += 1 }
+            if !s.isEntry, s.number >= 0, Int(s.number) < sandbox.pendingSyscalls.count {
+                sandbox.pendingSyscalls[Int(s.number)] += 1
+                if sandbox.analyzer != nil, let record = BehaviourFeed.record(for: s) { sandbox.pendingRecords.append(record) }
+            }
             if s.returnValue < 0, let finding = EscapeDetector.finding(for: event) {
                 manager.raise(finding, in: sandbox, processes: sandbox.processes)
             }
@@ -102,6 +112,7 @@ final class EventPipeline: Sendable {
         }
         sandbox.processes.observe(event)
         sandbox.behaviour.record(event)
+        sandbox.observeBehaviour(event)
         // The cause is put in words only for a sandbox with a baseline.
         if case .file(let file) = event, file.operation.changesFilesystem, manager.integrityWatch.isWatching(cgroupID: file.origin.sandboxCgroupID) {
             let who = sandbox.processes[file.origin.pid].map { " (\($0.name))" } ?? ""

@@ -1,3 +1,4 @@
+import Analysis
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -91,6 +92,8 @@ struct RequestHandler: Sendable {
             connection.send(.result(try MonitorSnapshot.take(manager: manager, agentID: try agentID(request))))
         case .auditVerify:
             connection.send(.result(try manager.store.verifyAudit()))
+        case .behaviour:
+            connection.send(.result(try manager.behaviourSnapshot(agentID: try agentID(request), detailed: request.verbose ?? false)))
         case .report:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {
@@ -98,6 +101,25 @@ struct RequestHandler: Sendable {
             }
             connection.send(.result(try SandboxReport.make(store: manager.store, record: record, sinceNs: request.sinceNs,
                                                            untilNs: request.untilNs)))
+        }
+    }
+
+    /// `--profile FILE`: an existing file is the profile to start from (it must
+    /// be this agent's and intact); a new one is where the learned profile goes.
+    private func profileChoice(_ request: ServiceRequest, agent: String) throws -> ProfileChoice? {
+        guard let path = request.profilePath else { return nil }
+        guard path.hasPrefix("/") else { throw ServiceFailure(ExitCodes.usage, "--profile needs an absolute path, got '\(path)'") }
+        guard FileManager.default.fileExists(atPath: path) else {
+            let directory = (path as NSString).deletingLastPathComponent
+            guard access(directory, W_OK) == 0 else {
+                throw ServiceFailure(ExitCodes.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
+            }
+            return ProfileChoice(loaded: nil, path: path)
+        }
+        do {
+            return ProfileChoice(loaded: try AgentProfile.load(from: path, agentID: agent), path: path)
+        } catch {
+            throw ServiceFailure(ExitCodes.invalidPolicy, "\(error)")
         }
     }
 
@@ -138,6 +160,7 @@ struct RequestHandler: Sendable {
         var create = CreateRequest(agentID: agent, policy: resolved.policy, limits: resolved.limits, command: request.command ?? [],
                                    workingDirectory: request.workingDirectory ?? "/", environment: request.environment ?? [])
         create.shareWorkingDirectory = request.shareWorkingDirectory ?? false
+        create.profile = try profileChoice(request, agent: agent)
         let record = try manager.create(create,
             steps: request.verbose == true ? { step in
                 connection.send(ServiceMessage(type: .step, json: ServiceJSON.encode(step), message: step.step))

@@ -1,3 +1,4 @@
+import Analysis
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,6 +33,12 @@ final class LiveSandbox: @unchecked Sendable {
     var resources: ResourceWatcher?
     /// What the sandbox did since it started or since its last baseline.
     let behaviour = BehaviourRecorder()
+    /// The behavioural analyzer (nil when behavioral_analysis is off), the
+    /// file its learned profile is saved to, and the syscalls the event
+    /// pipeline gathers for it during one batch.
+    var analyzer: BehavioralAnalyzer?
+    var profilePath: String?
+    var pendingRecords: [SyscallRecord] = []
     private let responded = NSLock()
     private var hasResponded = false
 
@@ -68,6 +75,8 @@ public struct CreateRequest: Sendable {
     public var workingDirectory: String
     public var shareWorkingDirectory = false
     public var environment: [String]
+    /// A behaviour profile to start from and where to save the learned one.
+    public var profile: ProfileChoice?
 
     public init(agentID: String, policy: SandboxPolicy, limits: ResourceLimits, command: [String],
                 workingDirectory: String, environment: [String]) {
@@ -99,6 +108,8 @@ public final class SandboxManager: @unchecked Sendable {
     let integrityWatch = IntegrityWatch()
     /// Escape indicators of one sandbox close in time: one escape finding.
     let correlator = EscapeCorrelator()
+    /// From behavioral_analysis in the configuration (set before the first sandbox).
+    var behaviourSettings = BehaviourSettings()
     /// integrity_monitoring.anomaly_threshold: how far (Jensen-Shannon) a
     /// sandbox's syscall mix may move from its baseline's. Set by the daemon.
     var anomalyThreshold = 0.8
@@ -428,6 +439,10 @@ public final class SandboxManager: @unchecked Sendable {
             report(enforcementSummary(spec: spec, process: initProcess), to: steps)
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
+            sandbox.analyzer = makeAnalyzer(agentID: request.agentID,
+                                            workspace: request.shareWorkingDirectory ? request.workingDirectory : request.policy.filesystem.workspace,
+                                            profile: request.profile)
+            sandbox.profilePath = request.profile?.loaded == nil ? request.profile?.path : nil
             lock.withLock {
                 live[request.agentID] = sandbox
                 byCgroup[cgroup.id] = sandbox

@@ -17,8 +17,11 @@ public struct SandboxReport: Codable, Sendable {
     /// The timeline has at most this many buckets: one per minute, wider for long ranges.
     public static let maxBuckets = 720
     public static let timelineKinds = ["process", "file", "network", "alert"]
-    public static let anomalyNote = "No anomaly scores: alcub3 has no behavioral analyzer yet, so nothing computes them. "
-        + "Behaviour that diverges from a baseline's profile is reported by integrity validation (integrity findings, dimension behaviour)."
+    public static let anomalyNote = "No anomaly scores in this range: the behavioural analyzer was still learning the agent "
+        + "(behavioral_analysis.observation_window), or is off for it. Behaviour that diverges from a baseline's profile is also "
+        + "reported by integrity validation (integrity findings, dimension behaviour)."
+    public static let anomalyScored = "The behavioural analyzer's scores, one per analysis window (docs/detection.md): "
+        + "the anomaly of the syscall sequences and the risk with what the activity touched; alerting windows are marked."
 
     public var format = SandboxReport.formatName
     public var generatedAt: String
@@ -127,7 +130,10 @@ public struct SandboxReport: Codable, Sendable {
 
         public struct Point: Codable, Sendable {
             public var time: String
+            /// The window's anomaly score (0-1), its risk score and whether it alerted.
             public var score: Double
+            public var risk: Double?
+            public var alert: Bool?
         }
     }
 
@@ -171,6 +177,7 @@ extension SandboxReport {
             topProcesses: [], topFiles: [], topDestinations: [], audit: [], auditOmitted: 0)
         try report.readEvents(store, sandboxID: record.sandboxID, start: start, end: end,
                               life: record.createdNs...(record.endedNs ?? now))
+        if report.anomalyScores.available { report.anomalyScores.note = anomalyScored }
         try report.readAlerts(store, sandboxID: record.sandboxID, start: start, end: end)
         try report.readAudit(store, sandboxID: record.sandboxID, start: start, end: end)
         return report
@@ -234,6 +241,14 @@ extension SandboxReport {
                     let index = Int((row.timeNs - chartStart) / bucketNs)
                     if index < buckets.count { buckets[index].add(row.kind) }
                 }
+                if row.kind == "alcub3", row.json.contains("\"behaviour_window\""),
+                   let window = try? JSONSerialization.jsonObject(with: Data(row.json.utf8)) as? [String: Any],
+                   let anomaly = window["anomaly"] as? Double {
+                    anomalyScores.available = true
+                    anomalyScores.points.append(.init(time: WallClock.iso8601(unixNanos: row.timeNs), score: anomaly,
+                                                      risk: window["risk"] as? Double, alert: window["alert"] as? Bool))
+                    continue
+                }
                 guard ["process", "file", "network"].contains(row.kind),
                       let object = try? JSONSerialization.jsonObject(with: Data(row.json.utf8)) as? [String: Any] else { continue }
                 let failed = object["status"] as? String == "Failure"
@@ -246,7 +261,9 @@ extension SandboxReport {
                     let name = actor["name"] as? String ?? names[pid] ?? "pid \(pid)"
                     Self.tally(&processes, name, failed: failed)
                 }
-                if object["class_uid"] as? Int == 1001, let path = (object["file"] as? [String: Any])?["path"] as? String {
+                // Files written: a read (activity 2) changes nothing.
+                if object["class_uid"] as? Int == 1001, object["activity_id"] as? Int != 2,
+                   let path = (object["file"] as? [String: Any])?["path"] as? String {
                     Self.tally(&files, path, failed: failed)
                 }
                 if object["class_uid"] as? Int == 4001, let destination = object["dst_endpoint"] as? [String: Any] {

@@ -7,7 +7,7 @@ import Foundation
 /// the client goes away).
 public struct ServiceRequest: Codable, Sendable {
     public enum Operation: String, Codable, Sendable {
-        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", baseline, validate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify", report
+        case ping, create, exec, list, show, terminate, thaw, policySet = "policy-set", baseline, validate, export, importPolicy = "import", events, monitor, auditVerify = "audit-verify", report, behaviour
     }
 
     public var op: Operation
@@ -40,6 +40,9 @@ public struct ServiceRequest: Codable, Sendable {
     public var limit: Int?
     public var follow: Bool?
     public var verbose: Bool?
+    public var image: String?               // create, container level: a root filesystem, OCI layout or tar of one
+    public var imageDigest: String?         // create: the manifest digest the image must have
+    public var profilePath: String?         // create: a behaviour profile to start from, or to save the learned one to
 
     public init(op: Operation) { self.op = op }
 }
@@ -95,6 +98,7 @@ public enum ExitCodes {
     public static let kernelRefused: Int32 = 71
     public static let notFound: Int32 = 72
     public static let agentInUse: Int32 = 73
+    public static let imageRefused: Int32 = 74
     public static let notAllowed: Int32 = 77
     public static let commandNotExecutable: Int32 = 126
     public static let commandNotFound: Int32 = 127

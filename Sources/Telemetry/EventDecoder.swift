@@ -34,10 +34,19 @@ public enum EventDecoder {
         for i in 0..<count {
             let e = base.loadUnaligned(fromByteOffset: entriesOffset + i * stride, as: alcub3_syscall_entry.self)
             origin.bootNanos = header.ts_ns &+ UInt64(e.ts_delta)
-            events.append(.syscall(SyscallEvent(origin: origin, number: Int32(bitPattern: e.nr), returnValue: e.ret,
+            events.append(.syscall(SyscallEvent(origin: origin, number: exitNumber(e.nr), returnValue: e.ret,
                                                 arguments: (e.args.0, e.args.1, e.args.2), isEntry: false)))
         }
         return true
+    }
+
+    /// The number of a completed syscall. rt_sigreturn restores the registers
+    /// of the interrupted code and sets orig_ax to -1 so nothing restarts: at
+    /// its exit the kernel reports -1, which on x86_64 only it can give.
+    @inline(__always)
+    static func exitNumber(_ nr: UInt32) -> Int32 {
+        let number = Int32(bitPattern: nr)
+        return number == -1 ? 15 : number  // __NR_rt_sigreturn
     }
 
     public static func decode(_ record: UnsafeRawBufferPointer) -> TelemetryEvent? {
@@ -60,10 +69,11 @@ public enum EventDecoder {
         switch Int32(header.kind) {
         case Int32(ALCUB3_KIND_SYSCALL.rawValue), Int32(ALCUB3_KIND_SYSCALL_ENTER.rawValue):
             guard let e = load(alcub3_syscall_event.self) else { return nil }
+            let entry = header.kind == UInt16(ALCUB3_KIND_SYSCALL_ENTER.rawValue)
             return .syscall(SyscallEvent(
-                origin: origin, number: Int32(bitPattern: e.nr), returnValue: e.ret,
+                origin: origin, number: entry ? Int32(bitPattern: e.nr) : exitNumber(e.nr), returnValue: e.ret,
                 arguments: (e.args.0, e.args.1, e.args.2),
-                isEntry: header.kind == UInt16(ALCUB3_KIND_SYSCALL_ENTER.rawValue)))
+                isEntry: entry))
 
         case Int32(ALCUB3_KIND_FORK.rawValue):
             guard let e = load(alcub3_fork_event.self) else { return nil }

@@ -13,7 +13,7 @@ let usage = """
     """
 
 enum Section: String, CaseIterable {
-    case telemetry, creation, store, memory, seccomp, integrity, escapes
+    case telemetry, creation, store, memory, seccomp, integrity, behaviour, escapes
 }
 
 var options: [String: String] = [:]
@@ -61,6 +61,8 @@ for case let section? in sections {
         benchmarks += "\n" + (try seccompNotifySection(loopBinary: required("notify-loop", by: section), layout: layout))
     case .integrity:
         benchmarks += "\n" + (try integritySection())
+    case .behaviour:
+        benchmarks += "\n" + (try behaviourSection())
     case .escapes:
         let suite = try EscapeSuiteBench(attacker: required("attacker", by: section), alcub3: required("alcub3", by: section),
                                          layout: layout).run()

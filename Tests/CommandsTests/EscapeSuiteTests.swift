@@ -41,6 +41,8 @@ struct EscapeSuiteTests {
         var attempts: [String: [String: Any]] = [:]
         /// Technique id -> detection latencies (ns) of its findings.
         var findings: [String: [Int64]] = [:]
+        /// Correlated escape findings: the techniques each stands on.
+        var escapes: [[String]] = []
     }
 
     func attack(_ techniques: [String], smallLimits: Bool = false) throws -> (Outcome, Result) {
@@ -63,6 +65,9 @@ struct EscapeSuiteTests {
             if let technique = line["technique"] as? String {
                 outcome.attempts[technique] = line
             } else if line["class_uid"] as? Int == 2004, let unmapped = line["unmapped"] as? [String: Any],
+                      let indicators = unmapped["indicators"] as? [[String: Any]], !indicators.isEmpty {
+                outcome.escapes.append(indicators.compactMap { $0["technique"] as? String })
+            } else if line["class_uid"] as? Int == 2004, let unmapped = line["unmapped"] as? [String: Any],
                       let technique = unmapped["technique"] as? String {
                 outcome.findings[technique, default: []].append((unmapped["detection_latency_ns"] as? NSNumber)?.int64Value ?? .max)
             }
@@ -71,7 +76,7 @@ struct EscapeSuiteTests {
     }
 
     static let techniques = [
-        "mount", "cgroup-release-agent", "userns-unshare", "setns-host", "proc-root-traversal", "open-by-handle",
+        "mount", "cgroup-release-agent", "cgroup-escape", "proc-control", "userns-unshare", "setns-host", "proc-root-traversal", "open-by-handle",
         "core-pattern", "sysrq", "kernel-module", "bpf", "perf-event", "ptrace-outside", "proc-mem-outside",
         "process-vm-writev", "keyctl", "userfaultfd", "io-uring", "raw-socket", "cloud-metadata", "runtime-socket",
         "write-outside-workspace", "ld-preload", "mknod-block", "double-chroot", "setuid-root", "memfd-exec",
@@ -86,6 +91,9 @@ struct EscapeSuiteTests {
         #expect(hogRun.code == 0, "\(hogRun.stdout.suffix(2000))")
         outcome.attempts.merge(hog.attempts) { a, _ in a }
         outcome.findings.merge(hog.findings) { a, _ in a }
+        // So many techniques in one run are one escape attempt, correlated across layers.
+        let escape = try #require(outcome.escapes.first, "no correlated escape finding")
+        #expect(escape.count >= 2 && escape.allSatisfy { Self.techniques.contains($0) }, "\(escape)")
         let slowest = outcome.findings.compactMapValues { $0.min() }.max { $0.value < $1.value }
         print("escape suite: \(outcome.findings.count) techniques reported; slowest first finding: "
               + "\(slowest.map { "\($0.key) \(Double($0.value) / 1e6) ms" } ?? "none")")

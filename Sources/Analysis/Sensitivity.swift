@@ -1,0 +1,59 @@
+import Foundation
+
+/// How readily the behavioural analyzer alerts (docs/detection.md, "Sensitivity").
+public enum Sensitivity: String, Codable, CaseIterable, Sendable {
+    case low, medium, high
+}
+
+/// The score thresholds of a model, taken from scores of normal activity the
+/// model did not learn from (held-out traces or windows): see `threshold(for:)`.
+public struct Calibration: Codable, Sendable, Equatable {
+    /// Held-out normal scores the figures come from.
+    public var samples: Int
+    public var p99: Double
+    public var p999: Double
+    public var max: Double
+
+    public init(scores: [Double]) {
+        precondition(!scores.isEmpty, "calibration needs scores")
+        let sorted = scores.sorted()
+        func quantile(_ q: Double) -> Double { sorted[Swift.min(sorted.count - 1, Int((q * Double(sorted.count)).rounded(.up)) - 1)] }
+        samples = sorted.count
+        p99 = quantile(0.99)
+        p999 = quantile(0.999)
+        max = sorted[sorted.count - 1]
+    }
+
+    /// high: the 99th percentile of held-out normal scores (about 1 % false alarms);
+    /// medium (the default): the highest held-out normal score plus a margin of
+    /// a quarter of the gap above the 99th percentile, so no calibration sample
+    /// alerts; low: the highest score plus half of it again.
+    public func threshold(for sensitivity: Sensitivity) -> Double {
+        switch sensitivity {
+        case .high: p99
+        case .medium: max + Swift.max(0.25 * (max - p99), 0.05 * max)
+        case .low: 1.5 * max
+        }
+    }
+}
+
+extension SequenceModel {
+    /// A model trained on every trace, calibrated on scores each trace got from a
+    /// model trained without it (`folds`-fold cross-fitting): in-sample scores
+    /// would be too low and the thresholds too eager.
+    public static func trainedAndCalibrated(on traces: [[UInt16]], order: Int = 6, referenceBits: Double = 3,
+                                            folds: Int = 5) -> SequenceModel {
+        var model = SequenceModel(order: order, referenceBits: referenceBits)
+        for trace in traces { model.train(sequence: trace) }
+        let folds = min(folds, traces.count)
+        guard folds >= 2 else { return model }
+        var heldOut: [Double] = []
+        for fold in 0..<folds {
+            var partial = SequenceModel(order: order, referenceBits: referenceBits)
+            for (index, trace) in traces.enumerated() where index % folds != fold { partial.train(sequence: trace) }
+            for (index, trace) in traces.enumerated() where index % folds == fold { heldOut.append(partial.score(sequence: trace)) }
+        }
+        model.calibration = Calibration(scores: heldOut)
+        return model
+    }
+}

@@ -1,0 +1,307 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CAlcub3
+import Foundation
+import KernelSupport
+import Policy
+
+/// A container runtime failure, in one line naming the step and runc's answer.
+public struct ContainerError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// What a container sandbox runs, and from which image.
+public struct ContainerSpec: Sendable {
+    public var sandboxID: String
+    /// A root filesystem directory, an OCI image layout directory, or a tar of one.
+    public var image: String
+    /// The manifest digest the image must have (`--image-digest`); without it
+    /// the manifest must be in `allowedImages`.
+    public var imageDigest: ImageDigest?
+    public var allowedImages: Set<ImageDigest> = []
+    /// argv; empty: the image's entrypoint and command.
+    public var arguments: [String]
+    /// KEY=VALUE over the image's environment.
+    public var environment: [String] = []
+    public var policy: SandboxPolicy
+    /// stdin, stdout, stderr for the container; -1 inherits alcub3's.
+    public var stdio: (Int32, Int32, Int32) = (-1, -1, -1)
+
+    public init(sandboxID: String, image: String, imageDigest: ImageDigest?, arguments: [String], policy: SandboxPolicy) {
+        self.sandboxID = sandboxID
+        self.image = image
+        self.imageDigest = imageDigest
+        self.arguments = arguments
+        self.policy = policy
+    }
+}
+
+/// The container level: an OCI bundle alcub3 makes from a validated image and
+/// the sandbox's policy, run by runc inside the sandbox's cgroup.
+///
+/// The bundle is /run/alcub3/containers/<id>: config.json and rootfs/, a
+/// tmpfs of the policy's `workspace_size` into which the image is unpacked,
+/// so the container's storage is private, size-capped and gone with the
+/// sandbox. The container id is the sandbox id; runc keeps its state in
+/// /run/runc/<id>. `remove(sandboxID:)` undoes all of it from the id alone.
+public final class ContainerSandbox: Sendable {
+    public static let stateRoot = "/run/alcub3/containers"
+    public static let runcStateRoot = "/run/runc"
+
+    public let id: String
+    public let bundle: String
+    public let image: ValidatedImage
+    public let network: ContainerNetwork?
+    /// What runs (the image's entrypoint and command when the spec gave none).
+    public let arguments: [String]
+    /// The container's cgroup, a child of the sandbox's.
+    public let cgroupPath: String
+    let runc: String
+    let stdio: (Int32, Int32, Int32)
+
+    /// runc from Debian's package, or the first on PATH.
+    public static func locateRuntime() throws -> String {
+        guard let runc = HostCommand.locate("runc", candidates: ["/usr/sbin/runc", "/usr/bin/runc"]) else {
+            throw ContainerError("the container level needs runc, which is not installed (Debian: apt-get install runc)")
+        }
+        return runc
+    }
+
+    /// Validates the image, unpacks it into the bundle's tmpfs, makes the
+    /// network (when the policy reaches beyond the sandbox) and writes
+    /// config.json. Nothing is started. On a failure everything made is removed.
+    /// `report` hears each step with its duration in microseconds.
+    public init(spec: ContainerSpec, cgroup: SandboxCgroup,
+                report: ((_ step: String, _ microseconds: Int, _ result: String) -> Void)? = nil) throws {
+        func step<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            let start = DispatchTime.now().uptimeNanoseconds
+            do {
+                let value = try body()
+                report?(name, Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), "ok")
+                return value
+            } catch {
+                report?(name, Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), "\(error)")
+                throw error
+            }
+        }
+        let id = spec.sandboxID
+        let bundle = Self.stateRoot + "/" + id
+        let cgroupPath = cgroup.path + "/container"
+        let rootfs = bundle + "/rootfs"
+        let runc = try Self.locateRuntime()
+        try AgentLock.makeDirectories(Self.stateRoot)
+        chmod(Self.stateRoot, 0o700)  // the unpacked images of every sandbox: root's alone
+        try syscallChecked("mkdir", bundle) { mkdir(bundle, 0o700) }
+        do {
+            let policy = spec.policy
+            try syscallChecked("mkdir", rootfs) { mkdir(rootfs, 0o755) }
+            // The container's whole storage: a tmpfs of the workspace's size. Full means ENOSPC, never the host's disk.
+            try step("mount a tmpfs of \(policy.filesystem.workspaceBytes) bytes at \(rootfs)") {
+                _ = try syscallChecked("mount", rootfs) {
+                    mount("tmpfs", rootfs, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=755,size=\(policy.filesystem.workspaceBytes)")
+                }
+            }
+            let staging = bundle + "/layout"
+            let image = try step("validate the image \(spec.image) (manifest, config and every layer against their digests)") {
+                try OCIImage.validate(path: spec.image, expected: spec.imageDigest, allowed: spec.allowedImages, staging: staging)
+            }
+            try step("unpack \(image.manifestDigest.map { "image \($0)" } ?? "root filesystem") into the bundle") {
+                try image.unpack(into: rootfs)
+            }
+            try? FileManager.default.removeItem(atPath: staging)
+            var environment = image.run.environment
+            if !environment.contains(where: { $0.hasPrefix("PATH=") }) {
+                environment.insert("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", at: 0)
+            }
+            for variable in spec.environment + ["HOSTNAME=\(id)"] {
+                let key = variable.prefix { $0 != "=" }
+                environment.removeAll { $0.prefix { $0 != "=" } == key }
+                environment.append(variable)
+            }
+            let arguments = spec.arguments.isEmpty ? image.run.entrypoint + image.run.command : spec.arguments
+            guard let program = arguments.first else {
+                throw ContainerError("no command given, and the image names none (no Entrypoint or Cmd in its config)")
+            }
+            try step("find \(program) in the image") { try Self.checkCommand(program, rootfs: rootfs, environment: environment) }
+            let network = try policy.allowsNetwork ? step("make the network namespace, veth and NAT") {
+                try ContainerNetwork.create(sandboxID: id)
+            } : nil
+            let seccomp = try step("export the seccomp profile from the policy") {
+                // runc installs it just before execve. Escape syscalls get EPERM: runc
+                // hands a notify listener only to a listenerPath agent, not to alcub3.
+                // runc 1.1 refuses filter flags, so denials are not logged by the kernel.
+                var profile = try SeccompProfile.effective(for: policy, supervised: false)
+                profile.logDenials = false
+                return try profile.jsonData()
+            }
+            let relative = String(cgroupPath.dropFirst(cgroup.layout.unifiedRoot.count))
+            let config = OCIRuntimeConfig(sandboxID: id, policy: policy, arguments: arguments, environment: environment,
+                                          workingDirectory: policy.filesystem.workspace, cgroupsPath: relative,
+                                          networkNamespacePath: network?.namespacePath, seccomp: seccomp)
+            try step("write \(bundle)/config.json") {
+                try config.jsonData().write(to: URL(fileURLWithPath: bundle + "/config.json"))
+            }
+            self.id = id
+            self.bundle = bundle
+            self.cgroupPath = cgroupPath
+            self.runc = runc
+            self.stdio = spec.stdio
+            self.image = image
+            self.network = network
+            self.arguments = arguments
+        } catch {
+            Self.remove(sandboxID: id, layout: cgroup.layout)
+            throw error
+        }
+    }
+
+    /// An absolute program must exist in the image; a bare name must be on the
+    /// image's PATH. Resolved inside the root filesystem, as runc will.
+    static func checkCommand(_ program: String, rootfs: String, environment: [String]) throws {
+        let root = try OwnedDescriptor(path: rootfs, flags: O_RDONLY | O_DIRECTORY)
+        let path = environment.first { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) } ?? "/usr/bin:/bin"
+        let candidates = program.contains("/") ? [program] : path.split(separator: ":").map { "\($0)/\(program)" }
+        for candidate in candidates {
+            let fd = alcub3_open_in_root(root.raw, candidate, ALCUB3_O_PATH | O_CLOEXEC, 0)
+            guard fd >= 0 else { continue }
+            let file = OwnedDescriptor(fd)
+            var st = stat()
+            if fstat(file.raw, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+                if st.st_mode & 0o111 == 0 { throw SandboxError.commandNotExecutable("\(program) (in the image)") }
+                return
+            }
+        }
+        throw SandboxError.commandNotFound("\(program) (not in the image\(program.contains("/") ? "" : ", PATH \(path)"))")
+    }
+
+    // MARK: running
+
+    /// `runc create`: runc sets the container up (namespaces, mounts, cgroup,
+    /// capabilities, seccomp) and leaves its init waiting on the exec FIFO.
+    /// alcub3 is a child subreaper, so that init, orphaned when runc create
+    /// exits, becomes its child: `wait()` on the returned process gives the
+    /// command's exit status. Telemetry is armed between this and `start()`,
+    /// so what it reports is the agent, not runc's set-up (which unshares and
+    /// changes credentials in the sandbox's cgroup, as an escape would).
+    public func create() throws -> SandboxedProcess {
+        guard alcub3_set_child_subreaper() == 0 else { throw SystemError(errno: errno, call: "prctl", context: "PR_SET_CHILD_SUBREAPER") }
+        let pidFile = bundle + "/init.pid", log = bundle + "/runc.log"
+        guard let pid = HostCommand.spawn([runc, "--log", log, "create", "--bundle", bundle, "--pid-file", pidFile, id], stdio: stdio) else {
+            throw ContainerError("could not start \(runc): \(String(cString: strerror(errno)))")
+        }
+        let code = HostCommand.wait(pid)
+        guard code == 0 else {
+            let lines = ((try? FileIO.read(log)) ?? "").split(separator: "\n").suffix(2)
+                .map { $0.replacingOccurrences(of: "\\\"", with: "\"") }.joined(separator: "; ")
+            throw ContainerError("runc create failed (exit code \(code))\(lines.isEmpty ? "" : ": \(lines)")")
+        }
+        guard let initPID = (try? FileIO.read(pidFile)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+            throw ContainerError("runc create wrote no pid file for \(id)")
+        }
+        guard Self.parent(of: initPID) == getpid() else {
+            throw ContainerError("the container's init (pid \(initPID)) is not alcub3's child; its exit status would be lost")
+        }
+        return try SandboxedProcess(adopting: initPID)
+    }
+
+    /// Lets the created container exec its command: what `runc start` does,
+    /// without a second runtime process (about 6 ms here): read runc's exec
+    /// FIFO to its end, which releases the init, and remove it, which marks
+    /// the container running. Falls back to `runc start` when there is no FIFO.
+    public func start() throws {
+        let fifo = Self.runcStateRoot + "/" + id + "/exec.fifo"
+        let fd = open(fifo, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = HostCommand.run([runc, "start", id])
+            guard code.code == 0 else { throw ContainerError("runc start failed: \(code.output)") }
+            return
+        }
+        var byte: UInt8 = 0
+        while read(fd, &byte, 1) > 0 {}
+        close(fd)
+        unlink(fifo)
+    }
+
+    /// Create, start and wait for the end (the tests' and the benchmark's way).
+    public func run() throws -> ExitStatus {
+        let process = try create()
+        try start()
+        return process.wait()
+    }
+
+    static func parent(of pid: Int32) -> Int32? {
+        guard let stat = try? FileIO.read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 1 ? Int32(fields[1]) : nil
+    }
+
+    // MARK: clean-up
+
+    /// Removes everything a container sandbox has on the host besides its
+    /// sandbox cgroup: runc's state (killing what runs), the bundle and its
+    /// tmpfs, the network, and the v1 cgroup directories runc made beneath
+    /// the sandbox's. Idempotent, from the id alone.
+    public static func remove(sandboxID: String, layout: CgroupLayout) {
+        // What `runc delete --force` does, without a runtime process: kill the
+        // container's cgroup, remove its directories and runc's state.
+        let container = layout.alcub3Root + "/" + sandboxID + "/container"
+        if FileIO.exists(container) {
+            if (try? FileIO.write("1", to: container + "/cgroup.kill")) == nil {
+                for pid in SandboxCgroup.processes(under: container) { kill(pid, SIGKILL) }
+            }
+            var waited = 0
+            while !SandboxCgroup.processes(under: container).isEmpty && waited < 5000 {
+                usleep(2000)
+                waited += 2
+            }
+            while rmdir(container) != 0 && errno == EBUSY && waited < 5000 {
+                usleep(2000)
+                waited += 2
+            }
+        }
+        try? FileManager.default.removeItem(atPath: runcStateRoot + "/" + sandboxID)
+        let bundle = stateRoot + "/" + sandboxID
+        if FileIO.exists(bundle) {
+            // Detached: a process still inside keeps nothing of the host busy.
+            umount2(bundle + "/rootfs", Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: bundle)
+        }
+        if FileIO.exists("/run/netns/" + ContainerNetwork.namespaceName(sandboxID))
+            || FileIO.exists("/sys/class/net/" + ContainerNetwork.hostInterface(sandboxID)) {
+            ContainerNetwork.remove(sandboxID: sandboxID)
+        } else {
+            ContainerNetwork.releaseSlots(of: sandboxID)
+        }
+        // runc creates the container's cgroup in every v1 hierarchy (named ones
+        // too) beneath alcub3/<id>, more than the sandbox's limits made.
+        for mount in v1Mounts() {
+            let dir = mount + "/alcub3/" + sandboxID
+            guard FileIO.exists(dir) else { continue }
+            rmdir(dir + "/container")
+            rmdir(dir)  // EBUSY while a process is left: destroying the sandbox cgroup comes first
+        }
+    }
+
+    /// What is left of a container sandbox on the host (empty once `remove` ran): for the tests.
+    public static func leftovers(sandboxID: String) -> [String] {
+        var found: [String] = []
+        if FileIO.exists(runcStateRoot + "/" + sandboxID) { found.append(runcStateRoot + "/" + sandboxID) }
+        if FileIO.exists(stateRoot + "/" + sandboxID) { found.append(stateRoot + "/" + sandboxID) }
+        for mount in v1Mounts() where FileIO.exists(mount + "/alcub3/" + sandboxID) { found.append(mount + "/alcub3/" + sandboxID) }
+        return found + ContainerNetwork.leftovers(sandboxID: sandboxID)
+    }
+
+    /// Mount points of every cgroup v1 hierarchy, named ones (name=systemd) included.
+    static func v1Mounts() -> [String] {
+        guard let text = try? FileIO.read("/proc/self/mountinfo") else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let halves = line.split(separator: " - ", maxSplits: 1)
+            guard halves.count == 2, halves[1].hasPrefix("cgroup ") else { return nil }
+            let left = halves[0].split(separator: " ")
+            return left.count >= 5 ? String(left[4]) : nil
+        }
+    }
+}
