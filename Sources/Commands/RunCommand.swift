@@ -79,7 +79,7 @@ struct RunCommand: AsyncParsableCommand {
         // A stronger level than `run` can give is refused, never silently weakened.
         if policy.isolation == .container {
             guard image != nil else {
-                let why = isolation == nil ? "\(level.rawValue) requires isolation level 'container'" : "isolation level 'container'"
+                let why = isolation == nil ? "\(level.rawValue) requires isolation level 'container', which" : "isolation level 'container'"
                 throw fail(Alcub3Exit.usage, "\(why) needs an image: --image PATH (a root filesystem, an OCI image layout or a tar of one), "
                            + "or --isolation process to accept process-level isolation")
             }

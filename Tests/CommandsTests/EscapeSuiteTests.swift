@@ -121,6 +121,7 @@ struct EscapeSuiteTests {
             set -e
             printf '#include <stdio.h>\\nint main(void){puts("hi");return 0;}\\n' > hello.c
             cc -O2 -o hello hello.c && ./hello
+            printf 'all: hello2\nhello2: hello.c\n\tcc -o hello2 hello.c\n' > Makefile && make -s && ./hello2
             /usr/bin/python3 -c "import json,os; [open(f'f{i}.json','w').write(json.dumps({'i':i})) for i in range(50)]"
             git init -q repo && cd repo && git config user.email a@b && git config user.name a
             echo x > x && git add x && git commit -qm one && cd ..
