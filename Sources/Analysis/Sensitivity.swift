@@ -24,14 +24,14 @@ public struct Calibration: Codable, Sendable, Equatable {
         max = sorted[sorted.count - 1]
     }
 
-    /// high: the 99th percentile of held-out normal scores (about 1 % false alarms);
-    /// medium (the default): the highest held-out normal score plus a margin of
-    /// a quarter of the gap above the 99th percentile, so no calibration sample
-    /// alerts; low: the highest score plus half of it again.
+    /// high (the shipped configuration's): the highest held-out normal score,
+    /// so no calibration sample alerts (the product's aim is no alert on
+    /// ordinary work at the default); medium: a quarter above it; low: half
+    /// above it. `p99` and `p999` are kept for `debug-behavior`.
     public func threshold(for sensitivity: Sensitivity) -> Double {
         switch sensitivity {
-        case .high: p99
-        case .medium: max + Swift.max(0.25 * (max - p99), 0.05 * max)
+        case .high: max
+        case .medium: 1.25 * max
         case .low: 1.5 * max
         }
     }
@@ -42,14 +42,14 @@ extension SequenceModel {
     /// model trained without it (`folds`-fold cross-fitting): in-sample scores
     /// would be too low and the thresholds too eager.
     public static func trainedAndCalibrated(on traces: [[UInt16]], order: Int = 6, referenceBits: Double = 3,
-                                            folds: Int = 5) -> SequenceModel {
-        var model = SequenceModel(order: order, referenceBits: referenceBits)
+                                            evidenceDecay: Double = 0.95, folds: Int = 5) -> SequenceModel {
+        var model = SequenceModel(order: order, referenceBits: referenceBits, evidenceDecay: evidenceDecay)
         for trace in traces { model.train(sequence: trace) }
         let folds = min(folds, traces.count)
         guard folds >= 2 else { return model }
         var heldOut: [Double] = []
         for fold in 0..<folds {
-            var partial = SequenceModel(order: order, referenceBits: referenceBits)
+            var partial = SequenceModel(order: order, referenceBits: referenceBits, evidenceDecay: evidenceDecay)
             for (index, trace) in traces.enumerated() where index % folds != fold { partial.train(sequence: trace) }
             for (index, trace) in traces.enumerated() where index % folds == fold { heldOut.append(partial.score(sequence: trace)) }
         }

@@ -15,12 +15,13 @@ import Foundation
 /// An attack is usually a short stretch inside an otherwise normal process, and
 /// a trace-wide mean dilutes it, while a fixed window either cuts a long attack
 /// or lets a benign blip of two odd calls dominate. So a trace's score is the
-/// evidence of its worst stretch, whatever its length: the highest sum, over
-/// any run of consecutive calls, of each call's surprisal beyond
-/// `referenceBits` (Page's CUSUM; a call costing more than 3 bits, a 1-in-8
-/// event, adds to the evidence, an expected one takes it back). It is in bits:
-/// a score of 40 is a stretch 2^40 times less likely under the model than a
-/// run of 1-in-8 calls.
+/// evidence of its worst stretch: each call adds its surprisal beyond
+/// `referenceBits` (a call rarer than 1 in 8 adds, an expected one takes
+/// away), and the evidence held so far decays by `evidenceDecay` per call
+/// (Page's CUSUM with forgetting, an EWMA chart of surprisal): a dense
+/// stretch of rare calls scores high whatever its length, while a long thread
+/// of a program in a mode never seen, with sparse novelty, cannot pile up
+/// evidence without bound. The score is in bits.
 ///
 /// Live use: one `Stream` per thread, `Stream.score(next:in:)` per syscall, and
 /// an `AnomalyWindow` that keeps the highest evidence of any thread and the
@@ -34,6 +35,8 @@ public struct SequenceModel: TraceScorer {
     public let order: Int
     /// Surprisal per call (bits) that a normal stretch stays under; each call adds its excess to the evidence.
     public let referenceBits: Double
+    /// What the evidence keeps of itself from one call to the next (0.95: about the last 20 calls count).
+    public let evidenceDecay: Double
     public internal(set) var trainedSyscalls: UInt64 = 0
     public internal(set) var trainedSequences: UInt64 = 0
     /// Score thresholds for the sensitivities, when the model was calibrated.
@@ -44,11 +47,13 @@ public struct SequenceModel: TraceScorer {
     var callTotal: UInt64 = 0
     var distinctCalls: UInt64 = 0
 
-    public init(order: Int = 6, referenceBits: Double = 3) {
+    public init(order: Int = 6, referenceBits: Double = 3, evidenceDecay: Double = 0.95) {
         precondition((1...PackedSequence.maxLength).contains(order), "order 1 to \(PackedSequence.maxLength)")
         precondition(referenceBits > 0 && referenceBits.isFinite, "reference above 0 bits")
+        precondition(evidenceDecay > 0 && evidenceDecay <= 1, "decay in (0, 1]")
         self.order = order
         self.referenceBits = referenceBits
+        self.evidenceDecay = evidenceDecay
     }
 
     public var name: String { "alcub3" }
@@ -111,8 +116,7 @@ public struct SequenceModel: TraceScorer {
         return p
     }
 
-    /// The trace's evidence: the highest sum of surprisal beyond `referenceBits`
-    /// over any run of consecutive calls, in bits.
+    /// The trace's score: the highest evidence any of its calls reached, in bits.
     public func score(sequence: [UInt16]) -> Double {
         var window = AnomalyWindow(explanations: 0)
         var stream = Stream()
@@ -157,7 +161,7 @@ public struct SequenceModel: TraceScorer {
         /// The last (up to 5) calls, 10 bits each, newest lowest.
         var history: UInt64 = 0
         var available = 0
-        /// The evidence of the stretch ending at the last call (never below 0).
+        /// The evidence of the stretch ending at the last call (bits, never below 0).
         public private(set) var evidence: Double = 0
         public private(set) var calls: UInt64 = 0
 
@@ -169,14 +173,10 @@ public struct SequenceModel: TraceScorer {
             let bits = Int(call) < syscallNumberLimit
                 ? -Foundation.log2(model.probability(of: call, after: history, available: available))
                 : Foundation.log2(Double(syscallNumberLimit))
-            evidence = max(0, evidence + bits - model.referenceBits)
+            evidence = max(0, model.evidenceDecay * evidence + bits - model.referenceBits)
             advance(call, model: model)
             return bits
         }
-
-        /// `evidence` under its first name (it was a mean over a fixed window of calls).
-        @available(*, deprecated, renamed: "evidence")
-        public func burst(in model: SequenceModel) -> Double { evidence }
 
         /// Counts `next` into the model (a training stream).
         public mutating func train(next call: UInt16, into model: inout SequenceModel) {
@@ -199,7 +199,8 @@ public struct SequenceModel: TraceScorer {
 }
 
 /// A sequence that made a score: its calls (oldest first), how surprising its
-/// last call was, whether it never occurred in training, and how often it came.
+/// last call was (bits, the highest seen), whether it never occurred in
+/// training, and how often it came among the window's rarest calls.
 public struct RareSequence: Codable, Sendable, Equatable {
     public var calls: [UInt16]
     public var surprisal: Double

@@ -29,7 +29,8 @@ public enum ProfileError: Error, Equatable, CustomStringConvertible, Sendable {
 /// most truncation and editing.
 extension SequenceModel: Codable {
     private enum CodingKeys: String, CodingKey {
-        case format, version, agentID = "agent_id", order, referenceBits = "reference_bits", trainedSyscalls = "trained_syscalls"
+        case format, version, agentID = "agent_id", order, referenceBits = "reference_bits", evidenceDecay = "evidence_decay"
+        case trainedSyscalls = "trained_syscalls"
         case trainedSequences = "trained_sequences", calibration, ngrams
     }
 
@@ -48,6 +49,7 @@ extension SequenceModel: Codable {
         try container.encode(agentID, forKey: .agentID)
         try container.encode(order, forKey: .order)
         try container.encode(referenceBits, forKey: .referenceBits)
+        try container.encode(evidenceDecay, forKey: .evidenceDecay)
         try container.encode(trainedSyscalls, forKey: .trainedSyscalls)
         try container.encode(trainedSequences, forKey: .trainedSequences)
         try container.encodeIfPresent(calibration, forKey: .calibration)
@@ -66,8 +68,10 @@ extension SequenceModel: Codable {
         let order = try container.decode(Int.self, forKey: .order)
         let referenceBits = try container.decode(Double.self, forKey: .referenceBits)
         guard (1...PackedSequence.maxLength).contains(order) else { throw Inconsistent(detail: "order \(order) is not 1 to 6") }
+        let evidenceDecay = try container.decode(Double.self, forKey: .evidenceDecay)
         guard referenceBits > 0, referenceBits <= 64 else { throw Inconsistent(detail: "reference_bits \(referenceBits) is not above 0 and at most 64") }
-        self.init(order: order, referenceBits: referenceBits)
+        guard evidenceDecay > 0, evidenceDecay <= 1 else { throw Inconsistent(detail: "evidence_decay \(evidenceDecay) is not above 0 and at most 1") }
+        self.init(order: order, referenceBits: referenceBits, evidenceDecay: evidenceDecay)
         agentID = try container.decodeIfPresent(String.self, forKey: .agentID)
         calibration = try container.decodeIfPresent(Calibration.self, forKey: .calibration)
         let trained = try container.decode(UInt64.self, forKey: .trainedSyscalls)

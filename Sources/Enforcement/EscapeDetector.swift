@@ -107,22 +107,19 @@ public enum EscapeDetector {
         }
     }
 
-    /// What a sandboxed process did to itself that only an escape needs: code
-    /// with no file, namespaces it made or joined, capabilities it regained (every
-    /// sandbox starts with none). Refused attempts come from seccomp; these succeeded.
+    /// The process layer's own reading of what succeeded or was refused
+    /// outside the supervisor: code with no file, and the harmful forms of
+    /// setresuid/setresgid, which the filter sends to its default EPERM.
+    /// A namespace joined or capabilities held after a credential change are
+    /// not indicators: a container runtime's init (runc's) does both in the
+    /// sandbox's cgroup while it sets the container up; their refused forms
+    /// come from the supervisor.
     static func processLayer(_ e: ProcessEvent) -> EscapeFinding? {
-        let (id, evidence, confidence): (String, String, Double?)
         switch e.activity {
         case .exec(let filename, _, _, _, _) where filename.hasPrefix("/memfd:"):
-            (id, evidence, confidence) = ("memfd-exec", "exec of \(filename) (a program with no file)", nil)
-        case .namespaceChange(let nr, let flags, let fd, let result) where result >= 0:
-            let name = SyscallNames.name(Int(nr))
-            if name == "setns" {
-                (id, evidence, confidence) = ("setns-host", "setns(fd \(fd), 0x\(String(flags, radix: 16))) succeeded", nil)
-            } else {
-                // Allowed by the policy (it would have been refused otherwise): less sure.
-                (id, evidence, confidence) = ("userns-unshare", "\(name)(0x\(String(flags, radix: 16))) succeeded", 0.5)
-            }
+            return EscapeFinding(technique: EscapeTechnique.named("memfd-exec")!, sandboxCgroupID: e.origin.sandboxCgroupID,
+                                 pid: e.origin.pid, evidence: "exec of \(filename) (a program with no file)",
+                                 refusedBy: "nothing: it ran", observedNanos: e.origin.bootNanos)
         case .credentialChange(let nr, let result, _, _, _, _, _, _)
             where result == -Int64(EPERM) && SeccompProfile.effectiveIDCalls.contains(SyscallNames.name(Int(nr))):
             // The filter lets these through only in their harmless form; any other
@@ -130,22 +127,10 @@ public enum EscapeDetector {
             return EscapeFinding(technique: EscapeTechnique.named("setuid-root")!, sandboxCgroupID: e.origin.sandboxCgroupID,
                                  pid: e.origin.pid, evidence: "\(SyscallNames.name(Int(nr))) refused with EPERM",
                                  refusedBy: "seccomp", observedNanos: e.origin.bootNanos)
-        case .credentialChange(let nr, let result, _, let euid, _, _, let capEffective, _)
-            where result >= 0 && capEffective & escapeCapabilities != 0:
-            (id, evidence, confidence) = ("setuid-root", "\(SyscallNames.name(Int(nr))) left euid \(euid) with capabilities "
-                                          + "0x\(String(capEffective, radix: 16)) (no policy keeps these)", nil)
         default:
             return nil
         }
-        return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID, pid: e.origin.pid,
-                             evidence: evidence, refusedBy: "nothing: it succeeded", observedNanos: e.origin.bootNanos,
-                             confidence: confidence)
     }
-
-    /// Capabilities no policy keeps, each a way out on its own: DAC_READ_SEARCH
-    /// (2, open_by_handle_at), NET_ADMIN (12), SYS_MODULE (16), SYS_RAWIO (17),
-    /// SYS_PTRACE (19), SYS_ADMIN (21), BPF (39).
-    static let escapeCapabilities: UInt64 = [2, 12, 16, 17, 19, 21, 39].reduce(0) { $0 | (1 << $1) }
 
     static let writeSyscalls: Set<String> = ["write", "writev", "pwrite64", "pwritev", "pwritev2", "fallocate",
                                              "copy_file_range", "sendfile", "splice"]

@@ -30,7 +30,7 @@ func behaviourSection() throws -> String {
         return median(rates)
     }
     let rates: [(String, Double)] = [
-        ("alcub3 `SequenceModel` (orders 1-6, Witten-Bell, CUSUM of surprisal over 3 bits), `score(sequence:)`",
+        ("alcub3 `SequenceModel` (orders 1-6, Witten-Bell, decaying CUSUM of surprisal over 3 bits), `score(sequence:)`",
          throughput { test.reduce(0) { $0 + alcub3.score(sequence: $1) } }),
         ("alcub3 live path: a `Stream` per thread into an `AnomalyWindow` keeping the 5 rarest sequences",
          throughput {

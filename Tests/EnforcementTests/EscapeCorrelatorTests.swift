@@ -45,19 +45,18 @@ import Testing
         for technique in EscapeTechnique.all { #expect(technique.confidence > 0 && technique.confidence <= 1, "\(technique.id)") }
     }
 
-    /// The process layer reads what succeeded: a namespace joined, capabilities regained.
-    @Test func successfulNamespaceAndCapabilityChangesAreIndicators() throws {
+    /// The process layer: a refused harmful setresuid is an indicator; what
+    /// succeeded (a namespace joined by runc's init, say) is not.
+    @Test func refusedIdentityChangesAreIndicatorsSuccessfulSetupIsNot() throws {
         let origin = EventOrigin(bootNanos: 1, sandboxCgroupID: 7, pid: 9, tid: 9, uid: 0)
         let joined = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .namespaceChange(syscall: 308, flags: 0, fd: 3, result: 0)))
-        #expect(EscapeDetector.finding(for: joined)?.technique.id == "setns-host")
-        let refused = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .namespaceChange(syscall: 308, flags: 0, fd: 3, result: -1)))
-        #expect(EscapeDetector.finding(for: refused) == nil, "a refusal comes from seccomp's notice, not twice")
-        let admin = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .credentialChange(
-            syscall: 126, result: 0, uid: 0, euid: 0, gid: 0, egid: 0, capEffective: 1 << 21, capPermitted: 1 << 21)))
-        #expect(EscapeDetector.finding(for: admin)?.technique.id == "setuid-root")
-        let harmless = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .credentialChange(
-            syscall: 105, result: 0, uid: 65534, euid: 65534, gid: 0, egid: 0, capEffective: 1 << 6, capPermitted: 1 << 6)))
-        #expect(EscapeDetector.finding(for: harmless) == nil, "CAP_SETGID kept by a policy is no escape")
+        #expect(EscapeDetector.finding(for: joined) == nil, "runc's init joins the container's namespaces")
+        let refused = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .credentialChange(
+            syscall: 117, result: -1, uid: 0, euid: 0, gid: 0, egid: 0, capEffective: 0, capPermitted: 0)))
+        #expect(EscapeDetector.finding(for: refused)?.technique.id == "setuid-root", "setresuid refused by the filter's default")
+        let allowed = TelemetryEvent.process(ProcessEvent(origin: origin, activity: .credentialChange(
+            syscall: 117, result: 0, uid: 0, euid: 0, gid: 0, egid: 0, capEffective: 1 << 21, capPermitted: 1 << 21)))
+        #expect(EscapeDetector.finding(for: allowed) == nil, "runc's init changes identity with its capabilities")
         let read = TelemetryEvent.file(FileEvent(origin: origin, operation: .read, syscall: 257, result: 3, openFlags: 0, mode: 0,
                                                  ownerUID: 0, ownerGID: 0, fileID: 0, path: "/etc/shadow", secondPath: nil))
         #expect(EscapeDetector.finding(for: read) == nil, "reads are the behavioural analyzer's, not escapes")
