@@ -403,10 +403,14 @@ public final class BehavioralAnalyzer: @unchecked Sendable {
         }
         let closed = window.close()
         // Each process: its threads' highest burst, its own indicators.
+        // Each thread's window is scored as a trace is: its peak evidence, length-corrected.
         var byPID: [Int32: (peak: Double, calls: UInt64)] = [:]
+        var windowPeak = 0.0
         for (tid, state) in threads {
             let current = byPID[state.pid] ?? (0, 0)
-            byPID[state.pid] = (max(current.peak, state.peak), current.calls + state.calls)
+            let score = state.calls > 0 ? SequenceModel.lengthCorrected(peak: state.peak, calls: state.calls) : 0
+            windowPeak = max(windowPeak, score)
+            byPID[state.pid] = (max(current.peak, score), current.calls + state.calls)
             threads[tid]?.peak = 0
             threads[tid]?.calls = 0
         }
@@ -415,14 +419,14 @@ public final class BehavioralAnalyzer: @unchecked Sendable {
             let own = indicators.filter { $0.pid == pid }
             let anomaly = Self.anomaly(peak: figures.peak, threshold: limit)
             var reasons = own.map(\.reason)
-            if anomaly >= 0.5 { reasons.insert(String(format: "syscall sequences scored %.1f bits of evidence, above %.1f", figures.peak, limit), at: 0) }
+            if anomaly >= 0.5 { reasons.insert(String(format: "syscall sequences scored %.2f (evidence per bit of length), above %.2f", figures.peak, limit), at: 0) }
             return ProcessScore(pid: pid, program: programsOf[pid] ?? "?", syscalls: figures.calls, peak: figures.peak, anomaly: anomaly,
                                 risk: Self.risk(anomaly: anomaly, indicators: own), reasons: reasons)
         }.filter { $0.syscalls > 0 || !$0.reasons.isEmpty }.sorted { ($0.risk, $0.peak) > ($1.risk, $1.peak) }
         // Threads that ended are forgotten once their window is scored.
         threads = threads.filter { $0.value.stream.calls > 0 }
 
-        let anomaly = Self.anomaly(peak: closed.score, threshold: limit)
+        let anomaly = Self.anomaly(peak: windowPeak, threshold: limit)
         let risk = Self.risk(anomaly: anomaly, indicators: indicators)
         let noveltyRisk = Self.risk(anomaly: 0, indicators: indicators)
         let alert = anomaly >= 0.5 || noveltyRisk >= Self.riskThreshold(settings.sensitivity)
@@ -432,12 +436,12 @@ public final class BehavioralAnalyzer: @unchecked Sendable {
         }
         var reasons = indicators.sorted { $0.kind.weight > $1.kind.weight }.map(\.reason)
         if anomaly >= 0.5 {
-            reasons.insert(String(format: "syscall sequences scored %.1f bits of evidence, above the %@ threshold %.1f; rarest: %@",
-                                  closed.score, settings.sensitivity.rawValue, limit, rare.prefix(3).joined(separator: ", ")), at: 0)
+            reasons.insert(String(format: "syscall sequences scored %.2f (evidence per bit of length), above the %@ threshold %.2f; rarest: %@",
+                                  windowPeak, settings.sensitivity.rawValue, limit, rare.prefix(3).joined(separator: ", ")), at: 0)
         }
         let lead = indicators.max { $0.kind.weight < $1.kind.weight }
         let report = BehaviourWindow(
-            index: windowIndex, start: start, end: end, syscalls: closed.syscalls, peak: closed.score, threshold: limit,
+            index: windowIndex, start: start, end: end, syscalls: closed.syscalls, peak: windowPeak, threshold: limit,
             anomaly: anomaly, risk: risk, alert: alert, sensitivity: settings.sensitivity, reasons: reasons, indicators: indicators,
             processes: Array(processes.prefix(20)), rareSequences: rare, cores: cores,
             maestroLayer: anomaly >= 0.5 && (lead.map { $0.kind.weight < 0.6 } ?? true) ? "L3 Agent Frameworks"

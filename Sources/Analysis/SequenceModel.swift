@@ -116,12 +116,24 @@ public struct SequenceModel: TraceScorer {
         return p
     }
 
-    /// The trace's score: the highest evidence any of its calls reached, in bits.
+    /// The trace's score: the highest evidence any of its calls reached, per
+    /// bit of the trace's length (`lengthCorrected`).
     public func score(sequence: [UInt16]) -> Double {
         var window = AnomalyWindow(explanations: 0)
         var stream = Stream()
         for call in sequence { window.observe(call, on: &stream, model: self) }
-        return window.peak
+        return Self.lengthCorrected(peak: window.peak, calls: UInt64(sequence.count))
+    }
+
+    /// A long trace has more places for a stretch of rare calls to start than a
+    /// short one, so its peak evidence is higher by chance alone (the maximum of
+    /// a random walk over n steps grows like log n): the peak is divided by
+    /// log2(n + 2). Without it, long normal threads with one new stretch (a new
+    /// script, a new archive format) outranked short threads that were rare from
+    /// end to end, such as an escape attempt's (docs/detection.md, "Score").
+    @inline(__always)
+    public static func lengthCorrected(peak: Double, calls: UInt64) -> Double {
+        peak / Foundation.log2(Double(calls) + 2)
     }
 
     /// Surprisal of each call of `sequence`, in bits.
@@ -270,15 +282,11 @@ public struct AnomalyWindow: Sendable {
     }
 }
 
-/// A closed window: its score (the peak evidence, bits), mean surprisal, size and reasons.
+/// A closed window: its peak evidence (bits, before the length correction a
+/// trace's score gets), mean surprisal, size and reasons.
 public struct WindowReport: Codable, Sendable, Equatable {
     public var score: Double
     public var meanSurprisal: Double
     public var syscalls: UInt64
     public var rareSequences: [RareSequence]
-
-    /// The sensitivities whose threshold the score passes.
-    public func exceeds(_ sensitivity: Sensitivity, calibration: Calibration) -> Bool {
-        score > calibration.threshold(for: sensitivity)
-    }
 }
