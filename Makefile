@@ -10,9 +10,10 @@ CLANG ?= $(shell command -v clang 2>/dev/null || echo /opt/swift/usr/bin/clang)
 DEB_PACKAGES = libbpf-dev libelf-dev zlib1g-dev libseccomp-dev bpftool pkg-config \
                libsqlite3-dev sqlite3 bpftrace hyperfine bubblewrap iproute2 python3 procps curl util-linux aide chromium \
                netcat-openbsd python3-pytest python3-venv python3-pip python3-wheel gcc make git \
-               runc busybox-static iptables
+               runc busybox-static iptables swtpm swtpm-tools \
+               qemu-system-x86 cpio xz-utils zstd libc6-dev
 
-.PHONY: deps build test test-lsm demo bench bpf vmlinux check-generated escape datasets detection clean
+.PHONY: deps build test test-lsm guest demo bench bpf vmlinux check-generated escape datasets detection clean
 
 deps:
 	@scripts/install-deps.sh $(DEB_PACKAGES)
@@ -31,6 +32,12 @@ test: deps
 # Debian's cloud kernel, a busybox initramfs, bpf/test/lsm-test.c. Needs root.
 test-lsm: bpf
 	@scripts/test-lsm.sh
+
+# The vm level's guest image (Debian's cloud kernel, busybox, guest/alcub3-guest.c),
+# cached with its sha256 in GUEST_DIR; rebuilt when an input changes (docs/architecture.md).
+GUEST_DIR ?= $(or $(ALCUB3_GUEST_DIR),/var/cache/alcub3/guest)
+guest: deps
+	@scripts/build-guest.sh $(GUEST_DIR)
 
 demo: build
 	@scripts/demo.sh $(BIN)

@@ -235,6 +235,25 @@ struct alcub3_sandbox_config *alcub3_btf_sandbox __attribute__((unused));
  * ancestor at alcub3's level -> kernfs id), no helper call; the level is a
  * load-time constant, so the ancestors[] index is a fixed offset.
  */
+#ifdef ALCUB3_GUEST_KERNEL
+/*
+ * The vm level's guest (bpf/telemetry_guest.bpf.c): Debian's 6.12 cloud
+ * kernel refuses bpf_rdonly_cast to an untyped pointer (btf id 0), so the
+ * ancestor is read with a probe read, one helper call per syscall that only
+ * the guest pays.
+ */
+static __always_inline int in_alcub3_tree(struct task_struct *t)
+{
+	struct cgroup *cg = t->cgroups->dfl_cgrp;
+	struct cgroup *a = NULL;
+
+	if (cg->level < (int)alcub3_root_level)
+		return 0;
+	if (bpf_probe_read_kernel(&a, sizeof(a), &cg->ancestors[alcub3_root_level]) || !a)
+		return 0;
+	return BPF_CORE_READ(a, kn, id) == alcub3_root_cgid;
+}
+#else
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 static __always_inline int in_alcub3_tree(struct task_struct *t)
@@ -254,6 +273,7 @@ static __always_inline int in_alcub3_tree(struct task_struct *t)
 	a = bpf_rdonly_cast(ancestors[alcub3_root_level], bpf_core_type_id_kernel(struct cgroup));
 	return a->kn->id == alcub3_root_cgid;
 }
+#endif
 
 static __always_inline __u64 current_sandbox(struct alcub3_sandbox_config **cfg)
 {

@@ -15,6 +15,7 @@ struct BPFObjects: BuildToolPlugin {
             bpfDir.appending(path: "include/vmlinux.h"),
             root.appending(path: "Sources/CAlcub3/include/alcub3_events.h"),
             root.appending(path: "Sources/CAlcub3/include/alcub3_lsm.h"),
+            bpfDir.appending(path: "telemetry.bpf.c"),  // included by telemetry_guest.bpf.c
         ]
         let sources = try FileManager.default.contentsOfDirectory(atPath: bpfDir.path)
             .filter { $0.hasSuffix(".bpf.c") }

@@ -24,6 +24,7 @@ struct DoctorCommand: ParsableCommand {
         results.append(KernelProbe.landlock())
         results.append(KernelProbe.seccompUserNotify())
         results.append(KernelProbe.kvm())
+        results += Self.vmResults()
         results.append(KernelProbe.tool("runc", versionArguments: ["--version"]))
         results.append(KernelProbe.tool("qemu-system-x86_64", versionArguments: ["--version"]))
         results.append(KernelProbe.tool("swtpm", versionArguments: ["--version"]))

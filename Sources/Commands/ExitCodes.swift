@@ -12,6 +12,7 @@ public enum Alcub3Exit {
     public static let kernelRefused: Int32 = 71      // a BPF program, cgroup or namespace the kernel refused
     public static let agentInUse: Int32 = 73
     public static let imageRefused: Int32 = 74     // a container image missing, not OCI, unsupported or failing validation
+    public static let vmFailed: Int32 = 76           // the vm level: QEMU missing, limits the host cannot give, a guest that failed or never booted
     public static let tracesIncomplete: Int32 = 75   // --record-traces: records were dropped, no traces written
     public static let notRoot: Int32 = 77
     public static let commandNotExecutable: Int32 = 126

@@ -19,8 +19,15 @@ struct RunCommand: AsyncParsableCommand {
     var classification: String = "UNCLASSIFIED"
 
     @Option(name: [.customLong("isolation"), .customLong("isolation-level")],
-            help: "Isolation level: process or container (with --image); default: the classification's.")
+            help: "Isolation level: process, container (with --image) or vm (QEMU); default: the classification's.")
     var isolation: String?
+
+    @Option(name: .customLong("guest-image"),
+            help: "Vm level: the guest image directory (default $ALCUB3_GUEST_DIR or /var/cache/alcub3/guest; built once if missing).")
+    var guestImage: String?
+
+    @Option(name: .customLong("boot-timeout"), help: "Vm level: seconds the guest may take to boot (default 60).")
+    var bootTimeout: Double?
 
     @Option(help: "Container level: the image, a root filesystem directory, an OCI image layout or a tar of one.")
     var image: String?
@@ -92,7 +99,13 @@ struct RunCommand: AsyncParsableCommand {
             }
             return digest
         }
-        if policy.isolation != .process && policy.isolation != .container {
+        if (guestImage != nil || bootTimeout != nil) && policy.isolation != .vm {
+            throw fail(Alcub3Exit.usage, "--guest-image and --boot-timeout apply to --isolation-level vm")
+        }
+        if let bootTimeout, !(bootTimeout > 0 && bootTimeout <= 3600) {
+            throw fail(Alcub3Exit.usage, "--boot-timeout must be between 0 and 3600 seconds")
+        }
+        if policy.isolation == .hardware {
             let why = isolation == nil ? "\(level.rawValue) requires isolation level '\(policy.isolation.rawValue)'" : "isolation level '\(policy.isolation.rawValue)'"
             throw fail(Alcub3Exit.unsupportedIsolation,
                        "\(why), which alcub3 run does not provide yet; pass --isolation process to accept process-level isolation")
@@ -111,8 +124,8 @@ struct RunCommand: AsyncParsableCommand {
         let traceDirectory = try recordTraces.map(TraceRecorder.prepare)
         let executable: String
         do {
-            // A container's command is looked up in its image, once unpacked.
-            executable = policy.isolation == .container ? program
+            // A container's command is looked up in its image, once unpacked; a vm's in the guest.
+            executable = policy.isolation == .container || policy.isolation == .vm ? program
                 : try CommandResolver.resolve(program, hiddenPaths: policy.filesystem.hiddenPaths)
         } catch SandboxError.commandNotExecutable(let c) {
             throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
@@ -126,6 +139,12 @@ struct RunCommand: AsyncParsableCommand {
             format: format, printSyscalls: syscalls, syscallEntry: syscallEntry)
         session.privateWorkspace = privateWorkspace
         session.container = image.map { (image: $0, digest: digest) }
+        if policy.isolation == .vm {
+            var options = VMOptions()
+            if let guestImage { options.guestDirectory = guestImage }
+            if let bootTimeout { options.bootTimeout = bootTimeout }
+            session.vm = options
+        }
         session.traceDirectory = traceDirectory
         if let profile {
             let loaded = try RunBehaviour.prepare(path: profile, agentID: agent)

@@ -28,6 +28,8 @@ final class RunSession: @unchecked Sendable {
     var privateWorkspace = false
     /// The container level's image (`--image`) and the manifest digest it must have.
     var container: (image: String, digest: ImageDigest?)?
+    /// The vm level: QEMU with the guest agent (RunSession+VM.swift).
+    var vm: VMOptions?
     /// `--record-traces`: where each thread's syscall trace goes (TraceRecorder).
     var traceDirectory: String?
     /// `--profile`: the behavioural analyzer, learning or scoring (RunBehaviour).
@@ -145,6 +147,9 @@ final class RunSession: @unchecked Sendable {
         // Container level: the image validated and unpacked, the bundle written; runc runs it below.
         let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }
         defer { if container != nil { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) } }
+        // Vm level: the guest image checked, the host's limits checked, the channel's socket made; QEMU starts below.
+        let vm = try self.vm.map { try prepareVM($0, quiet: format != .table) }
+        defer { if let vm { VMSandbox.remove(sandboxID: vm.sandbox.id) } }
 
         // From here a signal kills the sandbox; before, set-up stops at this check.
         if let sig = interruptLock.withLock({ () -> Int32? in
@@ -156,7 +161,8 @@ final class RunSession: @unchecked Sendable {
         let started = WallClock.nowUnixNanos()
         let process: SandboxedProcess
         do {
-            process = try container?.create() ?? SandboxedProcess(spec: spec, cgroup: cgroup)
+            process = try container?.create() ?? vm?.sandbox.start(cgroup: cgroup, v1ProcsFiles: applied.v1ProcsFiles)
+                ?? SandboxedProcess(spec: spec, cgroup: cgroup)
         } catch SandboxError.commandNotFound(let c) {
             throw fail(Alcub3Exit.commandNotFound, "command not found: \(c)")
         } catch SandboxError.commandNotExecutable(let c) {
@@ -168,7 +174,7 @@ final class RunSession: @unchecked Sendable {
             try watchSandbox()
             do { try container.start() } catch { throw fail(Alcub3Exit.kernelRefused, "could not start the container: \(error)") }
         }
-        initPIDKnown.yield(process.pid)
+        if container == nil { initPIDKnown.yield(process.pid) }  // a container's init is runc's, then the command
         initPIDKnown.finish()
         // Escape syscalls stop in the kernel until the supervisor refuses them
         // and reports them; it ends with the sandbox (or, if alcub3 dies first,
@@ -192,10 +198,16 @@ final class RunSession: @unchecked Sendable {
         defer { resources.stop() }
         if format == .table {
             Output.err(
-                "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), \(container.map(Self.describe) ?? "process isolation, namespaces \(namespaces.names.joined(separator: ","))")) pid \(process.pid)\n")
+                "alcub3: sandbox \(sandboxID) (agent \(agentID), \(policy.classification.rawValue), \(container.map(Self.describe) ?? vm.map(Self.describe) ?? "process isolation, namespaces \(namespaces.names.joined(separator: ","))")) pid \(process.pid)\n")
         }
 
-        let status = await Self.waitInBackground(process)
+        let status: ExitStatus
+        if let vm {  // the guest's exit code, its output and events come over its channel
+            status = try await serveVM(vm, process: process, cgroup: cgroup, hub: monitor.hub,
+                                       syscalls: policy.traceSyscalls || traceDirectory != nil || behaviour != nil) { renderer.render($0) }
+        } else {
+            status = await Self.waitInBackground(process)
+        }
         // The init is gone; kill whatever it left (a pid namespace does that too,
         // but descendants in sub-cgroups or a sandbox without one would not).
         try? cgroup.destroy()

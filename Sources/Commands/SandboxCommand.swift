@@ -27,6 +27,10 @@ struct SandboxCommand: ParsableCommand {
         var seccompProfile: String?
         @Flag(name: .customLong("share-cwd"), help: "Work in the current directory, writable and not size-capped, instead of a private workspace.")
         var shareCwd = false
+        @Option(help: "Container level: the image, a root filesystem directory, an OCI image layout or a tar of one.")
+        var image: String?
+        @Option(name: .customLong("image-digest"), help: "The manifest digest (sha256:...) the OCI image must have; without it, the service's allow-list.")
+        var imageDigest: String?
         @Option(help: "A behaviour profile: an existing file is the agent's learned behaviour (no observation window); a new one receives the profile learned.")
         var profile: String?
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
@@ -50,6 +54,8 @@ struct SandboxCommand: ParsableCommand {
             }
             request.seccompProfile = try seccompProfile.map(SeccompProfileFile.read)
             request.shareWorkingDirectory = shareCwd
+            request.image = image.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
+            request.imageDigest = imageDigest
             request.profilePath = profile.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
             request.command = command.first == "--" ? Array(command.dropFirst()) : command
             request.workingDirectory = FileManager.default.currentDirectoryPath

@@ -20,6 +20,7 @@ public final class CgroupParentLock: Sendable {
         // an owner that was killed (SIGKILL gives no chance to clean up). Sandboxes
         // with processes are kept: a restarted service re-adopts them.
         if flock(descriptor.raw, LOCK_EX | LOCK_NB) == 0 {
+            ContainerSandbox.removeOrphans(layout: layout)  // before their cgroups go: runc's live beneath them
             Self.removeEmptySandboxes(layout: layout)
         }
         try syscallChecked("flock", Self.path) { flock(descriptor.raw, LOCK_SH) }

@@ -78,8 +78,8 @@ public struct ContainerNetwork: Sendable, Equatable {
             let comment = ["-m", "comment", "--comment", "alcub3:" + sandboxID]
             try network.check(HostCommand.run([iptables, "-w", "-t", "nat", "-A", "POSTROUTING", "-s", network.containerAddress + "/32",
                                                "!", "-o", host, "-j", "MASQUERADE"] + comment), "iptables (NAT)")
-            try network.check(HostCommand.run([iptables, "-w", "-A", "FORWARD", "-i", host, "-j", "ACCEPT"] + comment), "iptables (forward)")
-            try network.check(HostCommand.run([iptables, "-w", "-A", "FORWARD", "-o", host, "-m", "conntrack", "--ctstate",
+            try network.check(HostCommand.run([iptables, "-w", "-I", "FORWARD", "-i", host, "-j", "ACCEPT"] + comment), "iptables (forward)")
+            try network.check(HostCommand.run([iptables, "-w", "-I", "FORWARD", "-o", host, "-m", "conntrack", "--ctstate",
                                                "RELATED,ESTABLISHED", "-j", "ACCEPT"] + comment), "iptables (forward)")
         } catch {
             Self.remove(sandboxID: sandboxID)

@@ -416,7 +416,7 @@ struct LayerUnpacker {
         do {
             return try body()
         } catch let error as SystemError where error.errno == ENOSPC {
-            throw ImageError(.noSpace, "\(layerName): '\(path)' does not fit in the sandbox's storage (workspace_size)")
+            throw ImageError(.noSpace, "\(layerName): '\(path)' does not fit: no space left where images are unpacked (\(ImageCache.root))")
         }
     }
 }

@@ -334,33 +334,58 @@ extension ValidatedImage {
     /// (its uncompressed sha256 against the config's diff_id too). Whoever
     /// made `rootfs` removes it when this throws.
     public func unpack(into rootfs: String) throws {
+        guard case .layout(_, let layers) = source else {
+            throw ImageError(.unsupported, "a root filesystem directory is used as it is, not unpacked")
+        }
         let root = try OwnedDescriptor(path: rootfs, flags: O_RDONLY | O_DIRECTORY)
-        switch source {
-        case .rootfs(let directory):
-            try copyTree(from: directory, to: rootfs)
-        case .layout(_, let layers):
-            for (i, layer) in layers.enumerated() {
-                let file = try FileByteSource(path: layer.path)
-                let hashing = HashingByteSource(layer.gzip ? try GzipByteSource(file, name: layer.digest.description) : file)
-                let name = "layer \(i + 1) (\(layer.digest))"
-                try LayerUnpacker(root: root, layerName: name).apply(TarReader(hashing))
-                let diffID = hashing.finish()
-                if let expected = layer.diffID, expected != diffID {
-                    throw ImageError(.securityValidation, "\(name): uncompressed content expected \(expected) (the config's diff_id), got \(diffID)")
-                }
+        for (i, layer) in layers.enumerated() {
+            let file = try FileByteSource(path: layer.path)
+            let hashing = HashingByteSource(layer.gzip ? try GzipByteSource(file, name: layer.digest.description) : file)
+            let name = "layer \(i + 1) (\(layer.digest))"
+            try LayerUnpacker(root: root, layerName: name).apply(TarReader(hashing))
+            let diffID = hashing.finish()
+            if let expected = layer.diffID, expected != diffID {
+                throw ImageError(.securityValidation, "\(name): uncompressed content expected \(expected) (the config's diff_id), got \(diffID)")
             }
         }
     }
+}
 
-    /// A root filesystem directory is copied (cp -a keeps owners, modes,
-    /// links and device nodes the host's own tree has).
-    private func copyTree(from directory: String, to rootfs: String) throws {
-        let status = HostCommand.run(["/bin/cp", "-a", "--", directory + "/.", rootfs + "/"])
-        if status.code != 0 {
-            if status.output.contains("No space left") {
-                throw ImageError(.noSpace, "the root filesystem \(directory) does not fit in the sandbox's storage (workspace_size)")
+/// Unpacked images, one read-only tree per manifest digest, shared by the
+/// sandboxes as the lower layer of their overlay. An image's blobs are
+/// checked against its manifest at every start (a changed byte is refused
+/// before anything runs); the unpacking, its decompression and the diff_id
+/// check happen once. Root's alone (0700), like the service's state; delete
+/// the directory to reclaim the space.
+public enum ImageCache {
+    public static let root = "/var/cache/alcub3/images"
+
+    /// The directory holding the image's root filesystem: the directory itself
+    /// for a root filesystem, else the cache's tree, unpacked now if missing
+    /// (into a temporary directory renamed into place, so a failure or a
+    /// concurrent start leaves no half tree).
+    public static func tree(for image: ValidatedImage) throws -> String {
+        switch image.source {
+        case .rootfs(let directory):
+            return directory
+        case .layout(let manifest, _):
+            let final = root + "/" + manifest.hex
+            if FileIO.exists(final) { return final }
+            try AgentLock.makeDirectories(root)
+            chmod((root as NSString).deletingLastPathComponent, 0o700)
+            let temporary = root + "/.unpacking-\(manifest.hex.prefix(12))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try syscallChecked("mkdir", temporary) { mkdir(temporary, 0o755) }
+            do {
+                try image.unpack(into: temporary)
+                if rename(temporary, final) != 0 {
+                    guard errno == EEXIST || errno == ENOTEMPTY else { throw SystemError(errno: errno, call: "rename", context: final) }
+                    try? FileManager.default.removeItem(atPath: temporary)  // another start unpacked it first
+                }
+            } catch {
+                try? FileManager.default.removeItem(atPath: temporary)
+                throw error
             }
-            throw ImageError(.malformed, "could not copy the root filesystem \(directory): \(status.output)")
+            return final
         }
     }
 }

@@ -153,13 +153,29 @@ struct RequestHandler: Sendable {
 
     private func startSandbox(agent: String, resolved: ResolvedPolicy, request: ServiceRequest,
                               connection: ControlConnection) throws {
-        guard resolved.policy.isolation == .process else {
+        let isolation = resolved.policy.isolation
+        if isolation == .container && request.image == nil {
+            throw ServiceFailure(ExitCodes.usage, "isolation level 'container' needs an image: --image PATH (a root filesystem, an OCI image "
+                                 + "layout or a tar of one), or --isolation-level process to accept process-level isolation")
+        }
+        if isolation != .container && (request.image != nil || request.imageDigest != nil) {
+            throw ServiceFailure(ExitCodes.usage, "--image and --image-digest apply to --isolation-level container")
+        }
+        guard isolation == .process || isolation == .container || isolation == .vm else {
             throw ServiceFailure(ExitCodes.unsupportedIsolation,
-                                 "isolation level '\(resolved.policy.isolation.rawValue)' is not available yet; this service provides 'process' (pass --isolation-level process to accept it)")
+                                 "isolation level '\(isolation.rawValue)' is not available yet; this service provides 'process', 'container' and 'vm' (pass --isolation-level process to accept process-level isolation)")
+        }
+        let imageDigest = try request.imageDigest.map { text in
+            guard let digest = ImageDigest(text) else {
+                throw ServiceFailure(ExitCodes.usage, "--image-digest '\(text)' is not a digest like sha256:<64 lower-case hex digits>")
+            }
+            return digest
         }
         var create = CreateRequest(agentID: agent, policy: resolved.policy, limits: resolved.limits, command: request.command ?? [],
                                    workingDirectory: request.workingDirectory ?? "/", environment: request.environment ?? [])
         create.shareWorkingDirectory = request.shareWorkingDirectory ?? false
+        create.image = isolation == .container ? request.image : nil
+        create.imageDigest = imageDigest
         create.profile = try profileChoice(request, agent: agent)
         let record = try manager.create(create,
             steps: request.verbose == true ? { step in

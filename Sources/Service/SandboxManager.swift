@@ -77,6 +77,10 @@ public struct CreateRequest: Sendable {
     public var environment: [String]
     /// A behaviour profile to start from and where to save the learned one.
     public var profile: ProfileChoice?
+    /// Container level: the image (a root filesystem, an OCI image layout or a
+    /// tar of one) and the manifest digest it must have (else the allow-list).
+    public var image: String?
+    public var imageDigest: ImageDigest?
 
     public init(agentID: String, policy: SandboxPolicy, limits: ResourceLimits, command: [String],
                 workingDirectory: String, environment: [String]) {
@@ -368,7 +372,8 @@ public final class SandboxManager: @unchecked Sendable {
                 throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
             }
             let hidden = hiddenPaths() + request.policy.filesystem.hiddenPaths
-            let executable: String? = try request.command.first.map { program in
+            // A container's command is looked up in its image, once unpacked.
+            let executable: String? = request.image != nil || request.policy.isolation == .vm ? nil : try request.command.first.map { program in
                 try step("resolve command \(program)") { try Self.resolve(program, hidden: hidden) }
             }
             let directory = configuration.sandboxDirectory(sandboxID)
@@ -392,10 +397,13 @@ public final class SandboxManager: @unchecked Sendable {
             // Its records are held by the pipeline until the sandbox is registered below.
             lock.withLock { _ = creating.insert(cgroup.id) }
             undo.append { [self] in lock.withLock { _ = creating.remove(cgroup.id) }; monitor.hub.wake() }
-            try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
-                try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
+            // A container's cgroup is watched once runc has set it up (startContainer).
+            if request.image == nil {
+                try step("watch cgroup id \(cgroup.id) in the BPF sandboxes map") {
+                    try monitor.watch(sandboxCgroupID: cgroup.id, options: .init(syscalls: request.policy.traceSyscalls))
+                }
+                undo.append { [monitor] in monitor.unwatch(sandboxCgroupID: cgroup.id) }
             }
-            undo.append { [monitor] in monitor.unwatch(sandboxCgroupID: cgroup.id) }
 
             // The agent works in its private workspace unless the client shares its directory.
             let workingDirectory = request.shareWorkingDirectory || !request.policy.filesystem.readOnlySystem
@@ -421,9 +429,15 @@ public final class SandboxManager: @unchecked Sendable {
             spec.v1ProcsFiles = limits.v1ProcsFiles
             spec.statusFile = directory + "/exit_status"
             spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)
-            let initProcess = try step("clone3 into the cgroup with namespaces \(spec.namespaces.names.joined(separator: ","))") {
-                try SandboxedProcess(spec: spec, cgroup: cgroup)
-            }
+            let initProcess = try request.image.map { image in
+                try startContainer(request, image: image, sandboxID: sandboxID, cgroup: cgroup,
+                                   stdio: (devNull.raw, outputFD.raw, outputFD.raw), steps: steps, undo: &undo)
+            } ?? (request.policy.isolation == .vm  // QEMU in the cgroup, the command in its guest (SandboxManager+VM.swift)
+                ? startVM(request, sandboxID: sandboxID, cgroup: cgroup, v1ProcsFiles: limits.v1ProcsFiles, output: outputFD.raw,
+                          statusFile: directory + "/exit_status", steps: steps, undo: &undo)
+                : step("clone3 into the cgroup with namespaces \(spec.namespaces.names.joined(separator: ","))") {
+                    try SandboxedProcess(spec: spec, cgroup: cgroup)
+                })
             let record = SandboxRecord(
                 sandboxID: sandboxID, agentID: request.agentID, classification: request.policy.classification.rawValue,
                 isolation: request.policy.isolation.rawValue, state: .running,
@@ -436,7 +450,7 @@ public final class SandboxManager: @unchecked Sendable {
                 try step("confine cgroup id \(cgroup.id) in the BPF-LSM programs") { try lsm.confine(sandboxCgroupID: cgroup.id) }
                 undo.append { lsm.release(sandboxCgroupID: cgroup.id) }
             }
-            report(enforcementSummary(spec: spec, process: initProcess), to: steps)
+            if request.image == nil && request.policy.isolation != .vm { report(enforcementSummary(spec: spec, process: initProcess), to: steps) }
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
             sandbox.analyzer = makeAnalyzer(agentID: request.agentID,
@@ -488,16 +502,22 @@ public final class SandboxManager: @unchecked Sendable {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
-        let executable = try Self.resolve(program, hidden: hiddenPaths() + sandbox.policy.filesystem.hiddenPaths)
+        // Joining a vm sandbox's namespaces would put the command beside QEMU on the host, not in the guest.
+        if Self.isVM(sandbox.record) {
+            throw ServiceFailure(ExitCodes.unsupportedIsolation, "sandbox exec is not available in a vm sandbox: its command runs in the guest, started by create")
+        }
+        // In a container: the program, environment, namespaces and cgroups are the container's.
+        let container = Self.isContainer(sandbox.record) ? try containerExecTarget(sandbox, program: program) : nil
+        let executable = try container?.executable ?? Self.resolve(program, hidden: hiddenPaths() + sandbox.policy.filesystem.hiddenPaths)
         let (outRead, outWrite) = try Self.pipe()
         let (errRead, errWrite) = try Self.pipe()
         let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
         var spec = ProcessSpec(
-            executable: executable, arguments: command, environment: environment,
+            executable: executable, arguments: command, environment: container?.environment ?? environment,
             workingDirectory: workingDirectory ?? Self.details(of: sandbox)?.workingDirectory ?? "/", hostname: sandbox.record.sandboxID,
-            namespaces: NamespaceSet.forPolicy(sandbox.policy), seccomp: try Self.seccompProgram(for: sandbox.policy),
+            namespaces: container?.namespaces ?? NamespaceSet.forPolicy(sandbox.policy), seccomp: try Self.seccompProgram(for: sandbox.policy),
             dieWithParent: false)
-        spec.v1ProcsFiles = sandbox.limits.v1ProcsFiles
+        spec.v1ProcsFiles = container?.v1ProcsFiles ?? sandbox.limits.v1ProcsFiles
         spec.stdio = (devNull.raw, outWrite, errWrite)
         // The sandbox's filesystem confinement (Landlock), also for an adopted sandbox whose init's spec is not known here.
         spec.readOnlyRoot = sandbox.policy.filesystem.readOnlySystem
@@ -505,7 +525,7 @@ public final class SandboxManager: @unchecked Sendable {
         let process: SandboxedProcess
         do {
             defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF
-            process = try SandboxedProcess(spec: spec, cgroup: sandbox.cgroup, joining: sandbox.initProcess)
+            process = try SandboxedProcess(spec: spec, cgroup: container?.cgroup ?? sandbox.cgroup, joining: sandbox.initProcess)
         } catch SandboxError.commandNotFound(let c) {
             throw ServiceFailure(ExitCodes.commandNotFound, "command not found in the sandbox: \(c)")
         }
@@ -598,6 +618,8 @@ public final class SandboxManager: @unchecked Sendable {
         correlator.forget(sandboxCgroupID: sandbox.cgroup.id)
         lsm?.release(sandboxCgroupID: sandbox.cgroup.id)
         try? sandbox.cgroup.destroy()
+        if Self.isContainer(sandbox.record) { finishContainer(sandbox) }
+        if Self.isVM(sandbox.record) { finishVM(sandbox) }
         sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)
         network.remove(sandbox.cgroup)
@@ -649,6 +671,8 @@ public final class SandboxManager: @unchecked Sendable {
                     .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
                 try store.upsertSandbox(ended)
                 if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy() }
+                if Self.isContainer(record) { ContainerSandbox.remove(sandboxID: record.sandboxID, layout: layout) }
+                if Self.isVM(record) { VMSandbox.remove(sandboxID: record.sandboxID) }
                 continue
             }
             let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((record.detailsJSON ?? "").utf8))

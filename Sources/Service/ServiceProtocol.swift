@@ -99,6 +99,7 @@ public enum ExitCodes {
     public static let notFound: Int32 = 72
     public static let agentInUse: Int32 = 73
     public static let imageRefused: Int32 = 74
+    public static let vmFailed: Int32 = 76           // the vm level: QEMU missing, limits the host cannot give, a guest that failed or never booted
     public static let notAllowed: Int32 = 77
     public static let commandNotExecutable: Int32 = 126
     public static let commandNotFound: Int32 = 127

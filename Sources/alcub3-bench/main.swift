@@ -13,7 +13,7 @@ let usage = """
     """
 
 enum Section: String, CaseIterable {
-    case telemetry, creation, store, memory, seccomp, integrity, behaviour, escapes
+    case telemetry, creation, container, vm, store, memory, seccomp, integrity, behaviour, escapes
 }
 
 var options: [String: String] = [:]
@@ -53,6 +53,10 @@ for case let section? in sections {
         benchmarks += "\n" + (try telemetrySection(loopBinary: required("getppid-loop", by: section), layout: layout))
     case .creation:
         benchmarks += "\n" + (try creationSection(layout: layout))
+    case .container:
+        benchmarks += "\n" + (try containerSection(layout: layout))
+    case .vm:
+        benchmarks += "\n" + (try vmSection(alcub3: required("alcub3", by: section)))
     case .store:
         benchmarks += "\n" + (try storeSection())
     case .memory:

@@ -255,9 +255,11 @@ struct ContainerKernelTests {
         var spec = harness.spec(arguments, policy: policy)
         spec.stdio = (-1, fds[1], fds[1])
         let container: ContainerSandbox
+        let process: SandboxedProcess
         do {
-            defer { close(fds[1]) }
+            defer { close(fds[1]) }  // runc and the container have their copies; ours would hold off EOF
             container = try ContainerSandbox(spec: spec, cgroup: harness.cgroup)
+            process = try container.create()
         }
         let collected = Mutex<[UInt8]>([])
         let done = DispatchSemaphore(value: 0)
@@ -271,7 +273,6 @@ struct ContainerKernelTests {
             }
             done.signal()
         }
-        let process = try container.create()
         try beforeStart()
         try container.start()
         let status = process.wait()

@@ -1,0 +1,85 @@
+/*
+ * alcub3_guest.h: the frames that cross the virtio-serial port between a vm
+ * sandbox's guest agent (guest/alcub3-guest.c, static, in the initramfs) and
+ * alcub3 on the host (Sources/Telemetry/GuestChannel.swift).
+ *
+ * A frame is a header (type, length of what follows; little-endian, the only
+ * byte order both sides have) and `length` bytes. The host speaks first only
+ * after the guest's HELLO; every other frame flows guest -> host.
+ *
+ *   guest -> host  HELLO        struct alcub3_guest_hello, then the kernel release
+ *   host -> guest  OBJECT       the telemetry BPF object (ELF), as embedded in alcub3
+ *   host -> guest  RUN          struct alcub3_guest_run, then argc + envc NUL-terminated strings
+ *   guest -> host  STARTED      struct alcub3_guest_started: the command was exec'ed
+ *   guest -> host  STDOUT/ERR   the command's output bytes
+ *   guest -> host  EVENT        one raw ring buffer record (alcub3_events.h), as the guest kernel wrote it
+ *   guest -> host  WRITE_STATS  struct alcub3_guest_write_stats: a write-volume entry's growth
+ *   guest -> host  COUNTERS     struct alcub3_counters, summed over the guest's CPUs, before EXIT
+ *   guest -> host  EXIT         struct alcub3_guest_exit: the command's wait status; the guest powers off
+ *   guest -> host  ERROR        a message: the guest agent could not go on; it powers off
+ */
+#ifndef ALCUB3_GUEST_H
+#define ALCUB3_GUEST_H
+
+#include <linux/types.h>
+
+/* The virtio-serial port's name (QEMU: -device virtserialport,name=...). */
+#define ALCUB3_GUEST_PORT_NAME "org.alcub3.guest"
+/* No frame is longer: a ring record is at most a few KiB, output is cut to this. */
+#define ALCUB3_FRAME_MAX (4u << 20)
+
+enum alcub3_frame_type {
+    ALCUB3_FRAME_HELLO = 1,
+    ALCUB3_FRAME_OBJECT = 2,
+    ALCUB3_FRAME_RUN = 3,
+    ALCUB3_FRAME_STARTED = 4,
+    ALCUB3_FRAME_STDOUT = 5,
+    ALCUB3_FRAME_STDERR = 6,
+    ALCUB3_FRAME_EVENT = 7,
+    ALCUB3_FRAME_WRITE_STATS = 8,
+    ALCUB3_FRAME_COUNTERS = 9,
+    ALCUB3_FRAME_EXIT = 10,
+    ALCUB3_FRAME_ERROR = 11,
+};
+
+struct alcub3_frame_header {
+    __u32 type;                 /* enum alcub3_frame_type */
+    __u32 length;               /* bytes after the header, <= ALCUB3_FRAME_MAX */
+};
+
+struct alcub3_guest_hello {
+    __u64 boot_ns;              /* the guest's CLOCK_BOOTTIME when it sent HELLO */
+    __u32 version;              /* ALCUB3_GUEST_VERSION */
+    __u32 _pad;
+};
+#define ALCUB3_GUEST_VERSION 1
+
+struct alcub3_guest_run {
+    __u32 flags;                /* ALCUB3_SANDBOX_* of alcub3_events.h for the agent's cgroup */
+    __u32 argc;                 /* >= 1 */
+    __u32 envc;
+    __u32 _pad;
+};
+
+struct alcub3_guest_started {
+    __u64 boot_ns;              /* guest CLOCK_BOOTTIME just before execve */
+    __u32 pid;                  /* the command's pid in the guest */
+    __u32 _pad;
+};
+
+struct alcub3_guest_write_stats {
+    __u64 file_id;              /* the write_stats map key */
+    __u64 sandbox_cgid;         /* the guest's cgroup id: the host substitutes its own */
+    __u64 total_bytes;
+    __u64 total_writes;
+    __u64 new_bytes;
+    __u32 pid;
+    __u32 _pad;
+};
+
+struct alcub3_guest_exit {
+    __s32 status;               /* wait status: (code << 8) | signal; -1: the command could not start */
+    __u32 _pad;
+};
+
+#endif

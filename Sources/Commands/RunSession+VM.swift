@@ -1,0 +1,177 @@
+import Enforcement
+import Foundation
+import KernelSupport
+import Policy
+import Sandbox
+import Telemetry
+
+/// `alcub3 run --isolation-level vm`: what the vm level needs beyond the
+/// sandbox cgroup, the host telemetry and the renderer that `run` makes for
+/// every level.
+struct VMOptions: Sendable {
+    /// The guest image's directory (GuestImage.defaultDirectory unless given).
+    var guestDirectory = GuestImage.defaultDirectory
+    /// Seconds from QEMU's start to the guest agent's HELLO.
+    var bootTimeout: Double = 60
+}
+
+/// One vm sandbox of `run`: made before the sandbox starts, then started and
+/// served to its end. Errors are one line each (exit code 76, or 74 for an
+/// image that fails validation).
+final class VMLaunch: Sendable {
+    let sandbox: VMSandbox
+    let accelerator: VMAccelerator.Choice
+    let options: VMOptions
+
+    init(sandbox: VMSandbox, accelerator: VMAccelerator.Choice, options: VMOptions) {
+        self.sandbox = sandbox
+        self.accelerator = accelerator
+        self.options = options
+    }
+
+    /// How the guest went, for the start line and the summary.
+    struct Timing: Sendable {
+        var spawned: UInt64
+        var hello: UInt64?
+        var started: UInt64?
+    }
+}
+
+extension RunSession {
+    /// The guest image (built once if missing), the accelerator, the host's
+    /// checks (QEMU installed, memory and cpus it can give) and the channel's socket.
+    func prepareVM(_ options: VMOptions, quiet: Bool) throws -> VMLaunch {
+        let choice = VMAccelerator.choose()
+        let image: GuestImage
+        do {
+            image = try GuestImage.prepare(directory: options.guestDirectory,
+                                           progress: quiet ? nil : { Output.err("alcub3: \($0)\n") })
+        } catch let error as VMError {
+            throw fail(error.message.contains("failed validation") ? Alcub3Exit.imageRefused : Alcub3Exit.vmFailed, error.message)
+        }
+        var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
+                          memoryLimitBytes: policy.memoryLimitBytes, cpuLimit: policy.cpuLimit)
+        spec.hiddenPaths = policy.filesystem.hiddenPaths
+        do {
+            return VMLaunch(sandbox: try VMSandbox(spec: spec), accelerator: choice, options: options)
+        } catch let error as VMError {
+            throw fail(Alcub3Exit.vmFailed, error.message)
+        } catch {
+            throw fail(Alcub3Exit.vmFailed, "could not prepare the vm sandbox: \(error)")
+        }
+    }
+
+    /// For the start line: what isolates the sandbox.
+    static func describe(_ vm: VMLaunch) -> String {
+        let s = vm.sandbox
+        return "vm isolation: QEMU \(vm.accelerator.accelerator == .kvm ? "KVM" : "TCG"), \(s.cpus) vCPU, \(s.guestMemoryMiB) MiB, "
+            + "kernel \(s.spec.image.sources["kernel-package"].map { String($0.split(separator: "_").first ?? "") } ?? "vmlinuz"), no network"
+    }
+
+    /// Serves the guest channel until the command's exit, then lets QEMU power
+    /// off (or kills it). The guest's output goes to alcub3's stdout and
+    /// stderr; its events into `hub` under the sandbox's cgroup id. On any
+    /// failure QEMU is killed and reaped before the error is thrown.
+    func serveVM(_ vm: VMLaunch, process: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub,
+                 syscalls: Bool, onFinding: @escaping @Sendable (EscapeFinding) -> Void) async throws -> ExitStatus {
+        let sandbox = vm.sandbox
+        let spawned = bootClockNanos()
+        func abort(_ message: String) async -> Failure {
+            try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+            _ = await Self.reap(process)
+            return fail(Alcub3Exit.vmFailed, message)
+        }
+        let channel: OwnedDescriptor
+        do {
+            channel = try await Self.onThread { try sandbox.acceptChannel(process: process) }
+        } catch {
+            throw await abort("could not start the vm sandbox: \(error)")
+        }
+        // From here what the VMM does on the host is judged: QEMU never execs, connects or writes outside its directory.
+        let watch = VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: sandbox.directory, sandboxCgroupID: cgroup.id)
+        hub.observe { batch in for finding in watch.findings(in: batch) { onFinding(finding) } }
+
+        let run = GuestChannel.Run(arguments: arguments, environment: Self.guestEnvironment(hostname: sandboxID), syscalls: syscalls)
+        let guest = GuestChannel(descriptor: channel, hub: hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
+                                 run: run) { stream, bytes in
+            RunSession.writeRaw(stream == .stdout ? 1 : 2, bytes)
+        }
+        let timeout = vm.options.bootTimeout
+        let result = await Self.onThread { guest.serve(bootTimeout: timeout) }
+        if result.malformed > 0 {
+            onFinding(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
+                                    evidence: "\(result.malformed) malformed frames or records from the guest",
+                                    refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()))
+        }
+        if format == .table, let hello = result.helloNanos {
+            let started = result.startedNanos.map { String(format: ", command exec'ed at %.2f s", Double($0 &- spawned) / 1e9) } ?? ""
+            Output.err(String(format: "alcub3: guest %@ up in %.2f s (%@)%@\n", result.kernelRelease ?? "?",
+                              Double(hello &- spawned) / 1e9, vm.accelerator.accelerator.rawValue, started))
+        }
+        switch result.outcome {
+        case .exited(let status):
+            // The guest powers off after EXIT; give QEMU a moment to end on its own.
+            let ended = await Self.onThread { () -> Bool in
+                for _ in 0..<500 where process.isRunning { usleep(10_000) }
+                return !process.isRunning
+            }
+            if !ended { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
+            _ = await Self.reap(process)
+            guard status >= 0 else { throw fail(Alcub3Exit.vmFailed, "the vm guest could not start the command") }
+            let signal = status & 0x7f
+            return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
+        case .failed(let message):
+            throw await abort("the vm guest agent failed: \(message)")
+        case .bootTimeout:
+            let tail = sandbox.consoleTail(8)
+            throw await abort("the vm guest did not boot within \(Int(timeout)) s (\(vm.accelerator.accelerator.rawValue)); "
+                              + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
+        case .closed:
+            // The channel closes when QEMU ends: on its own (an error in its log), or killed from the host
+            // (Ctrl-C, the policy's on_violation, the OOM killer), and then the run ends as killed.
+            let ended = await Self.onThread { () -> Bool in
+                for _ in 0..<300 where process.isRunning { usleep(10_000) }
+                return !process.isRunning
+            }
+            if !ended { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
+            let status = await Self.reap(process)
+            if ended, case .signaled = status { return status }
+            let tail = sandbox.consoleTail(5)
+            throw fail(Alcub3Exit.vmFailed, "QEMU ended before the guest reported the command's exit\(sandbox.qemuWords())"
+                       + (tail.isEmpty ? "" : "; console's last lines: " + tail.joined(separator: " | ")))
+        }
+    }
+
+    /// What the command sees in the guest: not the host's environment, which
+    /// names paths and sockets that do not exist there.
+    static func guestEnvironment(hostname: String) -> [String] {
+        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=dumb", "HOSTNAME=\(hostname)"]
+    }
+
+    static func writeRaw(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    static func reap(_ process: SandboxedProcess) async -> ExitStatus {
+        await onThread { process.wait() }
+    }
+
+    /// Blocking work on a thread of its own, awaited.
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: body()) }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Enforcement
+import Foundation
+import KernelSupport
+import Policy
+import Sandbox
+import Store
+import Synchronization
+import Telemetry
+
+/// The vm level in the service: the same sandbox (cgroup, limits, telemetry,
+/// store record) with QEMU in place of the command. QEMU runs in the
+/// sandbox's cgroup (watched by the host telemetry like any sandbox); the
+/// guest's events arrive over its channel into the same hub with the same
+/// cgroup id, so the event pipeline, `events tail` and the analyzers see a vm
+/// sandbox like any other. The guest's output goes to the sandbox's
+/// output.log, its exit code to exit_status; when the guest powers off QEMU
+/// ends, and the sandbox with it.
+extension SandboxManager {
+    static func isVM(_ record: SandboxRecord) -> Bool { record.isolation == IsolationLevel.vm.rawValue }
+
+    /// Boots the guest and waits until it has exec'ed the command (so a guest
+    /// that never boots is this create's error, with the console's last lines).
+    /// Whatever it made is undone through `undo` when a later step fails.
+    func startVM(_ request: CreateRequest, sandboxID: String, cgroup: SandboxCgroup, v1ProcsFiles: [String],
+                 output: Int32, statusFile: String, steps: ((CreationStep) -> Void)?,
+                 undo: inout [() -> Void]) throws -> SandboxedProcess {
+        func timed<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            let start = DispatchTime.now().uptimeNanoseconds
+            func done(_ result: String) {
+                steps?(CreationStep(step: name, microseconds: Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), result: result))
+            }
+            do {
+                let value = try body()
+                done("ok")
+                return value
+            } catch {
+                done("\(error)")
+                throw error
+            }
+        }
+        guard !request.command.isEmpty else { throw ServiceFailure(ExitCodes.usage, "a vm sandbox needs a command to run in its guest") }
+        let choice = try timed("probe KVM (a real-mode loop in a one-page VM)") { VMAccelerator.choose() }
+        let vm: VMSandbox
+        do {
+            let image = try timed("check the guest image (sha256 of kernel and initramfs against MANIFEST)") {
+                try GuestImage.prepare()
+            }
+            var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
+                              memoryLimitBytes: request.policy.memoryLimitBytes, cpuLimit: request.policy.cpuLimit)
+            spec.hiddenPaths = request.policy.filesystem.hiddenPaths
+            vm = try timed("make \(VMSandbox.stateRoot)/\(sandboxID) and the guest channel's socket") { try VMSandbox(spec: spec) }
+        } catch let error as VMError {
+            throw ServiceFailure(error.message.contains("failed validation") ? ExitCodes.imageRefused : ExitCodes.vmFailed, error.message)
+        }
+        undo.append { VMSandbox.remove(sandboxID: sandboxID) }
+        let process: SandboxedProcess
+        let channel: OwnedDescriptor
+        do {
+            process = try timed("start QEMU in the sandbox cgroup (\(choice.accelerator.rawValue), \(vm.cpus) vCPU, \(vm.guestMemoryMiB) MiB)") {
+                try vm.start(cgroup: cgroup, v1ProcsFiles: v1ProcsFiles, dieWithParent: false)
+            }
+            channel = try timed("accept QEMU's connection to the guest channel") { try vm.acceptChannel(process: process) }
+        } catch {
+            try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+            throw ServiceFailure(ExitCodes.vmFailed, "could not start the vm sandbox: \(error)")
+        }
+        Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id), manager: self)
+        undo.append { Self.unwatchVMM(cgroup.id) }
+
+        // The channel is served on a thread of its own for the sandbox's life;
+        // create waits for the guest to exec the command, or to fail.
+        let out = dup(output)
+        let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
+                                 run: GuestChannel.Run(arguments: request.command, environment: Self.guestEnvironment(request, sandboxID: sandboxID),
+                                                       syscalls: request.policy.traceSyscalls)) { _, bytes in
+            Self.writeAll(out, bytes)
+        }
+        let started = DispatchSemaphore(value: 0)
+        let state = GuestStart()
+        let bootTimeout: Double = 60
+        Thread.detachNewThread { [self] in
+            let result = guest.serve(bootTimeout: bootTimeout) { _ in
+                state.commandStarted.store(true, ordering: .sequentiallyConsistent)
+                started.signal()
+            }
+            state.outcome.withLock { $0 = result }
+            switch result.outcome {
+            case .exited(let status):
+                let signal = status & 0x7f
+                let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+                try? FileIO.write("\(code)\n", to: statusFile, create: true)
+            case .failed(let message):
+                Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
+            case .bootTimeout, .closed:
+                break
+            }
+            if result.malformed > 0, let live = sandbox(cgroupID: cgroup.id) {
+                raise(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
+                                    evidence: "\(result.malformed) malformed frames or records from the guest",
+                                    refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()),
+                      in: live, processes: live.processes)
+            }
+            close(out)
+            // The guest powers off after EXIT; a guest that failed is ended here.
+            for _ in 0..<500 where process.isRunning { usleep(10_000) }
+            if process.isRunning { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
+            started.signal()
+        }
+        let bootStart = DispatchTime.now().uptimeNanoseconds
+        started.wait()
+        steps?(CreationStep(step: "boot the guest until it exec'ed the command", microseconds: Int((DispatchTime.now().uptimeNanoseconds - bootStart) / 1000),
+                            result: state.commandStarted.load(ordering: .sequentiallyConsistent) ? "ok" : "failed"))
+        guard !state.commandStarted.load(ordering: .sequentiallyConsistent), let early = state.outcome.withLock({ $0 }) else {
+            steps?(CreationStep(step: "vm: guest", microseconds: 0,
+                                result: "booted Debian's cloud kernel with the guest agent (PVH, -M microvm, \(choice.reason)); the command runs"))
+            steps?(CreationStep(step: "vm: telemetry", microseconds: 0,
+                                result: "the telemetry programs in the guest (bpf/telemetry_guest.bpf.c), records over virtio-serial; the host watches QEMU"))
+            return process
+        }
+        // The guest ended before exec'ing the command, or the exchange failed: QEMU is being ended.
+        _ = process.wait()
+        switch early.outcome {
+        case .bootTimeout:
+            let tail = vm.consoleTail(8)
+            throw ServiceFailure(ExitCodes.vmFailed, "the vm guest did not boot within \(Int(bootTimeout)) s (\(choice.accelerator.rawValue)); "
+                                 + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
+        case .failed(let message):
+            throw ServiceFailure(ExitCodes.vmFailed, "the vm guest agent failed: \(message)")
+        case .closed, .exited:
+            throw ServiceFailure(ExitCodes.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
+        }
+    }
+
+    /// At the end of a vm sandbox (after its cgroup is destroyed, which ends QEMU).
+    func finishVM(_ sandbox: LiveSandbox) {
+        Self.unwatchVMM(sandbox.cgroup.id)
+        VMSandbox.remove(sandboxID: sandbox.record.sandboxID)
+    }
+
+    /// The guest does not get the client's environment (its paths are the host's): TERM and LANG only.
+    static func guestEnvironment(_ request: CreateRequest, sandboxID: String) -> [String] {
+        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "HOSTNAME=\(sandboxID)"]
+            + request.environment.filter { $0.hasPrefix("TERM=") || $0.hasPrefix("LANG=") }
+    }
+
+    static func writeAll(_ fd: Int32, _ text: String) {
+        Array(text.utf8).withUnsafeBytes { writeAll(fd, $0) }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    // MARK: the VMM's host activity
+
+    /// One observer on the hub for every vm sandbox (observers cannot be removed): each batch is judged by the watch of its cgroup.
+    private static let vmmWatches = Mutex<(installed: Bool, watches: [UInt64: VMMWatch])>((false, [:]))
+
+    static func watchVMM(_ watch: VMMWatch, manager: SandboxManager) {
+        let install = vmmWatches.withLock { state -> Bool in
+            state.watches[watch.sandboxCgroupID] = watch
+            defer { state.installed = true }
+            return !state.installed
+        }
+        guard install else { return }
+        manager.monitor.hub.observe { [weak manager] batch in
+            let watches = vmmWatches.withLock { $0.watches }
+            guard !watches.isEmpty, let manager else { return }
+            for event in batch {
+                guard let id = event.sandboxCgroupID, let watch = watches[id], let finding = watch.finding(for: event),
+                      let live = manager.sandbox(cgroupID: id) else { continue }
+                manager.raise(finding, in: live, processes: ProcessTable())
+            }
+        }
+    }
+
+    static func unwatchVMM(_ cgroupID: UInt64) {
+        vmmWatches.withLock { _ = $0.watches.removeValue(forKey: cgroupID) }
+    }
+}
+
+/// What the channel's thread tells `startVM` while it waits.
+private final class GuestStart: Sendable {
+    let outcome = Mutex<GuestChannel.Result?>(nil)
+    let commandStarted = Atomic<Bool>(false)
+}

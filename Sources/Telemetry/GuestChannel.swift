@@ -1,0 +1,246 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CAlcub3
+import Foundation
+import KernelSupport
+import Synchronization
+
+/// The host end of a vm sandbox's virtio-serial channel (frames of
+/// alcub3_guest.h). It waits for the guest agent's HELLO, sends the telemetry
+/// object and the command, then reads until the guest's EXIT: output goes to
+/// `output`, ring buffer records are decoded with `EventDecoder` and published
+/// into `hub` as if the host's kernel had sent them, with the host sandbox's
+/// cgroup id and the host's boot clock, so the renderers, analyzers and the
+/// store treat a vm sandbox like any other.
+public final class GuestChannel: Sendable {
+    /// What the guest runs.
+    public struct Run: Sendable {
+        public var arguments: [String]
+        public var environment: [String]
+        /// ALCUB3_SANDBOX_* for the guest's agent cgroup.
+        public var flags: UInt32
+        public init(arguments: [String], environment: [String], syscalls: Bool, syscallEntry: Bool = false) {
+            self.arguments = arguments
+            self.environment = environment
+            flags = (syscalls ? UInt32(ALCUB3_SANDBOX_SYSCALLS) : 0) | (syscallEntry ? UInt32(ALCUB3_SANDBOX_SYSCALL_ENTRY) : 0)
+        }
+    }
+
+    public enum Outcome: Sendable, Equatable {
+        /// The command's wait status; -1: it could not be started.
+        case exited(status: Int32)
+        /// The guest agent gave up (its message).
+        case failed(String)
+        /// No HELLO within the boot timeout.
+        case bootTimeout
+        /// The channel closed before EXIT (QEMU ended or was killed).
+        case closed
+    }
+
+    public struct Result: Sendable {
+        public var outcome: Outcome
+        /// Host boot-clock times: HELLO received, the command exec'ed (the guest's clock, mapped).
+        public var helloNanos: UInt64?
+        public var startedNanos: UInt64?
+        public var guestPID: Int32?
+        public var kernelRelease: String?
+        /// The guest kernel's counters, summed over its CPUs.
+        public var counters: KernelCounters?
+        /// Records the decoder refused: a guest that sends them is not to be trusted.
+        public var malformed: Int = 0
+        public var events: Int = 0
+    }
+
+    public enum Stream: Sendable { case stdout, stderr }
+
+    private let fd: OwnedDescriptor
+    private let hub: EventHub
+    private let sandboxCgroupID: UInt64
+    private let object: [UInt8]
+    private let run: Run
+    private let output: @Sendable (Stream, UnsafeRawBufferPointer) -> Void
+
+    public init(descriptor: OwnedDescriptor, hub: EventHub, sandboxCgroupID: UInt64, object: [UInt8], run: Run,
+                output: @escaping @Sendable (Stream, UnsafeRawBufferPointer) -> Void) {
+        self.fd = descriptor
+        self.hub = hub
+        self.sandboxCgroupID = sandboxCgroupID
+        self.object = object
+        self.run = run
+        self.output = output
+    }
+
+    /// The object the guest loads: the telemetry programs built for guest
+    /// kernels (bpf/telemetry_guest.bpf.c), embedded like the host's.
+    public static var guestObject: [UInt8] { BPFObjectBytes.decoded(BPFObjectBytes.telemetry_guest) }
+
+    /// Runs the exchange to its end; blocks (call it on a thread of its own).
+    /// `onStarted` hears the host time at which the guest exec'ed the command.
+    public func serve(bootTimeout: Double, onStarted: (@Sendable (Result) -> Void)? = nil) -> Result {
+        var result = Result(outcome: .closed)
+        var reader = FrameReader(fd: fd.raw)
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(bootTimeout * 1e9)
+        // HELLO, within the boot timeout.
+        guard reader.waitReadable(until: deadline), let hello = reader.next(), hello.type == UInt32(ALCUB3_FRAME_HELLO.rawValue),
+              hello.payload.count >= MemoryLayout<alcub3_guest_hello>.size else {
+            result.outcome = DispatchTime.now().uptimeNanoseconds >= deadline ? .bootTimeout : .closed
+            return result
+        }
+        let now = bootClockNanos()
+        let guestBoot = hello.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_hello.self) }.boot_ns
+        // Guest boot-clock time + offset = host boot-clock time (to the channel's latency).
+        let offset = now &- guestBoot
+        result.helloNanos = now
+        result.kernelRelease = String(decoding: hello.payload.dropFirst(MemoryLayout<alcub3_guest_hello>.size), as: UTF8.self)
+        guard send(type: ALCUB3_FRAME_OBJECT, object), send(type: ALCUB3_FRAME_RUN, runPayload()) else { return result }
+
+        var pending: [TelemetryEvent] = []
+        while let frame = reader.next() {
+            switch Int32(bitPattern: frame.type) {
+            case Int32(ALCUB3_FRAME_EVENT.rawValue):
+                var payload = frame.payload
+                guard payload.count >= MemoryLayout<alcub3_header>.size else { result.malformed += 1; continue }
+                payload.withUnsafeMutableBytes { raw in
+                    let ts = raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+                    raw.storeBytes(of: ts &+ offset, toByteOffset: 0, as: UInt64.self)
+                    raw.storeBytes(of: sandboxCgroupID, toByteOffset: 8, as: UInt64.self)
+                }
+                let before = pending.count
+                let decoded = payload.withUnsafeBytes { EventDecoder.decode($0, into: &pending) }
+                if !decoded { result.malformed += 1 }
+                result.events += pending.count - before
+            case Int32(ALCUB3_FRAME_WRITE_STATS.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_guest_write_stats>.size else { result.malformed += 1; continue }
+                let w = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_write_stats.self) }
+                pending.append(.writeVolume(WriteVolumeEvent(
+                    sandboxCgroupID: sandboxCgroupID, pid: Int32(bitPattern: w.pid), fileID: w.file_id,
+                    totalBytes: w.total_bytes, totalWrites: w.total_writes, newBytes: w.new_bytes)))
+            case Int32(ALCUB3_FRAME_STDOUT.rawValue):
+                frame.payload.withUnsafeBytes { output(.stdout, $0) }
+            case Int32(ALCUB3_FRAME_STDERR.rawValue):
+                frame.payload.withUnsafeBytes { output(.stderr, $0) }
+            case Int32(ALCUB3_FRAME_STARTED.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_guest_started>.size else { result.malformed += 1; continue }
+                let s = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_started.self) }
+                result.startedNanos = s.boot_ns &+ offset
+                result.guestPID = Int32(bitPattern: s.pid)
+                onStarted?(result)
+            case Int32(ALCUB3_FRAME_COUNTERS.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_counters>.size else { result.malformed += 1; continue }
+                let c = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_counters.self) }
+                result.counters = KernelCounters(seen: c.seen, submitted: c.submitted, dropped: c.dropped, syscallDropped: c.syscall_dropped)
+            case Int32(ALCUB3_FRAME_EXIT.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_guest_exit>.size else { result.malformed += 1; continue }
+                result.outcome = .exited(status: frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_exit.self) }.status)
+            case Int32(ALCUB3_FRAME_ERROR.rawValue):
+                result.outcome = .failed(String(decoding: frame.payload.prefix(512), as: UTF8.self))
+            default:
+                result.malformed += 1
+            }
+            // One batch per read from the channel: published as the guest sent them.
+            if reader.bufferedFrames == 0 && !pending.isEmpty {
+                hub.publish(pending)
+                pending.removeAll(keepingCapacity: true)
+            }
+            if result.outcome != .closed { break }
+        }
+        if !pending.isEmpty { hub.publish(pending) }
+        return result
+    }
+
+    private func runPayload() -> [UInt8] {
+        var header = alcub3_guest_run()
+        header.flags = run.flags
+        header.argc = UInt32(run.arguments.count)
+        header.envc = UInt32(run.environment.count)
+        var bytes = withUnsafeBytes(of: header) { Array($0) }
+        for s in run.arguments + run.environment {
+            bytes += Array(s.utf8.filter { $0 != 0 })
+            bytes.append(0)
+        }
+        return bytes
+    }
+
+    private func send(type: alcub3_frame_type, _ payload: [UInt8]) -> Bool {
+        var header = alcub3_frame_header()
+        header.type = UInt32(type.rawValue)
+        header.length = UInt32(payload.count)
+        return writeAll(withUnsafeBytes(of: header) { Array($0) }) && writeAll(payload)
+    }
+
+    private func writeAll(_ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd.raw, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            offset += n
+        }
+        return true
+    }
+}
+
+/// Frames out of a byte stream: reads in large pieces, hands out whole frames.
+struct FrameReader {
+    struct Frame {
+        var type: UInt32
+        var payload: [UInt8]
+    }
+
+    let fd: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+
+    init(fd: Int32) { self.fd = fd }
+
+    /// Whole frames already read and not yet handed out.
+    var bufferedFrames: Int {
+        var offset = start, count = 0
+        while let length = frameLength(at: offset), offset + 8 + length <= buffer.count {
+            offset += 8 + length
+            count += 1
+        }
+        return count
+    }
+
+    private func frameLength(at offset: Int) -> Int? {
+        guard buffer.count - offset >= 8 else { return nil }
+        return Int(buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self) })
+    }
+
+    func waitReadable(until deadline: UInt64) -> Bool {
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return false }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let rc = poll(&p, 1, Int32(min(1000, (deadline - now) / 1_000_000 + 1)))
+            if rc > 0 { return true }
+            if rc < 0 && errno != EINTR { return false }
+        }
+    }
+
+    /// The next frame; nil at end of stream, on an error, or on a frame longer than the format allows.
+    mutating func next() -> Frame? {
+        while true {
+            if let length = frameLength(at: start) {
+                guard length <= Int(ALCUB3_FRAME_MAX) else { return nil }
+                if start + 8 + length <= buffer.count {
+                    let type = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: start, as: UInt32.self) }
+                    let frame = Frame(type: type, payload: Array(buffer[(start + 8)..<(start + 8 + length)]))
+                    start += 8 + length
+                    return frame
+                }
+            }
+            if start > 0 {
+                buffer.removeFirst(start)
+                start = 0
+            }
+            var chunk = [UInt8](repeating: 0, count: 1 << 18)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            buffer += chunk[0..<n]
+        }
+    }
+}

@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+
+/// The vm guest image of scripts/build-guest.sh, built once for every test here (.build/guest).
+enum VMGuest {
+    static let directory: String = {
+        let dir = packageRoot.appendingPathComponent(".build/guest").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = [packageRoot.appendingPathComponent("scripts/build-guest.sh").path, dir]
+        p.standardOutput = FileHandle.nullDevice
+        try? p.run()
+        p.waitUntilExit()
+        return dir
+    }()
+}
+
+/// `alcub3` with extra environment variables.
+func alcub3(_ arguments: [String], environment extra: [String: String]) throws -> Result {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: binary)
+    p.arguments = arguments
+    p.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// What a vm sandbox could leave: its directory under /run/alcub3/vms (socket,
+/// console log) and QEMU processes started from one.
+func vmLeftovers() -> [String] {
+    let dirs = ((try? FileManager.default.contentsOfDirectory(atPath: "/run/alcub3/vms")) ?? []).map { "/run/alcub3/vms/" + $0 }
+    let qemus = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: data, as: UTF8.self).contains("/run/alcub3/vms/")
+    }
+    return dirs + qemus.map { "qemu pid \($0)" }
+}
+
+@Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups, QEMU"))
+struct VMRunTests {
+    /// One boot: output and exit code pass through, and an exec, a file write
+    /// and a connect made inside the guest arrive in the stream with the sandbox's id.
+    @Test func guestOutputExitCodeAndEventsPassThrough() throws {
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", VMGuest.directory, "--format", "json", "--",
+                            "sh", "-c", "echo hello from the guest; echo data > /root/written; nc 127.0.0.1 9 </dev/null; exit 7"])
+        #expect(r.code == 7, "\(r.stderr)")
+        #expect(r.stdout.contains("hello from the guest\n"), "\(r.stdout.prefix(300))")
+        let lines = r.jsonLines
+        let summary = try #require(lines.last)
+        let sandbox = try #require(summary["sandbox_id"] as? String)
+        let ofSandbox = lines.filter { $0["sandbox_id"] as? String == sandbox }
+        let json = ofSandbox.map { String(decoding: try! JSONSerialization.data(withJSONObject: $0, options: .withoutEscapingSlashes), as: UTF8.self) }
+        #expect(json.contains { $0.contains("\"Launch\"") && $0.contains("echo hello from the guest") }, "no exec of the guest's sh")
+        #expect(json.contains { $0.contains("/root/written") }, "no file write in the guest")
+        #expect(json.contains { $0.contains("127.0.0.1") && $0.contains("\"port\":9") }, "no connect in the guest")
+        // QEMU's own start is watched by the host, and raises nothing.
+        #expect(json.contains { $0.contains("qemu-system-x86_64") })
+        #expect((summary["alerts"] as? [String: Any])?.isEmpty ?? true, "\(summary)")
+        #expect(vmLeftovers().isEmpty, "\(vmLeftovers())")
+        #expect(!FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified/alcub3/\(sandbox)")
+                && !FileManager.default.fileExists(atPath: "/sys/fs/cgroup/alcub3/\(sandbox)"), "the sandbox's cgroup is left")
+        _ = before
+    }
+
+    /// A guest that never boots in time: one line with the console's last
+    /// lines, QEMU killed, nothing left.
+    @Test func bootTimeoutLeavesNothing() throws {
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", VMGuest.directory, "--boot-timeout", "0.5", "--", "true"])
+        #expect(r.code == 76, "\(r.stderr)")
+        #expect(r.stderr.contains("did not boot within 0 s") || r.stderr.contains("did not boot within"), "\(r.stderr)")
+        #expect(r.stderr.contains("console's last lines"))
+        #expect(vmLeftovers().isEmpty, "\(vmLeftovers())")
+        #expect(HostState.settled(like: before), "left behind after a failed start")
+    }
+
+    /// An initramfs changed after it was built is refused before QEMU starts.
+    @Test func alteredInitramfsIsRefused() throws {
+        let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
+            try FileManager.default.linkItem(atPath: VMGuest.directory + "/" + name, toPath: copy + "/" + name)
+        }
+        // A private copy of the initramfs (not the shared hard link), one byte flipped.
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        bytes[4096] ^= 0x01
+        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
+        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", copy, "--", "true"])
+        #expect(r.code == 74, "\(r.stderr)")
+        #expect(r.stderr.contains("failed validation") && r.stderr.contains("initramfs.cpio"), "\(r.stderr)")
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before))
+    }
+
+    /// Bad input: one clear line each, nothing started, nothing left.
+    @Test func badInputGivesOneLine() throws {
+        let before = HostState.baseline()
+        let guest = ["--guest-image", VMGuest.directory]
+        let noQEMU = try alcub3(["run", "--isolation-level", "vm"] + guest + ["--", "true"], environment: ["ALCUB3_QEMU": "/nonexistent/qemu"])
+        #expect(noQEMU.code == 76 && noQEMU.stderr.contains("needs QEMU"), "\(noQEMU.stderr)")
+        let memory = badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED:\n      memory_limit: \"900GB\"\n")
+        let big = try alcub3(["run", "--isolation-level", "vm", "--policy-file", memory] + guest + ["--", "true"])
+        #expect(big.code == 76 && big.stderr.contains("the host has only"), "\(big.stderr)")
+        let cpus = badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED:\n      cpu_limit: \"64\"\n")
+        let many = try alcub3(["run", "--isolation-level", "vm", "--policy-file", cpus] + guest + ["--", "true"])
+        #expect(many.code == 76 && many.stderr.contains("vCPUs"), "\(many.stderr)")
+        let missing = try alcub3(["run", "--isolation-level", "vm", "--guest-image", "/nonexistent/guest", "--", "true"])
+        #expect(missing.code == 76 && missing.stderr.contains("no vm guest image"), "\(missing.stderr)")
+        for r in [noQEMU, big, many, missing] {
+            #expect(r.stderr.split(separator: "\n").count == 1, "more than one line: \(r.stderr)")
+        }
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before))
+    }
+
+    /// Through the service: the guest's exec, file write and connect appear in
+    /// `events tail` for that sandbox; its output and exit code are recorded.
+    @Test func serviceVMSandboxEventsInEventsTail() throws {
+        setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let created = try service.run(["sandbox", "create", "--agent-id", "vm-1", "--isolation-level", "vm", "--",
+                                       "sh", "-c", "echo from the guest; echo data > /root/written; nc 127.0.0.1 9 </dev/null; exit 5"])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        var tail = ""
+        for _ in 0..<100 {
+            tail = try service.run(["events", "tail", "--agent-id", "vm-1", "--lines", "5000"]).stdout
+            if tail.contains("\"port\":9") && tail.contains("/root/written") { break }
+            usleep(100_000)
+        }
+        #expect(tail.contains("\"Launch\"") && tail.contains("echo from the guest"), "no exec of the guest's sh")
+        #expect(tail.contains("/root/written"), "no file write from the guest")
+        #expect(tail.contains("127.0.0.1") && tail.contains("\"port\":9"), "no connect from the guest")
+        var stopped: [String: Any]?
+        for _ in 0..<100 {
+            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
+            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "vm-1" }
+            if stopped != nil { break }
+            usleep(100_000)
+        }
+        #expect(stopped?["exitCode"] as? Int == 5, "\(String(describing: stopped))")
+        service.stop()
+        #expect(vmLeftovers().isEmpty, "\(vmLeftovers())")
+        #expect(HostState.settled(like: before), "left behind after the sandbox ended")
+    }
+}

@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CAlcub3
+import Foundation
+import KernelSupport
+import Testing
+@testable import Telemetry
+
+/// The host end of the vm channel against a fake guest on a socketpair: the
+/// exchange of alcub3_guest.h, records re-labelled with the host's sandbox id.
+@Suite struct GuestChannelTests {
+    func frame(_ type: alcub3_frame_type, _ payload: [UInt8]) -> [UInt8] {
+        var h = alcub3_frame_header()
+        h.type = UInt32(type.rawValue)
+        h.length = UInt32(payload.count)
+        return withUnsafeBytes(of: h) { Array($0) } + payload
+    }
+
+    func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
+
+    func readFrame(_ fd: Int32) -> (UInt32, [UInt8]) {
+        func exact(_ n: Int) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: n), got = 0
+            while got < n {
+                let r = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, n - got) }
+                if r <= 0 { break }
+                got += r
+            }
+            return out
+        }
+        let h = exact(8).withUnsafeBytes { $0.loadUnaligned(as: alcub3_frame_header.self) }
+        return (h.type, exact(Int(h.length)))
+    }
+
+    @Test func guestFramesBecomeEventsOfTheHostSandbox() async throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let hub = EventHub()
+        let subscription = hub.subscribe()
+        let output = OutputLog()
+        let channel = GuestChannel(descriptor: OwnedDescriptor(fds[0]), hub: hub, sandboxCgroupID: 777, object: [1, 2, 3],
+                                   run: .init(arguments: ["sh", "-c", "echo hi"], environment: ["PATH=/bin"], syscalls: true)) { stream, data in
+            output.append(stream, Array(data))
+        }
+        let guest = fds[1]
+        let served = Task.detached { channel.serve(bootTimeout: 5) }
+
+        var hello = alcub3_guest_hello()
+        hello.boot_ns = 1_000_000
+        hello.version = UInt32(ALCUB3_GUEST_VERSION)
+        var out = frame(ALCUB3_FRAME_HELLO, bytes(hello) + Array("6.12-test".utf8))
+        _ = out.withUnsafeBytes { write(guest, $0.baseAddress, $0.count) }
+        let object = readFrame(guest)
+        #expect(object.0 == UInt32(ALCUB3_FRAME_OBJECT.rawValue) && object.1 == [1, 2, 3])
+        let run = readFrame(guest)
+        #expect(run.0 == UInt32(ALCUB3_FRAME_RUN.rawValue))
+        let header = run.1.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_run.self) }
+        #expect(header.argc == 3 && header.envc == 1 && header.flags == UInt32(ALCUB3_SANDBOX_SYSCALLS))
+        #expect(Array(run.1.dropFirst(MemoryLayout<alcub3_guest_run>.size)) == Array("sh\0-c\0echo hi\0PATH=/bin\0".utf8))
+
+        // An exec record as the guest's kernel wrote it: guest cgroup id 5, guest clock.
+        var exec = alcub3_exec_event()
+        exec.hdr.ts_ns = 2_000_000
+        exec.hdr.sandbox_cgid = 5
+        exec.hdr.pid = 140
+        exec.hdr.tid = 140
+        exec.hdr.kind = UInt16(ALCUB3_KIND_EXEC.rawValue)
+        var exit = alcub3_guest_exit()
+        exit.status = 7 << 8
+        out = frame(ALCUB3_FRAME_EVENT, bytes(exec)) + frame(ALCUB3_FRAME_STDOUT, Array("hi\n".utf8))
+            + frame(ALCUB3_FRAME_EVENT, [1, 2, 3]) + frame(ALCUB3_FRAME_EXIT, bytes(exit))
+        _ = out.withUnsafeBytes { write(guest, $0.baseAddress, $0.count) }
+        let result = await served.value
+        close(guest)
+
+        #expect(result.outcome == .exited(status: 7 << 8))
+        #expect(result.kernelRelease == "6.12-test" && result.malformed == 1 && result.events == 1)
+        #expect(output.text == "hi\n")
+        subscription.cancel()
+        var events: [TelemetryEvent] = []
+        for await batch in subscription.events { events += batch }
+        guard case .process(let p) = events.first else { Issue.record("no exec event: \(events)"); return }
+        #expect(p.origin.sandboxCgroupID == 777 && p.origin.pid == 140)
+        // The guest's clock mapped onto the host's: one guest millisecond after HELLO.
+        #expect(p.origin.bootNanos == result.helloNanos! + 1_000_000)
+    }
+
+    @Test func noHelloIsABootTimeout() {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[1]) }
+        let channel = GuestChannel(descriptor: OwnedDescriptor(fds[0]), hub: EventHub(), sandboxCgroupID: 1, object: [],
+                                   run: .init(arguments: ["true"], environment: [], syscalls: false)) { _, _ in }
+        #expect(channel.serve(bootTimeout: 0.2).outcome == .bootTimeout)
+    }
+}
+
+final class OutputLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    func append(_ stream: GuestChannel.Stream, _ data: [UInt8]) { lock.withLock { bytes += data } }
+    var text: String { lock.withLock { String(decoding: bytes, as: UTF8.self) } }
+}
