@@ -97,16 +97,23 @@ extension RunSession {
             RunSession.writeRaw(stream == .stdout ? 1 : 2, bytes)
         }
         let timeout = vm.options.bootTimeout
-        let result = await Self.onThread { guest.serve(bootTimeout: timeout) }
+        let table = format == .table
+        let accelerator = vm.accelerator.accelerator.rawValue
+        let result = await Self.onThread {
+            guest.serve(bootTimeout: timeout) { started in
+                // Said when it happens: the guest is up and the command runs.
+                guard table, let hello = started.helloNanos, let exec = started.startedNanos else { return }
+                Output.err(String(format: "alcub3: guest %@ up in %.2f s (%@), command exec'ed at %.2f s\n", started.kernelRelease ?? "?",
+                                  Double(hello &- spawned) / 1e9, accelerator, Double(exec &- spawned) / 1e9))
+            }
+        }
         if result.malformed > 0 {
             onFinding(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
                                     evidence: "\(result.malformed) malformed frames or records from the guest",
                                     refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()))
         }
-        if format == .table, let hello = result.helloNanos {
-            let started = result.startedNanos.map { String(format: ", command exec'ed at %.2f s", Double($0 &- spawned) / 1e9) } ?? ""
-            Output.err(String(format: "alcub3: guest %@ up in %.2f s (%@)%@\n", result.kernelRelease ?? "?",
-                              Double(hello &- spawned) / 1e9, vm.accelerator.accelerator.rawValue, started))
+        if table, let c = result.counters {
+            Output.err("alcub3: guest kernel \(c.seen) records seen, \(c.submitted) submitted, \(c.dropped) dropped; \(result.events) events received\n")
         }
         switch result.outcome {
         case .exited(let status):
@@ -124,7 +131,7 @@ extension RunSession {
             throw await abort("the vm guest agent failed: \(message)")
         case .bootTimeout:
             let tail = sandbox.consoleTail(8)
-            throw await abort("the vm guest did not boot within \(Int(timeout)) s (\(vm.accelerator.accelerator.rawValue)); "
+            throw await abort("the vm guest did not boot within \(String(format: "%g", timeout)) s (\(vm.accelerator.accelerator.rawValue)); "
                               + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
         case .closed:
             // The channel closes when QEMU ends: on its own (an error in its log), or killed from the host

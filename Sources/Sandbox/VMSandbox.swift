@@ -191,7 +191,9 @@ public final class VMSandbox: Sendable {
             workingDirectory: directory, hostname: id,
             namespaces: [.mount, .pid, .ipc, .uts, .cgroup, .network], seccomp: nil, dieWithParent: dieWithParent)
         process.readOnlyRoot = true
-        process.writablePaths = [directory] + (spec.accelerator == .kvm ? ["/dev/kvm"] : [])
+        // The VMM's /tmp is a private tmpfs: an image kept beneath the host's /tmp is bound in at its own path.
+        let imageUnderTmp = spec.image.directory.hasPrefix("/tmp/") ? [spec.image.directory] : []
+        process.writablePaths = [directory] + imageUnderTmp + (spec.accelerator == .kvm ? ["/dev/kvm"] : [])
         process.hiddenPaths = spec.hiddenPaths.filter { hidden in !roots.contains { $0 == hidden || $0.hasPrefix(hidden + "/") } }
         process.v1ProcsFiles = v1ProcsFiles
         process.stdio = (devNull.raw, log.raw, log.raw)

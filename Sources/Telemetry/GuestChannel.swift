@@ -129,7 +129,10 @@ public final class GuestChannel: Sendable {
             case Int32(ALCUB3_FRAME_COUNTERS.rawValue):
                 guard frame.payload.count >= MemoryLayout<alcub3_counters>.size else { result.malformed += 1; continue }
                 let c = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_counters.self) }
-                result.counters = KernelCounters(seen: c.seen, submitted: c.submitted, dropped: c.dropped, syscallDropped: c.syscall_dropped)
+                let counters = KernelCounters(seen: c.seen, submitted: c.submitted, dropped: c.dropped, syscallDropped: c.syscall_dropped)
+                result.counters = counters
+                // What the guest's kernel could not keep is never silent, as on the host.
+                if c.dropped > 0 { pending.append(.drops(counters, newlyDropped: c.dropped)) }
             case Int32(ALCUB3_FRAME_EXIT.rawValue):
                 guard frame.payload.count >= MemoryLayout<alcub3_guest_exit>.size else { result.malformed += 1; continue }
                 result.outcome = .exited(status: frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_exit.self) }.status)
@@ -139,7 +142,7 @@ public final class GuestChannel: Sendable {
                 result.malformed += 1
             }
             // One batch per read from the channel: published as the guest sent them.
-            if reader.bufferedFrames == 0 && !pending.isEmpty {
+            if !reader.hasWholeFrame && !pending.isEmpty {
                 hub.publish(pending)
                 pending.removeAll(keepingCapacity: true)
             }
@@ -194,14 +197,10 @@ struct FrameReader {
 
     init(fd: Int32) { self.fd = fd }
 
-    /// Whole frames already read and not yet handed out.
-    var bufferedFrames: Int {
-        var offset = start, count = 0
-        while let length = frameLength(at: offset), offset + 8 + length <= buffer.count {
-            offset += 8 + length
-            count += 1
-        }
-        return count
+    /// Whether the next frame is already read whole (so `next()` will not block).
+    var hasWholeFrame: Bool {
+        guard let length = frameLength(at: start) else { return false }
+        return start + 8 + length <= buffer.count
     }
 
     private func frameLength(at offset: Int) -> Int? {

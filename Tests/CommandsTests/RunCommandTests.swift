@@ -136,7 +136,7 @@ struct RunCommandTests {
         (["run", "--agent-id", "..", "--", "true"], Int32(66), "invalid agent id"),
         (["run", "--agent-id", "bad\u{1}id", "--", "true"], Int32(66), "control character 0x01"),
         (["run", "--", "no-such-command-alcub3"], Int32(127), "command not found: no-such-command-alcub3"),
-        (["run", "--classification", "SECRET", "--", "true"], Int32(67), "requires isolation level 'vm'"),
+        (["run", "--classification", "TOP_SECRET", "--", "true"], Int32(67), "requires isolation level 'hardware'"),
         (["run", "--seccomp-profile", "/nonexistent/profile.json", "--", "true"], Int32(68), "cannot read the seccomp profile"),
         (["run", "--seccomp-profile", badProfile(#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdri"], "action": "SCMP_ACT_ERRNO"}]}"#),
           "--", "true"], Int32(68), "unknown syscall 'mkdri'; did you mean 'mkdir'?"),

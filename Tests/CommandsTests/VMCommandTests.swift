@@ -106,6 +106,9 @@ struct VMRunTests {
         let guest = ["--guest-image", VMGuest.directory]
         let noQEMU = try alcub3(["run", "--isolation-level", "vm"] + guest + ["--", "true"], environment: ["ALCUB3_QEMU": "/nonexistent/qemu"])
         #expect(noQEMU.code == 76 && noQEMU.stderr.contains("needs QEMU"), "\(noQEMU.stderr)")
+        // A VMM that ends at once (here /bin/false in QEMU's place): started in the sandbox cgroup, then everything removed.
+        let early = try alcub3(["run", "--isolation-level", "vm"] + guest + ["--", "true"], environment: ["ALCUB3_QEMU": "/bin/false"])
+        #expect(early.code == 76 && early.stderr.contains("QEMU ended before the guest started"), "\(early.stderr)")
         let memory = badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED:\n      memory_limit: \"900GB\"\n")
         let big = try alcub3(["run", "--isolation-level", "vm", "--policy-file", memory] + guest + ["--", "true"])
         #expect(big.code == 76 && big.stderr.contains("the host has only"), "\(big.stderr)")
@@ -114,7 +117,7 @@ struct VMRunTests {
         #expect(many.code == 76 && many.stderr.contains("vCPUs"), "\(many.stderr)")
         let missing = try alcub3(["run", "--isolation-level", "vm", "--guest-image", "/nonexistent/guest", "--", "true"])
         #expect(missing.code == 76 && missing.stderr.contains("no vm guest image"), "\(missing.stderr)")
-        for r in [noQEMU, big, many, missing] {
+        for r in [noQEMU, big, many, missing] {  // (`early` also prints the host's records of /bin/false's start)
             #expect(r.stderr.split(separator: "\n").count == 1, "more than one line: \(r.stderr)")
         }
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before))
