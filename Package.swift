@@ -45,7 +45,7 @@ let package = Package(
         .target(
             name: "Commands",
             dependencies: [
-                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport", "Enforcement", "Analysis",
+                "Telemetry", "Sandbox", "Policy", "Service", "Store", "KernelSupport", "Enforcement", "Analysis", "Integrity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -19,6 +19,7 @@
  * Any failure is an ERROR frame (and a console line), then power-off.
  */
 #define _GNU_SOURCE
+#include "alcub3-tpm.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -236,6 +237,41 @@ static void read_exact(void *buf, size_t len)
 }
 
 /* The next host frame, which must be of `type`; its payload is malloc'ed. */
+/* The next frame, whatever its type. */
+static unsigned char *receive_any(__u32 *type, __u32 *length)
+{
+	struct alcub3_frame_header h;
+	unsigned char *data;
+
+	read_exact(&h, sizeof(h));
+	if (h.length > 64u << 20)
+		fail("a %u-byte frame from the host", h.length);
+	data = malloc(h.length + 1);
+	if (!data)
+		fail("out of memory for a %u-byte frame", h.length);
+	read_exact(data, h.length);
+	data[h.length] = 0;
+	*type = h.type;
+	*length = h.length;
+	return data;
+}
+
+/* MEASURE: extends the three digests into PCR 9 and answers with the PCR. */
+static void measure(const unsigned char *digests, __u32 length)
+{
+	char why[256], hex[65];
+
+	if (length != 96)
+		fail("MEASURE frame of %u bytes, not 96", length);
+	for (int i = 0; i < 3; i++)
+		if (alcub3_tpm_extend(ALCUB3_TPM_PCR, digests + 32 * i, why, sizeof(why)) < 0)
+			fail("measured boot: %s", why);
+	if (alcub3_tpm_read(ALCUB3_TPM_PCR, hex, why, sizeof(why)) < 0)
+		fail("measured boot: %s", why);
+	send_frame(ALCUB3_FRAME_PCR, hex, 64, NULL, 0);
+	flush_out();
+}
+
 static unsigned char *receive(__u32 type, __u32 *length)
 {
 	struct alcub3_frame_header h;
@@ -417,7 +453,18 @@ int main(void)
 	send_frame(ALCUB3_FRAME_HELLO, &hello, sizeof(hello), release.s, strlen(release.s));
 	flush_out();
 
-	object = receive(ALCUB3_FRAME_OBJECT, &object_len);
+	/* The hardware level measures first: nothing runs before the TPM holds the boot's hashes. */
+	__u32 first_type;
+	unsigned char *first = receive_any(&first_type, &object_len);
+	if (first_type == ALCUB3_FRAME_MEASURE) {
+		measure(first, object_len);
+		free(first);
+		object = receive(ALCUB3_FRAME_OBJECT, &object_len);
+	} else if (first_type == ALCUB3_FRAME_OBJECT) {
+		object = first;
+	} else {
+		fail("expected frame %u or %u from the host, got %u", ALCUB3_FRAME_MEASURE, ALCUB3_FRAME_OBJECT, first_type);
+	}
 	payload = receive(ALCUB3_FRAME_RUN, &run_len);
 	if (run_len < sizeof(*run))
 		fail("RUN frame of %u bytes", run_len);

@@ -99,16 +99,12 @@ struct RunCommand: AsyncParsableCommand {
             }
             return digest
         }
-        if (guestImage != nil || bootTimeout != nil) && policy.isolation != .vm {
-            throw fail(Alcub3Exit.usage, "--guest-image and --boot-timeout apply to --isolation-level vm")
+        let virtual = policy.isolation == .vm || policy.isolation == .hardware
+        if (guestImage != nil || bootTimeout != nil) && !virtual {
+            throw fail(Alcub3Exit.usage, "--guest-image and --boot-timeout apply to --isolation-level vm or hardware")
         }
         if let bootTimeout, !(bootTimeout > 0 && bootTimeout <= 3600) {
             throw fail(Alcub3Exit.usage, "--boot-timeout must be between 0 and 3600 seconds")
-        }
-        if policy.isolation == .hardware {
-            let why = isolation == nil ? "\(level.rawValue) requires isolation level '\(policy.isolation.rawValue)'" : "isolation level '\(policy.isolation.rawValue)'"
-            throw fail(Alcub3Exit.unsupportedIsolation,
-                       "\(why), which alcub3 run does not provide yet; pass --isolation process to accept process-level isolation")
         }
         if let seccompProfile {
             policy.seccompProfile = try SeccompProfileFile.read(seccompProfile)
@@ -125,7 +121,7 @@ struct RunCommand: AsyncParsableCommand {
         let executable: String
         do {
             // A container's command is looked up in its image, once unpacked; a vm's in the guest.
-            executable = policy.isolation == .container || policy.isolation == .vm ? program
+            executable = policy.isolation == .container || virtual ? program
                 : try CommandResolver.resolve(program, hiddenPaths: policy.filesystem.hiddenPaths)
         } catch SandboxError.commandNotExecutable(let c) {
             throw fail(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
@@ -139,8 +135,9 @@ struct RunCommand: AsyncParsableCommand {
             format: format, printSyscalls: syscalls, syscallEntry: syscallEntry)
         session.privateWorkspace = privateWorkspace
         session.container = image.map { (image: $0, digest: digest) }
-        if policy.isolation == .vm {
+        if virtual {
             var options = VMOptions()
+            options.hardware = policy.isolation == .hardware
             if let guestImage { options.guestDirectory = guestImage }
             if let bootTimeout { options.bootTimeout = bootTimeout }
             session.vm = options

@@ -1,6 +1,8 @@
 import Enforcement
 import Foundation
 import KernelSupport
+import Service
+import Integrity
 import Policy
 import Sandbox
 import Telemetry
@@ -13,6 +15,8 @@ struct VMOptions: Sendable {
     var guestDirectory = GuestImage.defaultDirectory
     /// Seconds from QEMU's start to the guest agent's HELLO.
     var bootTimeout: Double = 60
+    /// The hardware level: a virtual TPM and measured boot (HardwareBoot).
+    var hardware = false
 }
 
 /// One vm sandbox of `run`: made before the sandbox starts, then started and
@@ -22,11 +26,14 @@ final class VMLaunch: Sendable {
     let sandbox: VMSandbox
     let accelerator: VMAccelerator.Choice
     let options: VMOptions
+    /// The hardware level's TPM and measurements (stopped with the sandbox).
+    let hardware: HardwareBoot?
 
-    init(sandbox: VMSandbox, accelerator: VMAccelerator.Choice, options: VMOptions) {
+    init(sandbox: VMSandbox, accelerator: VMAccelerator.Choice, options: VMOptions, hardware: HardwareBoot? = nil) {
         self.sandbox = sandbox
         self.accelerator = accelerator
         self.options = options
+        self.hardware = hardware
     }
 
     /// How the guest went, for the start line and the summary.
@@ -47,13 +54,27 @@ extension RunSession {
             image = try GuestImage.prepare(directory: options.guestDirectory,
                                            progress: quiet ? nil : { Output.err("alcub3: \($0)\n") })
         } catch let error as VMError {
-            throw fail(error.message.contains("failed validation") ? Alcub3Exit.imageRefused : Alcub3Exit.vmFailed, error.message)
+            let refused = error.message.contains("failed validation")
+            // At the hardware level the image check is the measured boot's first step.
+            throw fail(refused ? Alcub3Exit.imageRefused : Alcub3Exit.vmFailed,
+                       (refused && options.hardware ? "measured boot refused the guest: " : "") + error.message)
         }
         var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
                           memoryLimitBytes: policy.memoryLimitBytes, cpuLimit: policy.cpuLimit)
         spec.hiddenPaths = policy.filesystem.hiddenPaths
+        if options.hardware { HardwareBoot.configure(&spec) }
         do {
-            return VMLaunch(sandbox: try VMSandbox(spec: spec), accelerator: choice, options: options)
+            let sandbox = try VMSandbox(spec: spec)
+            do {
+                let hardware = options.hardware ? try HardwareBoot(sandbox: sandbox) : nil
+                return VMLaunch(sandbox: sandbox, accelerator: choice, options: options, hardware: hardware)
+            } catch let error as BootMeasurementError {
+                VMSandbox.remove(sandboxID: sandbox.id)
+                throw fail(Alcub3Exit.imageRefused, error.description)
+            } catch {
+                VMSandbox.remove(sandboxID: sandbox.id)
+                throw fail(Alcub3Exit.vmFailed, "the hardware level's virtual TPM: \(error)")
+            }
         } catch let error as VMError {
             throw fail(Alcub3Exit.vmFailed, error.message)
         } catch {
@@ -66,6 +87,7 @@ extension RunSession {
         let s = vm.sandbox
         return "vm isolation: QEMU \(vm.accelerator.accelerator == .kvm ? "KVM" : "TCG"), \(s.cpus) vCPU, \(s.guestMemoryMiB) MiB, "
             + "kernel \(s.spec.image.sources["kernel-package"].map { String($0.split(separator: "_").first ?? "") } ?? "vmlinuz"), no network"
+            + (vm.hardware.map { ", virtual TPM, measured boot (PCR 9 expected \($0.measurement.expectedPCR.prefix(16))...)" } ?? "")
     }
 
     /// Serves the guest channel until the command's exit, then lets QEMU power
@@ -93,7 +115,7 @@ extension RunSession {
 
         let run = GuestChannel.Run(arguments: arguments, environment: Self.guestEnvironment(hostname: sandboxID), syscalls: syscalls)
         let guest = GuestChannel(descriptor: channel, hub: hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
-                                 run: run) { stream, bytes in
+                                 run: run, measurement: vm.hardware?.channelMeasurement) { stream, bytes in
             RunSession.writeRaw(stream == .stdout ? 1 : 2, bytes)
         }
         let timeout = vm.options.bootTimeout

@@ -149,7 +149,7 @@ final class RunSession: @unchecked Sendable {
         defer { if container != nil { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) } }
         // Vm level: the guest image checked, the host's limits checked, the channel's socket made; QEMU starts below.
         let vm = try self.vm.map { try prepareVM($0, quiet: format != .table) }
-        defer { if let vm { VMSandbox.remove(sandboxID: vm.sandbox.id) } }
+        defer { if let vm { vm.hardware?.stop(); VMSandbox.remove(sandboxID: vm.sandbox.id) } }
 
         // From here a signal kills the sandbox; before, set-up stops at this check.
         if let sig = interruptLock.withLock({ () -> Int32? in

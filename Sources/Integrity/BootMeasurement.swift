@@ -39,6 +39,9 @@ public struct BootMeasurement: Codable, Sendable, Equatable {
         return Hex.string(hasher.finalize())
     }
 
+    /// The three digests as bytes, in extend order (what the guest extends).
+    public var digestBytes: [UInt8] { Hex.bytes(kernel) + Hex.bytes(initramfs) + Hex.bytes(commandLine) }
+
     /// The PCR's value after the three extends from its reset value (32 zero
     /// bytes): PCR = SHA-256(PCR || digest), once per component.
     public var expectedPCR: String {

@@ -56,6 +56,9 @@ public enum IsolationLevel: String, NamedCase, Codable {
     case process, container, vm, hardware
 
     public static let noun = "isolation level"
+
+    /// vm and hardware: the agent runs in a QEMU guest.
+    public var isVirtualMachine: Bool { self == .vm || self == .hardware }
 }
 
 /// Identifiers that become file and cgroup names: refused unless they are

@@ -164,18 +164,23 @@ public final class VMSandbox: Sendable {
     public static func qemuArguments(spec: VMSpec, memoryMiB: UInt64, cpus: Int, socketPath: String, consolePath: String,
                                      tscKHz: Int = hostTSCKHz()) -> [String] {
         let accel = spec.accelerator == .kvm ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg,tb-size=64"]
-        let append = ["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "tsc_early_khz=\(tscKHz)", "tsc=reliable"]
-            + spec.kernelArguments
+        let append = kernelCommandLine(spec: spec, tscKHz: tscKHz)
         return accel + [
             "-M", "microvm", "-m", "\(memoryMiB)M", "-smp", "\(cpus)",
             "-nographic", "-nodefaults", "-no-user-config", "-no-reboot", "-sandbox", "on",
-            "-kernel", spec.image.kernel, "-initrd", spec.image.initramfs, "-append", append.joined(separator: " "),
+            "-kernel", spec.image.kernel, "-initrd", spec.image.initramfs, "-append", append,
             "-serial", "file:" + consolePath,
             "-device", "virtio-serial-device",
             "-chardev", "socket,id=alcub3,path=" + socketPath,
             "-device", "virtserialport,chardev=alcub3,name=org.alcub3.guest",
             "-nic", "none",
         ] + spec.extraArguments
+    }
+
+    /// The guest kernel's command line (what the hardware level measures).
+    public static func kernelCommandLine(spec: VMSpec, tscKHz: Int = hostTSCKHz()) -> String {
+        (["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "tsc_early_khz=\(tscKHz)", "tsc=reliable"] + spec.kernelArguments)
+            .joined(separator: " ")
     }
 
     /// Starts QEMU in `cgroup` (joining `v1ProcsFiles` on hybrid hosts), as

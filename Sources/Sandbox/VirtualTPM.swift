@@ -20,7 +20,7 @@ public final class VirtualTPM: @unchecked Sendable {
             throw VirtualTPMError("swtpm is not installed (Debian package swtpm): the hardware level needs a virtual TPM")
         }
         self.directory = directory
-        controlSocket = directory + "/swtpm.ctrl"
+        controlSocket = Self.controlSocket(in: directory)
         try FileManager.default.createDirectory(atPath: directory + "/state", withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         let log = directory + "/swtpm.log"
@@ -49,11 +49,16 @@ public final class VirtualTPM: @unchecked Sendable {
         }
     }
 
-    /// QEMU's arguments for this TPM: a TIS device, which the guest sees as /dev/tpm0.
-    public var qemuArguments: [String] {
+    public static func controlSocket(in directory: String) -> String { directory + "/swtpm.ctrl" }
+
+    /// QEMU's arguments for a TPM reached at `controlSocket`: a TIS device,
+    /// which the guest sees as /dev/tpm0.
+    public static func qemuArguments(controlSocket: String) -> [String] {
         ["-chardev", "socket,id=chrtpm,path=\(controlSocket)", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
          "-device", "tpm-tis,tpmdev=tpm0"]
     }
+
+    public var qemuArguments: [String] { Self.qemuArguments(controlSocket: controlSocket) }
 
     /// Ends swtpm (if QEMU has not already) and removes its state: a sandbox's
     /// TPM lives as long as the sandbox.

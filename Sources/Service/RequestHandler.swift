@@ -161,10 +161,6 @@ struct RequestHandler: Sendable {
         if isolation != .container && (request.image != nil || request.imageDigest != nil) {
             throw ServiceFailure(ExitCodes.usage, "--image and --image-digest apply to --isolation-level container")
         }
-        guard isolation == .process || isolation == .container || isolation == .vm else {
-            throw ServiceFailure(ExitCodes.unsupportedIsolation,
-                                 "isolation level '\(isolation.rawValue)' is not available yet; this service provides 'process', 'container' and 'vm' (pass --isolation-level process to accept process-level isolation)")
-        }
         let imageDigest = try request.imageDigest.map { text in
             guard let digest = ImageDigest(text) else {
                 throw ServiceFailure(ExitCodes.usage, "--image-digest '\(text)' is not a digest like sha256:<64 lower-case hex digits>")

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Enforcement
 import Foundation
+import Integrity
 import KernelSupport
 import Policy
 import Sandbox
@@ -19,7 +20,7 @@ import Telemetry
 /// output.log, its exit code to exit_status; when the guest powers off QEMU
 /// ends, and the sandbox with it.
 extension SandboxManager {
-    static func isVM(_ record: SandboxRecord) -> Bool { record.isolation == IsolationLevel.vm.rawValue }
+    static func isVM(_ record: SandboxRecord) -> Bool { IsolationLevel(rawValue: record.isolation)?.isVirtualMachine ?? false }
 
     /// Boots the guest and waits until it has exec'ed the command (so a guest
     /// that never boots is this create's error, with the console's last lines).
@@ -42,6 +43,7 @@ extension SandboxManager {
             }
         }
         guard !request.command.isEmpty else { throw ServiceFailure(ExitCodes.usage, "a vm sandbox needs a command to run in its guest") }
+        let hardware = request.policy.isolation == .hardware
         let choice = try timed("probe KVM (a real-mode loop in a one-page VM)") { VMAccelerator.choose() }
         let vm: VMSandbox
         do {
@@ -51,11 +53,26 @@ extension SandboxManager {
             var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
                               memoryLimitBytes: request.policy.memoryLimitBytes, cpuLimit: request.policy.cpuLimit)
             spec.hiddenPaths = request.policy.filesystem.hiddenPaths
+            if hardware { HardwareBoot.configure(&spec) }
             vm = try timed("make \(VMSandbox.stateRoot)/\(sandboxID) and the guest channel's socket") { try VMSandbox(spec: spec) }
         } catch let error as VMError {
-            throw ServiceFailure(error.message.contains("failed validation") ? ExitCodes.imageRefused : ExitCodes.vmFailed, error.message)
+            let refused = error.message.contains("failed validation")
+            throw ServiceFailure(refused ? ExitCodes.imageRefused : ExitCodes.vmFailed,
+                                 (refused && hardware ? "measured boot refused the guest: " : "") + error.message)
         }
         undo.append { VMSandbox.remove(sandboxID: sandboxID) }
+        var boot: HardwareBoot?
+        if hardware {
+            do {
+                boot = try timed("measure kernel, initramfs and command line; start swtpm") { try HardwareBoot(sandbox: vm) }
+            } catch let error as BootMeasurementError {
+                throw ServiceFailure(ExitCodes.imageRefused, error.description)
+            } catch {
+                throw ServiceFailure(ExitCodes.vmFailed, "the hardware level's virtual TPM: \(error)")
+            }
+            HardwareBoot.register(boot!, sandboxID: sandboxID)
+            undo.append { HardwareBoot.release(sandboxID: sandboxID) }
+        }
         let process: SandboxedProcess
         let channel: OwnedDescriptor
         do {
@@ -75,7 +92,8 @@ extension SandboxManager {
         let out = dup(output)
         let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
                                  run: GuestChannel.Run(arguments: request.command, environment: Self.guestEnvironment(request, sandboxID: sandboxID),
-                                                       syscalls: request.policy.traceSyscalls)) { _, bytes in
+                                                       syscalls: request.policy.traceSyscalls),
+                                 measurement: boot?.channelMeasurement) { _, bytes in
             Self.writeAll(out, bytes)
         }
         let started = DispatchSemaphore(value: 0)
@@ -118,6 +136,15 @@ extension SandboxManager {
                                 result: "booted Debian's cloud kernel with the guest agent (PVH, -M microvm, \(choice.reason)); the command runs"))
             steps?(CreationStep(step: "vm: telemetry", microseconds: 0,
                                 result: "the telemetry programs in the guest (bpf/telemetry_guest.bpf.c), records over virtio-serial; the host watches QEMU"))
+            if let boot {
+                let m = boot.measurement
+                steps?(CreationStep(step: "hardware: measured boot", microseconds: 0,
+                                    result: "PCR 9 = \(m.expectedPCR) in the guest's TPM (swtpm), from kernel \(m.kernel.prefix(16)), "
+                                        + "initramfs \(m.initramfs.prefix(16)), command line \(m.commandLine.prefix(16))"))
+                try? store.appendAudit(actor: "service", action: "sandbox.measured_boot", subject: sandboxID,
+                                       details: ServiceJSON.encode(["kernel": m.kernel, "initramfs": m.initramfs,
+                                                                    "command_line": m.commandLine, "pcr9": m.expectedPCR]))
+            }
             return process
         }
         // The guest ended before exec'ing the command, or the exchange failed: QEMU is being ended.
@@ -137,6 +164,7 @@ extension SandboxManager {
     /// At the end of a vm sandbox (after its cgroup is destroyed, which ends QEMU).
     func finishVM(_ sandbox: LiveSandbox) {
         Self.unwatchVMM(sandbox.cgroup.id)
+        HardwareBoot.release(sandboxID: sandbox.record.sandboxID)
         VMSandbox.remove(sandboxID: sandbox.record.sandboxID)
     }
 

@@ -373,7 +373,7 @@ public final class SandboxManager: @unchecked Sendable {
             }
             let hidden = hiddenPaths() + request.policy.filesystem.hiddenPaths
             // A container's command is looked up in its image, once unpacked.
-            let executable: String? = request.image != nil || request.policy.isolation == .vm ? nil : try request.command.first.map { program in
+            let executable: String? = request.image != nil || request.policy.isolation.isVirtualMachine ? nil : try request.command.first.map { program in
                 try step("resolve command \(program)") { try Self.resolve(program, hidden: hidden) }
             }
             let directory = configuration.sandboxDirectory(sandboxID)
@@ -432,7 +432,7 @@ public final class SandboxManager: @unchecked Sendable {
             let initProcess = try request.image.map { image in
                 try startContainer(request, image: image, sandboxID: sandboxID, cgroup: cgroup,
                                    stdio: (devNull.raw, outputFD.raw, outputFD.raw), steps: steps, undo: &undo)
-            } ?? (request.policy.isolation == .vm  // QEMU in the cgroup, the command in its guest (SandboxManager+VM.swift)
+            } ?? (request.policy.isolation.isVirtualMachine  // QEMU in the cgroup, the command in its guest (SandboxManager+VM.swift)
                 ? startVM(request, sandboxID: sandboxID, cgroup: cgroup, v1ProcsFiles: limits.v1ProcsFiles, output: outputFD.raw,
                           statusFile: directory + "/exit_status", steps: steps, undo: &undo)
                 : step("clone3 into the cgroup with namespaces \(spec.namespaces.names.joined(separator: ","))") {
@@ -450,7 +450,7 @@ public final class SandboxManager: @unchecked Sendable {
                 try step("confine cgroup id \(cgroup.id) in the BPF-LSM programs") { try lsm.confine(sandboxCgroupID: cgroup.id) }
                 undo.append { lsm.release(sandboxCgroupID: cgroup.id) }
             }
-            if request.image == nil && request.policy.isolation != .vm { report(enforcementSummary(spec: spec, process: initProcess), to: steps) }
+            if request.image == nil && !request.policy.isolation.isVirtualMachine { report(enforcementSummary(spec: spec, process: initProcess), to: steps) }
             try step("record the sandbox in the store") { try store.upsertSandbox(record) }
             let sandbox = LiveSandbox(record: record, policy: request.policy, cgroup: cgroup, initProcess: initProcess, limits: limits)
             sandbox.analyzer = makeAnalyzer(agentID: request.agentID,

@@ -49,10 +49,26 @@ public final class GuestChannel: Sendable {
         public var counters: KernelCounters?
         /// Records the decoder refused: a guest that sends them is not to be trusted.
         public var malformed: Int = 0
+        /// The hardware level: PCR 9 as the guest's TPM reported it (it matched, or the outcome says it did not).
+        public var pcr: String?
         public var events: Int = 0
     }
 
     public enum Stream: Sendable { case stdout, stderr }
+
+    /// The hardware level's measured boot: the digests the guest extends into
+    /// its TPM's PCR 9 before anything runs, and the PCR value they must give.
+    public struct Measurement: Sendable {
+        public var digests: [UInt8]     // kernel, initramfs, command line: 3 x 32 bytes
+        public var expectedPCR: String  // 64 lower-case hex digits
+        public init(digests: [UInt8], expectedPCR: String) {
+            self.digests = digests
+            self.expectedPCR = expectedPCR
+        }
+    }
+
+    /// Set before `serve` for the hardware level.
+    public let measurement: Measurement?
 
     private let fd: OwnedDescriptor
     private let hub: EventHub
@@ -62,7 +78,8 @@ public final class GuestChannel: Sendable {
     private let output: @Sendable (Stream, UnsafeRawBufferPointer) -> Void
 
     public init(descriptor: OwnedDescriptor, hub: EventHub, sandboxCgroupID: UInt64, object: [UInt8], run: Run,
-                output: @escaping @Sendable (Stream, UnsafeRawBufferPointer) -> Void) {
+                measurement: Measurement? = nil, output: @escaping @Sendable (Stream, UnsafeRawBufferPointer) -> Void) {
+        self.measurement = measurement
         self.fd = descriptor
         self.hub = hub
         self.sandboxCgroupID = sandboxCgroupID
@@ -93,6 +110,27 @@ public final class GuestChannel: Sendable {
         let offset = now &- guestBoot
         result.helloNanos = now
         result.kernelRelease = String(decoding: hello.payload.dropFirst(MemoryLayout<alcub3_guest_hello>.size), as: UTF8.self)
+        if let measurement {
+            // Nothing runs until the guest's TPM holds what the host measured.
+            guard send(type: ALCUB3_FRAME_MEASURE, measurement.digests), reader.waitReadable(until: deadline + 10_000_000_000),
+                  let answer = reader.next() else { return result }
+            switch Int32(bitPattern: answer.type) {
+            case Int32(ALCUB3_FRAME_PCR.rawValue) where answer.payload.count == 64:
+                let reported = String(decoding: answer.payload, as: UTF8.self)
+                result.pcr = reported
+                guard reported == measurement.expectedPCR else {
+                    result.outcome = .failed("measured boot: the guest's TPM reports PCR 9 = \(reported), the measurements give \(measurement.expectedPCR)")
+                    return result
+                }
+            case Int32(ALCUB3_FRAME_ERROR.rawValue):
+                result.outcome = .failed(String(decoding: answer.payload.prefix(512), as: UTF8.self))
+                return result
+            default:
+                result.malformed += 1
+                result.outcome = .failed("measured boot: the guest answered MEASURE with frame \(answer.type)")
+                return result
+            }
+        }
         guard send(type: ALCUB3_FRAME_OBJECT, object), send(type: ALCUB3_FRAME_RUN, runPayload()) else { return result }
 
         var pending: [TelemetryEvent] = []

@@ -17,6 +17,11 @@
  *   guest -> host  COUNTERS     struct alcub3_counters, summed over the guest's CPUs, before EXIT
  *   guest -> host  EXIT         struct alcub3_guest_exit: the command's wait status; the guest powers off
  *   guest -> host  ERROR        a message: the guest agent could not go on; it powers off
+ *
+ * The hardware level adds, between HELLO and OBJECT:
+ *   host -> guest  MEASURE      three SHA-256 digests (kernel, initramfs, command line), 96 bytes
+ *   guest -> host  PCR          PCR 9 of the guest's TPM after extending them, 64 hex digits
+ * and the host sends OBJECT and RUN only when PCR is what its own replay gives.
  */
 #ifndef ALCUB3_GUEST_H
 #define ALCUB3_GUEST_H
@@ -40,6 +45,8 @@ enum alcub3_frame_type {
     ALCUB3_FRAME_COUNTERS = 9,
     ALCUB3_FRAME_EXIT = 10,
     ALCUB3_FRAME_ERROR = 11,
+    ALCUB3_FRAME_MEASURE = 12,
+    ALCUB3_FRAME_PCR = 13,
 };
 
 struct alcub3_frame_header {

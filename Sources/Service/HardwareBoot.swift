@@ -1,0 +1,56 @@
+import Foundation
+import Synchronization
+import Integrity
+import Sandbox
+import Telemetry
+
+/// The hardware level: a vm sandbox with a virtual TPM (swtpm) and measured
+/// boot. alcub3 boots its guests directly, so it acts as the boot loader: it
+/// measures the kernel, the initramfs and the command line, refuses an image
+/// whose hashes are not the ones its manifest recorded when it was built, and
+/// has the guest extend the measurements into PCR 9 before anything runs;
+/// the command starts only when the guest's TPM reports the PCR value the
+/// host's replay gives (GuestChannel.Measurement).
+public final class HardwareBoot: Sendable {
+    public let tpm: VirtualTPM
+    public let measurement: BootMeasurement
+
+    /// Kernel arguments the guest needs to find the TPM on a microvm (no ACPI).
+    public static let kernelArguments = ["tpm_tis.force=1", "tpm_tis.interrupts=0"]
+
+    /// The TPM's directory inside the vm sandbox's own (QEMU reaches nothing else).
+    public static func tpmDirectory(sandboxID: String) -> String { VMSandbox.stateRoot + "/" + sandboxID + "/tpm" }
+
+    /// Adds the TPM device and its kernel arguments to `spec`; call before `VMSandbox(spec:)`.
+    public static func configure(_ spec: inout VMSpec) {
+        spec.kernelArguments += kernelArguments
+        let directory = tpmDirectory(sandboxID: spec.sandboxID)
+        spec.extraArguments += VirtualTPM.qemuArguments(controlSocket: VirtualTPM.controlSocket(in: directory))
+    }
+
+    /// Measures what `sandbox` will boot against its image's manifest and
+    /// starts the TPM. A mismatch throws before anything runs.
+    public init(sandbox: VMSandbox) throws {
+        let image = sandbox.spec.image
+        let measured = try BootMeasurement.measure(kernel: image.kernel, initramfs: image.initramfs,
+                                                   commandLine: VMSandbox.kernelCommandLine(spec: sandbox.spec))
+        let baseline = BootMeasurement(kernel: image.kernelSHA256, initramfs: image.initramfsSHA256, commandLine: measured.commandLine)
+        if let first = measured.mismatches(against: baseline).first {
+            throw BootMeasurementError.mismatch(component: first.component, expected: first.expected, measured: first.measured)
+        }
+        measurement = measured
+        tpm = try VirtualTPM(directory: Self.tpmDirectory(sandboxID: sandbox.id))
+    }
+
+    /// What the guest channel sends and checks.
+    public var channelMeasurement: GuestChannel.Measurement {
+        GuestChannel.Measurement(digests: measurement.digestBytes, expectedPCR: measurement.expectedPCR)
+    }
+
+    public func stop() { tpm.stop() }
+
+    /// The service's TPMs by sandbox, stopped (and their swtpm reaped) when the sandbox ends.
+    private static let running = Mutex<[String: HardwareBoot]>([:])
+    static func register(_ boot: HardwareBoot, sandboxID: String) { running.withLock { $0[sandboxID] = boot } }
+    static func release(sandboxID: String) { running.withLock { $0.removeValue(forKey: sandboxID) }?.stop() }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+
+/// Processes of swtpm started for a sandbox (their state lives under /run/alcub3/vms).
+func swtpmLeftovers() -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap(Int32.init).filter { pid in
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let words = String(decoding: data, as: UTF8.self)
+        return words.hasPrefix("/usr/bin/swtpm") && words.contains("/run/alcub3/vms/")
+    }.map { "swtpm pid \($0)" }
+}
+
+/// The hardware level on the real machine: a vm with swtpm and measured boot.
+@Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups, QEMU, swtpm"))
+struct HardwareRunTests {
+    /// The guest's TPM holds, in PCR 9, exactly what the host measured: the
+    /// command reads the PCR from inside and it is the value alcub3 announced.
+    @Test func theGuestsPCRIsTheHostsReplayAndNothingIsLeft() throws {
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", VMGuest.directory, "--",
+                            "sh", "-c", "cat /sys/class/tpm/tpm0/pcr-sha256/9; exit 5"])
+        #expect(r.code == 5, "\(r.stderr)")
+        let announced = try #require(r.stderr.range(of: #"PCR 9 expected [0-9a-f]{16}"#, options: .regularExpression).map { String(r.stderr[$0].suffix(16)) },
+                                     "\(r.stderr.prefix(600))")
+        let inGuest = r.stdout.split(separator: "\n").first { $0.count == 64 }.map { $0.lowercased() }
+        #expect(inGuest?.hasPrefix(announced) == true, "guest PCR \(inGuest ?? "none") vs announced \(announced)")
+        #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers() + swtpmLeftovers())")
+    }
+
+    /// A guest image changed by one byte is refused by the measured boot before QEMU or swtpm start.
+    @Test func anAlteredInitramfsFailsTheMeasuredBoot() throws {
+        let copy = NSTemporaryDirectory() + "alcub3-hwguest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
+            try FileManager.default.linkItem(atPath: VMGuest.directory + "/" + name, toPath: copy + "/" + name)
+        }
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        bytes[8192] ^= 0x01
+        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
+        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", copy, "--", "true"])
+        #expect(r.code == 74, "\(r.stderr)")
+        #expect(r.stderr.contains("measured boot refused the guest") && r.stderr.contains("initramfs.cpio"), "\(r.stderr)")
+        #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before))
+    }
+
+    /// Through the service: created with measured boot (audited with its PCR), the guest's exec in events tail,
+    /// terminated with no QEMU, no swtpm and no cgroup left.
+    @Test func aServiceHardwareSandboxIsMeasuredMonitoredAndRemoved() throws {
+        setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let created = try service.run(["sandbox", "create", "--agent-id", "hw-1", "--isolation-level", "hardware", "--verbose", "--",
+                                       "sh", "-c", "echo measured; sleep 30"])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        #expect((created.stdout + created.stderr).contains("hardware: measured boot"), "\(created.stdout)")
+        #expect(swtpmLeftovers().count == 1, "one swtpm for the sandbox: \(swtpmLeftovers())")
+        var tail = ""
+        for _ in 0..<100 {
+            tail = try service.run(["events", "tail", "--agent-id", "hw-1", "--lines", "5000"]).stdout
+            if tail.contains("echo measured") { break }
+            usleep(100_000)
+        }
+        #expect(tail.contains("\"Launch\"") && tail.contains("echo measured"), "no exec of the guest's sh")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "hw-1", "--force"]).code == 0)
+        service.stop()
+        #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty, "\(vmLeftovers() + swtpmLeftovers())")
+        #expect(HostState.settled(like: before), "left behind after the sandbox ended")
+    }
+}
