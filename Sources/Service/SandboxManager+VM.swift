@@ -28,20 +28,7 @@ extension SandboxManager {
     func startVM(_ request: CreateRequest, sandboxID: String, cgroup: SandboxCgroup, v1ProcsFiles: [String],
                  output: Int32, statusFile: String, steps: ((CreationStep) -> Void)?,
                  undo: inout [() -> Void]) throws -> SandboxedProcess {
-        func timed<T>(_ name: String, _ body: () throws -> T) throws -> T {
-            let start = DispatchTime.now().uptimeNanoseconds
-            func done(_ result: String) {
-                steps?(CreationStep(step: name, microseconds: Int((DispatchTime.now().uptimeNanoseconds - start) / 1000), result: result))
-            }
-            do {
-                let value = try body()
-                done("ok")
-                return value
-            } catch {
-                done("\(error)")
-                throw error
-            }
-        }
+        func timed<T>(_ name: String, _ body: () throws -> T) throws -> T { try CreationStep.timed(name, steps, body) }
         guard !request.command.isEmpty else { throw ServiceFailure(ExitCodes.usage, "a vm sandbox needs a command to run in its guest") }
         let hardware = request.policy.isolation == .hardware
         let choice = try timed("probe KVM (a real-mode loop in a one-page VM)") { VMAccelerator.choose() }

@@ -29,16 +29,8 @@ struct HardwareRunTests {
 
     /// A guest image changed by one byte is refused by the measured boot before QEMU or swtpm start.
     @Test func anAlteredInitramfsFailsTheMeasuredBoot() throws {
-        let copy = NSTemporaryDirectory() + "alcub3-hwguest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let copy = try VMGuest.copyWithInitramfsByteFlipped(at: 8192)
         defer { try? FileManager.default.removeItem(atPath: copy) }
-        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
-        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
-            try FileManager.default.linkItem(atPath: VMGuest.directory + "/" + name, toPath: copy + "/" + name)
-        }
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
-        bytes[8192] ^= 0x01
-        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
-        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
         let before = HostState.baseline()
         let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", copy, "--", "true"])
         #expect(r.code == 74, "\(r.stderr)")

@@ -15,6 +15,23 @@ enum VMGuest {
     }()
 }
 
+extension VMGuest {
+    /// A copy of the guest image (hard links) whose initramfs, a private copy,
+    /// has the byte at `offset` flipped; the caller removes the directory.
+    static func copyWithInitramfsByteFlipped(at offset: Int) throws -> String {
+        let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
+        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
+            try FileManager.default.linkItem(atPath: directory + "/" + name, toPath: copy + "/" + name)
+        }
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        bytes[offset] ^= 0x01
+        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
+        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        return copy
+    }
+}
+
 /// `alcub3` with extra environment variables.
 func alcub3(_ arguments: [String], environment extra: [String: String]) throws -> Result {
     let p = Process()
@@ -82,17 +99,8 @@ struct VMRunTests {
 
     /// An initramfs changed after it was built is refused before QEMU starts.
     @Test func alteredInitramfsIsRefused() throws {
-        let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let copy = try VMGuest.copyWithInitramfsByteFlipped(at: 4096)
         defer { try? FileManager.default.removeItem(atPath: copy) }
-        try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
-        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
-            try FileManager.default.linkItem(atPath: VMGuest.directory + "/" + name, toPath: copy + "/" + name)
-        }
-        // A private copy of the initramfs (not the shared hard link), one byte flipped.
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
-        bytes[4096] ^= 0x01
-        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
-        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
         let before = HostState.baseline()
         let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", copy, "--", "true"])
         #expect(r.code == 74, "\(r.stderr)")
