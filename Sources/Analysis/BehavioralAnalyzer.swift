@@ -225,21 +225,36 @@ public final class BehavioralAnalyzer: @unchecked Sendable {
                 return
             }
             let model = profile.model
-            for record in records where Int(record.number) < syscallNumberLimit {
-                var state = threads.removeValue(forKey: record.tid) ?? ThreadState(pid: record.pid)
-                window.observe(record.number, on: &state.stream, model: model)
-                let burst = state.stream.evidence
-                if burst > state.peak { state.peak = burst }
-                state.calls += 1
-                threads[record.tid] = state
+            // Records come in runs of one thread (the kernel batches per thread):
+            // its state is looked up once per run, not once per call.
+            var index = records.startIndex
+            while index < records.endIndex {
+                let tid = records[index].tid
+                var state = threads.removeValue(forKey: tid) ?? ThreadState(pid: records[index].pid)
+                while index < records.endIndex, records[index].tid == tid {
+                    let number = records[index].number
+                    index += 1
+                    guard Int(number) < syscallNumberLimit else { continue }
+                    window.observe(number, on: &state.stream, model: model)
+                    if state.stream.evidence > state.peak { state.peak = state.stream.evidence }
+                    state.calls += 1
+                }
+                threads[tid] = state
             }
         }
     }
 
     private func learn(_ records: [SyscallRecord]) {
         guard learningCalls < Self.learningCallLimit else { return }
-        for record in records where Int(record.number) < syscallNumberLimit {
-            learningTraces[record.tid, default: []].append(record.number)
+        var index = records.startIndex
+        while index < records.endIndex {
+            let tid = records[index].tid
+            var trace = learningTraces.removeValue(forKey: tid) ?? []
+            while index < records.endIndex, records[index].tid == tid {
+                if Int(records[index].number) < syscallNumberLimit { trace.append(records[index].number) }
+                index += 1
+            }
+            learningTraces[tid] = trace
         }
         learningCalls += records.count
     }

@@ -92,12 +92,13 @@ final class EventRenderer: @unchecked Sendable {
         if let seen = namesSeen.withLock({ $0[finding.pid] }) {
             known.seed(pid: finding.pid, name: seen.name, executable: seen.executable)
         }
-        write(findingLine(finding, known) + "\n")
+        // The policy's response first: printing waits for the event slice being written.
         onFinding?(finding)
+        write(findingLine(finding, known) + "\n")
         if let escape = correlator.add(finding) {
             findingCounts.withLock { $0["escape", default: 0] += 1 }
-            write(findingLine(escape, known) + "\n")
             onFinding?(escape)
+            write(findingLine(escape, known) + "\n")
         }
     }
 

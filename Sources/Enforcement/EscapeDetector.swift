@@ -20,6 +20,8 @@ public struct EscapeFinding: Sendable, Hashable {
     public let confidence: Double
     /// Set on a correlated escape finding: the indicators it stands on.
     public let indicators: [EscapeFinding]
+    /// CLOCK_BOOTTIME when the finding was made (the detector's answer; printing it comes after).
+    public let detectedNanos: UInt64
 
     public init(technique: EscapeTechnique, sandboxCgroupID: UInt64?, pid: Int32, evidence: String, refusedBy: String,
                 observedNanos: UInt64, confidence: Double? = nil, indicators: [EscapeFinding] = []) {
@@ -31,6 +33,7 @@ public struct EscapeFinding: Sendable, Hashable {
         self.observedNanos = observedNanos
         self.confidence = confidence ?? technique.confidence
         self.indicators = indicators
+        detectedNanos = bootClockNanos()
     }
 
     public var severity: FindingSeverity { technique.severity }
@@ -187,7 +190,9 @@ extension EscapeFinding {
                                                          "confidence": $0.confidence] },
                          "recommended_actions": recommendedActions,
                          // From the kernel's record of the attempt to this finding.
-                         "detection_latency_ns": Int64(bitPattern: bootClockNanos() &- observedNanos)],
+                         "detection_latency_ns": Int64(bitPattern: detectedNanos &- observedNanos),
+                         // ... and to this record, printed or stored (queues and output included).
+                         "reported_latency_ns": Int64(bitPattern: bootClockNanos() &- observedNanos)],
         ]
     }
 }
