@@ -28,13 +28,18 @@ public struct Calibration: Codable, Sendable, Equatable {
     /// so no calibration sample alerts (the product's aim is no alert on
     /// ordinary work at the default); medium: a quarter above it; low: half
     /// above it. `p99` and `p999` are kept for `debug-behavior`.
+    /// Never below `floor`: an agent whose held-out traces were perfectly
+    /// predictable would otherwise alert on its first rare call.
     public func threshold(for sensitivity: Sensitivity) -> Double {
         switch sensitivity {
-        case .high: max
-        case .medium: 1.25 * max
-        case .low: 1.5 * max
+        case .high: Swift.max(max, Self.floor)
+        case .medium: Swift.max(1.25 * max, 1.25 * Self.floor)
+        case .low: Swift.max(1.5 * max, 1.5 * Self.floor)
         }
     }
+
+    /// One bit of evidence per doubling of the trace's length.
+    public static let floor = 1.0
 }
 
 extension SequenceModel {
