@@ -5,6 +5,7 @@ import Service
 import Integrity
 import Policy
 import Sandbox
+import Synchronization
 import Telemetry
 
 /// `alcub3 run --isolation-level vm`: what the vm level needs beyond the
@@ -17,6 +18,11 @@ struct VMOptions: Sendable {
     var bootTimeout: Double = 60
     /// The hardware level: a virtual TPM and measured boot (HardwareBoot).
     var hardware = false
+}
+
+/// Whether the guest agent said HELLO (then the command may have run: no second boot).
+final class HelloFlag: Sendable {
+    let said = Mutex(false)
 }
 
 /// One vm sandbox of `run`: made before the sandbox starts, then started and
@@ -94,8 +100,38 @@ extension RunSession {
     /// off (or kills it). The guest's output goes to alcub3's stdout and
     /// stderr; its events into `hub` under the sandbox's cgroup id. On any
     /// failure QEMU is killed and reaped before the error is thrown.
-    func serveVM(_ vm: VMLaunch, process: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub,
+    func serveVM(_ vm: VMLaunch, process first: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub, v1ProcsFiles: [String],
                  syscalls: Bool, onFinding: @escaping @Sendable (EscapeFinding) -> Void) async throws -> ExitStatus {
+        var process = first
+        for attempt in 1...2 {
+            let hello = HelloFlag()
+            do {
+                return try await serveVMOnce(vm, process: process, cgroup: cgroup, hub: hub, syscalls: syscalls, hello: hello,
+                                             onFinding: onFinding)
+            } catch let failure as Failure where attempt == 1 && failure.code == Alcub3Exit.vmFailed && !hello.said.withLock({ $0 })
+                && Self.panicked(vm.sandbox) {
+                // The guest kernel died before the agent said HELLO: nothing of the
+                // command has run. Under TCG on a loaded host this kernel sometimes
+                // oopses in an interrupt while booting; one more boot is safe.
+                if format == .table { Output.err("alcub3: the guest kernel panicked while booting (nothing ran); booting it once more\n") }
+                do {
+                    process = try vm.sandbox.start(cgroup: cgroup, v1ProcsFiles: v1ProcsFiles)
+                } catch {
+                    throw fail(Alcub3Exit.vmFailed, "could not start the vm sandbox again after a kernel panic: \(error)")
+                }
+            }
+        }
+        throw fail(Alcub3Exit.vmFailed, "the vm guest could not be booted")
+    }
+
+    /// Whether the guest's console shows a kernel panic.
+    static func panicked(_ sandbox: VMSandbox) -> Bool {
+        ((try? String(contentsOfFile: sandbox.consolePath, encoding: .utf8)) ?? "").contains("Kernel panic")
+    }
+
+    private func serveVMOnce(_ vm: VMLaunch, process: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub,
+                             syscalls: Bool, hello: HelloFlag,
+                             onFinding: @escaping @Sendable (EscapeFinding) -> Void) async throws -> ExitStatus {
         let sandbox = vm.sandbox
         let spawned = bootClockNanos()
         func abort(_ message: String) async -> Failure {
@@ -129,6 +165,7 @@ extension RunSession {
                                   Double(hello &- spawned) / 1e9, accelerator, Double(exec &- spawned) / 1e9))
             }
         }
+        hello.said.withLock { $0 = result.helloNanos != nil }
         if result.malformed > 0 {
             onFinding(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
                                     evidence: "\(result.malformed) malformed frames or records from the guest",

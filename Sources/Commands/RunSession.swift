@@ -203,7 +203,7 @@ final class RunSession: @unchecked Sendable {
 
         let status: ExitStatus
         if let vm {  // the guest's exit code, its output and events come over its channel
-            status = try await serveVM(vm, process: process, cgroup: cgroup, hub: monitor.hub,
+            status = try await serveVM(vm, process: process, cgroup: cgroup, hub: monitor.hub, v1ProcsFiles: applied.v1ProcsFiles,
                                        syscalls: policy.traceSyscalls || traceDirectory != nil || behaviour != nil) { renderer.render($0) }
         } else {
             status = await Self.waitInBackground(process)
