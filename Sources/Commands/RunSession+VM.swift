@@ -187,6 +187,13 @@ extension RunSession {
             let signal = status & 0x7f
             return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
         case .failed(let message):
+            // The hardware layer: what the guest's TPM answered was not what the host measured, or it had no TPM.
+            if message.hasPrefix("measured boot") {
+                let id = message.contains("PCR") ? "measured-boot-mismatch" : "tpm-failure"
+                onFinding(EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: cgroup.id, pid: process.pid,
+                                        evidence: message, refusedBy: "measured boot (the command was not started)",
+                                        observedNanos: bootClockNanos()))
+            }
             throw await abort("the vm guest agent failed: \(message)")
         case .bootTimeout:
             let tail = sandbox.consoleTail(8)

@@ -148,7 +148,17 @@ final class RunSession: @unchecked Sendable {
         let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }
         defer { if container != nil { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) } }
         // Vm level: the guest image checked, the host's limits checked, the channel's socket made; QEMU starts below.
-        let vm = try self.vm.map { try prepareVM($0, quiet: format != .table) }
+        let vm: VMLaunch?
+        do {
+            vm = try self.vm.map { try prepareVM($0, quiet: format != .table) }
+        } catch let failure as Failure where failure.code == Alcub3Exit.imageRefused && self.vm?.hardware == true {
+            // The hardware layer's finding: an image that is not what was measured when it was built.
+            renderer.render(EscapeFinding(technique: EscapeTechnique.named("measured-boot-mismatch")!, sandboxCgroupID: cgroup.id,
+                                          pid: 0, evidence: failure.message, refusedBy: "measured boot (the guest was not started)",
+                                          observedNanos: bootClockNanos()))
+            renderer.drainFindings()
+            throw failure
+        }
         defer { if let vm { vm.hardware?.stop(); VMSandbox.remove(sandboxID: vm.sandbox.id) } }
 
         // From here a signal kills the sandbox; before, set-up stops at this check.

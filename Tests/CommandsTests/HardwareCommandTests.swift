@@ -35,6 +35,7 @@ struct HardwareRunTests {
         let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", copy, "--", "true"])
         #expect(r.code == 74, "\(r.stderr)")
         #expect(r.stderr.contains("measured boot refused the guest") && r.stderr.contains("initramfs.cpio"), "\(r.stderr)")
+        #expect(r.stdout.contains("measured-boot-mismatch"), "the hardware layer's finding: \(r.stdout)")
         #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before))
     }
 
