@@ -103,18 +103,19 @@ extension RunSession {
     func serveVM(_ vm: VMLaunch, process first: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub, v1ProcsFiles: [String],
                  syscalls: Bool, onFinding: @escaping @Sendable (EscapeFinding) -> Void) async throws -> ExitStatus {
         var process = first
-        for attempt in 1...2 {
+        for attempt in 1...3 {
             let hello = HelloFlag()
             do {
                 return try await serveVMOnce(vm, process: process, cgroup: cgroup, hub: hub, syscalls: syscalls, hello: hello,
                                              onFinding: onFinding)
-            } catch let failure as Failure where attempt == 1 && failure.code == Alcub3Exit.vmFailed && !hello.said.withLock({ $0 })
+            } catch let failure as Failure where attempt < 3 && failure.code == Alcub3Exit.vmFailed && !hello.said.withLock({ $0 })
                 && Self.panicked(vm.sandbox) {
                 // The guest kernel died before the agent said HELLO: nothing of the
                 // command has run. Under TCG on a loaded host this kernel sometimes
                 // oopses in an interrupt while booting; one more boot is safe.
-                if format == .table { Output.err("alcub3: the guest kernel panicked while booting (nothing ran); booting it once more\n") }
+                if format == .table { Output.err("alcub3: the guest kernel panicked while booting (nothing ran); booting it again\n") }
                 do {
+                    try vm.hardware?.restart()
                     process = try vm.sandbox.start(cgroup: cgroup, v1ProcsFiles: v1ProcsFiles)
                 } catch {
                     throw fail(Alcub3Exit.vmFailed, "could not start the vm sandbox again after a kernel panic: \(error)")

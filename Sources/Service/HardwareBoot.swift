@@ -12,8 +12,11 @@ import Telemetry
 /// the command starts only when the guest's TPM reports the PCR value the
 /// host's replay gives (GuestChannel.Measurement).
 public final class HardwareBoot: Sendable {
-    public let tpm: VirtualTPM
+    /// The sandbox's swtpm; a new one for each boot (swtpm ends with the QEMU that held it).
+    private let current: Mutex<VirtualTPM>
+    public var tpm: VirtualTPM { current.withLock { $0 } }
     public let measurement: BootMeasurement
+    private let directory: String
 
     /// Kernel arguments the guest needs to find the TPM on a microvm (no ACPI).
     public static let kernelArguments = ["tpm_tis.force=1", "tpm_tis.interrupts=0"]
@@ -39,7 +42,16 @@ public final class HardwareBoot: Sendable {
             throw BootMeasurementError.mismatch(component: first.component, expected: first.expected, measured: first.measured)
         }
         measurement = measured
-        tpm = try VirtualTPM(directory: Self.tpmDirectory(sandboxID: sandbox.id))
+        directory = Self.tpmDirectory(sandboxID: sandbox.id)
+        current = Mutex(try VirtualTPM(directory: directory))
+    }
+
+    /// A fresh TPM for another boot of the same guest (the measurements stay).
+    public func restart() throws {
+        try current.withLock { tpm in
+            tpm.stop()
+            tpm = try VirtualTPM(directory: directory)
+        }
     }
 
     /// What the guest channel sends and checks.
@@ -47,7 +59,7 @@ public final class HardwareBoot: Sendable {
         GuestChannel.Measurement(digests: measurement.digestBytes, expectedPCR: measurement.expectedPCR)
     }
 
-    public func stop() { tpm.stop() }
+    public func stop() { current.withLock { $0.stop() } }
 
     /// The service's TPMs by sandbox, stopped (and their swtpm reaped) when the sandbox ends.
     private static let running = Mutex<[String: HardwareBoot]>([:])

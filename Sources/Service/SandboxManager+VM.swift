@@ -60,92 +60,103 @@ extension SandboxManager {
             HardwareBoot.register(boot!, sandboxID: sandboxID)
             undo.append { HardwareBoot.release(sandboxID: sandboxID) }
         }
-        let process: SandboxedProcess
-        let channel: OwnedDescriptor
-        do {
-            process = try timed("start QEMU in the sandbox cgroup (\(choice.accelerator.rawValue), \(vm.cpus) vCPU, \(vm.guestMemoryMiB) MiB)") {
-                try vm.start(cgroup: cgroup, v1ProcsFiles: v1ProcsFiles, dieWithParent: false)
+        for attempt in 1...3 {
+            let process: SandboxedProcess
+            let channel: OwnedDescriptor
+            do {
+                process = try timed("start QEMU in the sandbox cgroup (\(choice.accelerator.rawValue), \(vm.cpus) vCPU, \(vm.guestMemoryMiB) MiB)") {
+                    try vm.start(cgroup: cgroup, v1ProcsFiles: v1ProcsFiles, dieWithParent: false)
+                }
+                channel = try timed("accept QEMU's connection to the guest channel") { try vm.acceptChannel(process: process) }
+            } catch {
+                try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+                throw ServiceFailure(ExitCodes.vmFailed, "could not start the vm sandbox: \(error)")
             }
-            channel = try timed("accept QEMU's connection to the guest channel") { try vm.acceptChannel(process: process) }
-        } catch {
-            try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
-            throw ServiceFailure(ExitCodes.vmFailed, "could not start the vm sandbox: \(error)")
-        }
-        Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id), manager: self)
-        undo.append { Self.unwatchVMM(cgroup.id) }
+            Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id), manager: self)
+            undo.append { Self.unwatchVMM(cgroup.id) }
 
-        // The channel is served on a thread of its own for the sandbox's life;
-        // create waits for the guest to exec the command, or to fail.
-        let out = dup(output)
-        let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
-                                 run: GuestChannel.Run(arguments: request.command, environment: Self.guestEnvironment(request, sandboxID: sandboxID),
-                                                       syscalls: request.policy.traceSyscalls),
-                                 measurement: boot?.channelMeasurement) { _, bytes in
-            Self.writeAll(out, bytes)
-        }
-        let started = DispatchSemaphore(value: 0)
-        let state = GuestStart()
-        let bootTimeout: Double = 60
-        Thread.detachNewThread { [self] in
-            let result = guest.serve(bootTimeout: bootTimeout) { _ in
-                state.commandStarted.store(true, ordering: .sequentiallyConsistent)
+            // The channel is served on a thread of its own for the sandbox's life;
+            // create waits for the guest to exec the command, or to fail.
+            let out = dup(output)
+            let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
+                                     run: GuestChannel.Run(arguments: request.command, environment: Self.guestEnvironment(request, sandboxID: sandboxID),
+                                                           syscalls: request.policy.traceSyscalls),
+                                     measurement: boot?.channelMeasurement) { _, bytes in
+                Self.writeAll(out, bytes)
+            }
+            let started = DispatchSemaphore(value: 0)
+            let state = GuestStart()
+            let bootTimeout: Double = 60
+            Thread.detachNewThread { [self] in
+                let result = guest.serve(bootTimeout: bootTimeout) { _ in
+                    state.commandStarted.store(true, ordering: .sequentiallyConsistent)
+                    started.signal()
+                }
+                state.outcome.withLock { $0 = result }
+                switch result.outcome {
+                case .exited(let status):
+                    let signal = status & 0x7f
+                    let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+                    try? FileIO.write("\(code)\n", to: statusFile, create: true)
+                case .failed(let message):
+                    Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
+                case .bootTimeout, .closed:
+                    break
+                }
+                if result.malformed > 0, let live = sandbox(cgroupID: cgroup.id) {
+                    raise(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
+                                        evidence: "\(result.malformed) malformed frames or records from the guest",
+                                        refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()),
+                          in: live, processes: live.processes)
+                }
+                close(out)
+                // The guest powers off after EXIT; a guest that failed is ended here.
+                for _ in 0..<500 where process.isRunning { usleep(10_000) }
+                if process.isRunning { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
                 started.signal()
             }
-            state.outcome.withLock { $0 = result }
-            switch result.outcome {
-            case .exited(let status):
-                let signal = status & 0x7f
-                let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
-                try? FileIO.write("\(code)\n", to: statusFile, create: true)
+            let bootStart = DispatchTime.now().uptimeNanoseconds
+            started.wait()
+            steps?(CreationStep(step: "boot the guest until it exec'ed the command", microseconds: Int((DispatchTime.now().uptimeNanoseconds - bootStart) / 1000),
+                                result: state.commandStarted.load(ordering: .sequentiallyConsistent) ? "ok" : "failed"))
+            guard !state.commandStarted.load(ordering: .sequentiallyConsistent), let early = state.outcome.withLock({ $0 }) else {
+                steps?(CreationStep(step: "vm: guest", microseconds: 0,
+                                    result: "booted Debian's cloud kernel with the guest agent (PVH, -M microvm, \(choice.reason)); the command runs"))
+                steps?(CreationStep(step: "vm: telemetry", microseconds: 0,
+                                    result: "the telemetry programs in the guest (bpf/telemetry_guest.bpf.c), records over virtio-serial; the host watches QEMU"))
+                if let boot {
+                    let m = boot.measurement
+                    steps?(CreationStep(step: "hardware: measured boot", microseconds: 0,
+                                        result: "PCR 9 = \(m.expectedPCR) in the guest's TPM (swtpm), from kernel \(m.kernel.prefix(16)), "
+                                            + "initramfs \(m.initramfs.prefix(16)), command line \(m.commandLine.prefix(16))"))
+                    try? store.appendAudit(actor: "service", action: "sandbox.measured_boot", subject: sandboxID,
+                                           details: ServiceJSON.encode(["kernel": m.kernel, "initramfs": m.initramfs,
+                                                                        "command_line": m.commandLine, "pcr9": m.expectedPCR]))
+                }
+                return process
+            }
+            // The guest ended before exec'ing the command, or the exchange failed: QEMU is being ended.
+            _ = process.wait()
+            // Under TCG on a loaded host the guest kernel sometimes oopses in an interrupt while
+            // booting; before the agent's HELLO nothing of the command has run, so it is booted again.
+            if attempt < 3, early.helloNanos == nil,
+               ((try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? "").contains("Kernel panic") {
+                steps?(CreationStep(step: "the guest kernel panicked while booting (nothing ran)", microseconds: 0, result: "booting it again"))
+                do { try boot?.restart() } catch { throw ServiceFailure(ExitCodes.vmFailed, "the hardware level's virtual TPM: \(error)") }
+                continue
+            }
+            switch early.outcome {
+            case .bootTimeout:
+                let tail = vm.consoleTail(8)
+                throw ServiceFailure(ExitCodes.vmFailed, "the vm guest did not boot within \(Int(bootTimeout)) s (\(choice.accelerator.rawValue)); "
+                                     + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
             case .failed(let message):
-                Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
-            case .bootTimeout, .closed:
-                break
+                throw ServiceFailure(ExitCodes.vmFailed, "the vm guest agent failed: \(message)")
+            case .closed, .exited:
+                throw ServiceFailure(ExitCodes.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
             }
-            if result.malformed > 0, let live = sandbox(cgroupID: cgroup.id) {
-                raise(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
-                                    evidence: "\(result.malformed) malformed frames or records from the guest",
-                                    refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()),
-                      in: live, processes: live.processes)
-            }
-            close(out)
-            // The guest powers off after EXIT; a guest that failed is ended here.
-            for _ in 0..<500 where process.isRunning { usleep(10_000) }
-            if process.isRunning { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
-            started.signal()
         }
-        let bootStart = DispatchTime.now().uptimeNanoseconds
-        started.wait()
-        steps?(CreationStep(step: "boot the guest until it exec'ed the command", microseconds: Int((DispatchTime.now().uptimeNanoseconds - bootStart) / 1000),
-                            result: state.commandStarted.load(ordering: .sequentiallyConsistent) ? "ok" : "failed"))
-        guard !state.commandStarted.load(ordering: .sequentiallyConsistent), let early = state.outcome.withLock({ $0 }) else {
-            steps?(CreationStep(step: "vm: guest", microseconds: 0,
-                                result: "booted Debian's cloud kernel with the guest agent (PVH, -M microvm, \(choice.reason)); the command runs"))
-            steps?(CreationStep(step: "vm: telemetry", microseconds: 0,
-                                result: "the telemetry programs in the guest (bpf/telemetry_guest.bpf.c), records over virtio-serial; the host watches QEMU"))
-            if let boot {
-                let m = boot.measurement
-                steps?(CreationStep(step: "hardware: measured boot", microseconds: 0,
-                                    result: "PCR 9 = \(m.expectedPCR) in the guest's TPM (swtpm), from kernel \(m.kernel.prefix(16)), "
-                                        + "initramfs \(m.initramfs.prefix(16)), command line \(m.commandLine.prefix(16))"))
-                try? store.appendAudit(actor: "service", action: "sandbox.measured_boot", subject: sandboxID,
-                                       details: ServiceJSON.encode(["kernel": m.kernel, "initramfs": m.initramfs,
-                                                                    "command_line": m.commandLine, "pcr9": m.expectedPCR]))
-            }
-            return process
-        }
-        // The guest ended before exec'ing the command, or the exchange failed: QEMU is being ended.
-        _ = process.wait()
-        switch early.outcome {
-        case .bootTimeout:
-            let tail = vm.consoleTail(8)
-            throw ServiceFailure(ExitCodes.vmFailed, "the vm guest did not boot within \(Int(bootTimeout)) s (\(choice.accelerator.rawValue)); "
-                                 + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
-        case .failed(let message):
-            throw ServiceFailure(ExitCodes.vmFailed, "the vm guest agent failed: \(message)")
-        case .closed, .exited:
-            throw ServiceFailure(ExitCodes.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
-        }
+        throw ServiceFailure(ExitCodes.vmFailed, "the vm guest could not be booted")
     }
 
     /// At the end of a vm sandbox (after its cgroup is destroyed, which ends QEMU).
