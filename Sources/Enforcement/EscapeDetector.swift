@@ -167,19 +167,9 @@ extension EscapeFinding {
         if let mitre = technique.mitre {
             finding["attacks"] = [["technique": ["uid": mitre]]]
         }
-        return [
-            "class_uid": 2004, "class_name": "Detection Finding",
-            "category_uid": 2, "category_name": "Findings",
-            "activity_id": 1, "activity_name": "Create", "type_uid": 200401,
-            "severity_id": severity.rawValue, "severity": severity.name,
+        return OCSFEncoder.detectionFinding(sandboxID: encoder.sandboxID, agentID: encoder.agentID, unixNanos: nanos,
+                                            severityID: severity.rawValue, severity: severity.name).merging([
             "confidence_score": Int((confidence * 100).rounded()),
-            "status_id": 1, "status": "New",
-            "time": nanos / 1_000_000,
-            "time_dt": WallClock.iso8601(unixNanos: nanos),
-            "metadata": ["version": OCSFEncoder.schemaVersion,
-                         "product": ["name": "alcub3", "vendor_name": "alcub3", "version": OCSFEncoder.productVersion]],
-            "sandbox_id": encoder.sandboxID,
-            "agent_id": encoder.agentID,
             "finding_info": finding,
             "message": "\(technique.id): \(evidence)",
             "evidences": [["actor": ["process": encoder.processObject(pid: pid, tid: nil, uid: nil, processes: processes)],
@@ -193,6 +183,6 @@ extension EscapeFinding {
                          "detection_latency_ns": Int64(bitPattern: detectedNanos &- observedNanos),
                          // ... and to this record, printed or stored (queues and output included).
                          "reported_latency_ns": Int64(bitPattern: bootClockNanos() &- observedNanos)],
-        ]
+        ]) { shared, _ in shared }
     }
 }

@@ -213,15 +213,9 @@ public struct BehaviourFinding {
 
     public var ocsf: [String: Any] {
         let nanos = Int64(window.end * 1e9)
-        return [
-            "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
-            "activity_id": 1, "activity_name": "Create", "type_uid": 200401,
-            "severity_id": severity.rawValue, "severity": severity.name, "status_id": 1, "status": "New",
+        return OCSFEncoder.detectionFinding(sandboxID: sandboxID, agentID: agentID, unixNanos: nanos,
+                                            severityID: severity.rawValue, severity: severity.name).merging([
             "confidence_score": Int((window.risk * 100).rounded()),
-            "time": nanos / 1_000_000, "time_dt": WallClock.iso8601(unixNanos: nanos),
-            "metadata": ["version": OCSFEncoder.schemaVersion,
-                         "product": ["name": "alcub3", "vendor_name": "alcub3", "version": OCSFEncoder.productVersion]],
-            "sandbox_id": sandboxID, "agent_id": agentID,
             "finding_info": ["title": "Behaviour unlike the agent's profile", "uid": Self.technique, "types": ["behavioural anomaly"],
                              "attacks": Set(window.indicators.map(\.kind.mitre)).sorted().map { ["technique": ["uid": $0]] }],
             "message": "\(Self.technique): " + window.reasons.prefix(3).joined(separator: "; "),
@@ -234,6 +228,6 @@ public struct BehaviourFinding {
                          "sensitivity": window.sensitivity.rawValue, "reasons": window.reasons, "rare_sequences": window.rareSequences,
                          "indicators": window.indicators.map { ["kind": $0.kind.rawValue, "pid": Int($0.pid), "detail": $0.detail] },
                          "lead_pid": Int(window.processes.first?.pid ?? 0)] as [String: Any],
-        ]
+        ]) { shared, _ in shared }
     }
 }

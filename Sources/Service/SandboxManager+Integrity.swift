@@ -236,19 +236,14 @@ extension SandboxManager {
         var detail = "\(finding.change.rawValue) \(finding.path)"
         if let old = finding.old { detail += " (was \(old))" }
         if let new = finding.new { detail += " (now \(new))" }
-        let object: [String: Any] = [
-            "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
-            "activity_id": 1, "activity_name": "Create", "type_uid": 200401, "severity_id": 4, "severity": "High",
-            "status_id": 1, "status": "New", "time": now / 1_000_000, "time_dt": WallClock.iso8601(unixNanos: now),
-            "metadata": ["version": OCSFEncoder.schemaVersion,
-                         "product": ["name": "alcub3", "vendor_name": "alcub3", "version": OCSFEncoder.productVersion]],
-            "sandbox_id": sandbox.record.sandboxID, "agent_id": sandbox.record.agentID,
+        let object = OCSFEncoder.detectionFinding(sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,
+                                                  unixNanos: now, severityID: 4, severity: "High").merging([
             "finding_info": ["uid": id, "title": "Integrity: \(finding.change.rawValue)", "types": ["integrity violation"]],
             "message": "\(id): \(detail)",
             "evidences": [["file": ["path": finding.path], "data": ["old": finding.old ?? "", "new": finding.new ?? "",
                                                                     "found_by": finding.foundBy, "cause": finding.cause ?? ""]]],
             "unmapped": ["technique": id, "dimension": finding.dimension, "found_by": finding.foundBy],
-        ]
+        ] as [String: Any]) { shared, _ in shared }
         let json = OCSFEncoder.jsonLine(object)
         do {
             _ = try store.appendAlert(AlertRecord(timeNs: now, sandboxID: sandbox.record.sandboxID, agentID: sandbox.record.agentID,

@@ -193,6 +193,21 @@ public struct OCSFEncoder: Sendable {
     public func errnoName(_ code: Int32) -> String { SystemError.name(of: code) }
 
     /// One line of JSON with sorted keys.
+    /// The fields every alcub3 Detection Finding (class 2004) shares: the
+    /// escape detector's, the behavioural analyzer's and integrity validation's.
+    /// Each adds its finding_info, message, evidences and unmapped.
+    public static func detectionFinding(sandboxID: String, agentID: String, unixNanos: Int64,
+                                        severityID: Int, severity: String) -> [String: Any] {
+        [
+            "class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings",
+            "activity_id": 1, "activity_name": "Create", "type_uid": 200401,
+            "severity_id": severityID, "severity": severity, "status_id": 1, "status": "New",
+            "time": unixNanos / 1_000_000, "time_dt": WallClock.iso8601(unixNanos: unixNanos),
+            "metadata": ["version": schemaVersion, "product": ["name": "alcub3", "vendor_name": "alcub3", "version": productVersion]],
+            "sandbox_id": sandboxID, "agent_id": agentID,
+        ]
+    }
+
     public static func jsonLine(_ object: [String: Any]) -> String {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else {
             return "{\"error\":\"unencodable event\"}"
