@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Telemetry
 
 /// The vm layer's escape signal: what the host's kernel sees the VMM (QEMU,
@@ -34,7 +37,10 @@ public struct VMMWatch: Sendable {
             if let path = e.remote.unixPath, path.hasPrefix(directory + "/") { return nil }
             (evidence, pid, time) = ("the VMM made a \(e.operation.rawValue) to \(e.remote)", e.origin.pid, e.origin.bootNanos)
         case .file(let e) where vmmPIDs.contains(e.origin.pid) && e.origin.sandboxCgroupID == sandboxCgroupID:
-            guard e.operation.changesFilesystem, !e.path.hasPrefix(directory + "/"), e.path != directory else { return nil }
+            // A mkdir that found the directory there changed nothing: the sandbox's init makes
+            // the VMM's path (/run, /run/alcub3, ...) and its records may arrive after this watch began.
+            guard e.operation.changesFilesystem, !(e.operation == .mkdir && e.result == -Int64(EEXIST)),
+                  !e.path.hasPrefix(directory + "/"), e.path != directory else { return nil }
             (evidence, pid, time) = ("the VMM wrote (\(e.operation.rawValue)) \(e.path)", e.origin.pid, e.origin.bootNanos)
         default:
             return nil
