@@ -143,7 +143,7 @@ struct VMRunTests {
                                        "sh", "-c", "echo from the guest; echo data > /root/written; nc 127.0.0.1 9 </dev/null; exit 5"])
         #expect(created.code == 0, "create: \(created.stderr)")
         var tail = ""
-        for _ in 0..<100 {
+        for _ in 0..<300 {
             tail = try service.run(["events", "tail", "--agent-id", "vm-1", "--lines", "5000"]).stdout
             if tail.contains("\"port\":9") && tail.contains("/root/written") { break }
             usleep(100_000)
@@ -152,7 +152,7 @@ struct VMRunTests {
         #expect(tail.contains("/root/written"), "no file write from the guest")
         #expect(tail.contains("127.0.0.1") && tail.contains("\"port\":9"), "no connect from the guest")
         var stopped: [String: Any]?
-        for _ in 0..<100 {
+        for _ in 0..<300 {
             let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
             stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "vm-1" }
             if stopped != nil { break }
