@@ -23,7 +23,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -141,11 +144,13 @@ static void mount_or_fail(const char *src, const char *target, const char *type,
 		fail("mount %s on %s: %s", type, target, strerror(errno));
 }
 
-/* Modules the kernel lacks built in (virtio_mmio for microvm): /lib/modules/load lists them in order. */
-static void load_modules(void)
+/* Modules the kernel lacks built in, listed in order in `list` under /lib/modules:
+ * "load" (virtio_mmio for microvm) always, "load-net" (virtio_net) for a guest with a network. */
+static void load_modules(const char *list_name)
 {
-	char line[256];
-	FILE *list = fopen("/lib/modules/load", "r");
+	char line[256], list_path[128];
+	snprintf(list_path, sizeof(list_path), "/lib/modules/%s", list_name);
+	FILE *list = fopen(list_path, "r");
 
 	if (!list)
 		return;
@@ -166,19 +171,95 @@ static void load_modules(void)
 	fclose(list);
 }
 
-static void loopback_up(void)
+static int interface_up(int s, const char *name)
 {
 	struct ifreq ifr = { 0 };
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+		return -1;
+	ifr.ifr_flags |= IFF_UP;
+	return ioctl(s, SIOCSIFFLAGS, &ifr);
+}
+
+static void loopback_up(void)
+{
 	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
 	if (s < 0)
 		return;
-	strcpy(ifr.ifr_name, "lo");
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
+	interface_up(s, "lo");
 	close(s);
+}
+
+/* Whether the kernel command line holds `word` (alcub3.net=user: the host gave a network). */
+static int cmdline_has(const char *word)
+{
+	char line[2048] = { 0 };
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, line, sizeof(line) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	line[strcspn(line, "\n")] = 0;
+	for (char *w = strtok(line, " "); w; w = strtok(NULL, " "))
+		if (strcmp(w, word) == 0)
+			return 1;
+	return 0;
+}
+
+static void set_address(int s, unsigned long request, const char *name, const char *address)
+{
+	struct ifreq ifr = { 0 };
+	struct sockaddr_in *in = (struct sockaddr_in *)&ifr.ifr_addr;
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	in->sin_family = AF_INET;
+	inet_pton(AF_INET, address, &in->sin_addr);
+	if (ioctl(s, request, &ifr) != 0)
+		fail("configuring %s (%s): %s", name, address, strerror(errno));
+}
+
+/*
+ * The guest's network when the host gave one (QEMU's user-mode network: the
+ * host's side is QEMU's own sockets, which the sandbox cgroup's BPF programs
+ * police like any sandboxed process's). eth0 gets QEMU's fixed addresses:
+ * 10.0.2.15/24, the gateway 10.0.2.2 and the DNS forwarder 10.0.2.3.
+ */
+static void network_up(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct rtentry route = { 0 };
+	struct sockaddr_in *gateway = (struct sockaddr_in *)&route.rt_gateway;
+
+	load_modules("load-net");
+	if (s < 0)
+		fail("socket: %s", strerror(errno));
+	/* virtio_net's probe ends within the module load; a moment more for udev-less naming is never needed, but allowed. */
+	for (int i = 0; i < 100 && if_nametoindex("eth0") == 0; i++)
+		usleep(10000);
+	if (if_nametoindex("eth0") == 0)
+		fail("the host gave a network device but the guest has no eth0");
+	set_address(s, SIOCSIFADDR, "eth0", "10.0.2.15");
+	set_address(s, SIOCSIFNETMASK, "eth0", "255.255.255.0");
+	if (interface_up(s, "eth0") != 0)
+		fail("bringing eth0 up: %s", strerror(errno));
+	gateway->sin_family = AF_INET;
+	inet_pton(AF_INET, "10.0.2.2", &gateway->sin_addr);
+	((struct sockaddr_in *)&route.rt_dst)->sin_family = AF_INET;
+	((struct sockaddr_in *)&route.rt_genmask)->sin_family = AF_INET;
+	route.rt_flags = RTF_UP | RTF_GATEWAY;
+	if (ioctl(s, SIOCADDRT, &route) != 0)
+		fail("adding the default route: %s", strerror(errno));
+	close(s);
+	int resolv = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (resolv >= 0) {
+		dprintf(resolv, "nameserver 10.0.2.3\n");
+		close(resolv);
+	}
 }
 
 /* /dev/vportNpM of the port named ALCUB3_GUEST_PORT_NAME; probing may lag /init by a moment. */
@@ -436,7 +517,7 @@ int main(void)
 		dup2(console, 2);
 		close(console);
 	}
-	load_modules();
+	load_modules("load");
 	loopback_up();
 
 	port = open_port();
@@ -452,6 +533,9 @@ int main(void)
 	}
 	send_frame(ALCUB3_FRAME_HELLO, &hello, sizeof(hello), release.s, strlen(release.s));
 	flush_out();
+	/* While the host sends the telemetry object; a failure is an ERROR frame the host reports. */
+	if (cmdline_has("alcub3.net=user"))
+		network_up();
 
 	/* The hardware level measures first: nothing runs before the TPM holds the boot's hashes. */
 	__u32 first_type;

@@ -57,7 +57,7 @@ extension RunSession {
         let choice = VMAccelerator.choose()
         let image: GuestImage
         do {
-            image = try GuestImage.prepare(directory: options.guestDirectory,
+            image = try GuestImage.prepare(directory: options.guestDirectory, runtime: GuestRuntime.needed(by: policy.capabilities),
                                            progress: quiet ? nil : { Output.err("alcub3: \($0)\n") })
         } catch let error as VMError {
             let refused = error.message.contains("failed validation")
@@ -68,6 +68,7 @@ extension RunSession {
         var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
                           memoryLimitBytes: policy.memoryLimitBytes, cpuLimit: policy.cpuLimit)
         spec.hiddenPaths = policy.filesystem.hiddenPaths
+        spec.network = VMSpec.guestNetwork(for: policy)
         if options.hardware { HardwareBoot.configure(&spec) }
         do {
             let sandbox = try VMSandbox(spec: spec)
@@ -92,7 +93,9 @@ extension RunSession {
     static func describe(_ vm: VMLaunch) -> String {
         let s = vm.sandbox
         return "vm isolation: QEMU \(vm.accelerator.accelerator == .kvm ? "KVM" : "TCG"), \(s.cpus) vCPU, \(s.guestMemoryMiB) MiB, "
-            + "kernel \(s.spec.image.sources["kernel-package"].map { String($0.split(separator: "_").first ?? "") } ?? "vmlinuz"), no network"
+            + "kernel \(s.spec.image.sources["kernel-package"].map { String($0.split(separator: "_").first ?? "") } ?? "vmlinuz")"
+            + (s.spec.image.runtime.map { ", \($0.rawValue) runtime" } ?? "")
+            + (s.spec.network ? ", user-mode network (destinations by the cgroup network policy)" : ", no network")
             + (vm.hardware.map { ", virtual TPM, measured boot (PCR 9 expected \($0.measurement.expectedPCR.prefix(16))...)" } ?? "")
     }
 
@@ -147,7 +150,8 @@ extension RunSession {
             throw await abort("could not start the vm sandbox: \(error)")
         }
         // From here what the VMM does on the host is judged: QEMU never execs, connects or writes outside its directory.
-        let watch = VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: sandbox.directory, sandboxCgroupID: cgroup.id)
+        let watch = VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: sandbox.directory, sandboxCgroupID: cgroup.id,
+                             guestNetwork: sandbox.spec.network)
         hub.observe { batch in for finding in watch.findings(in: batch) { onFinding(finding) } }
 
         let run = GuestChannel.Run(arguments: arguments, environment: Self.guestEnvironment(hostname: sandboxID), syscalls: syscalls)

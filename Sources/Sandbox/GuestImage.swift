@@ -4,6 +4,7 @@ import Glibc
 import Crypto
 import Foundation
 import KernelSupport
+import Policy
 
 /// A vm sandbox's failure, in one line the user can act on.
 public struct VMError: Error, CustomStringConvertible, Sendable {
@@ -12,16 +13,31 @@ public struct VMError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// What the guest holds beyond busybox and the guest agent: the runtime of
+/// the policy's capabilities, so the agent's interpreter runs inside the vm.
+public enum GuestRuntime: String, Sendable {
+    /// CPython 3.11 and its libraries (the python capability): initramfs-python.cpio.
+    case python
+
+    /// The runtime a sandbox of these capabilities needs; nil: busybox is enough.
+    public static func needed(by capabilities: [Capability]) -> GuestRuntime? {
+        capabilities.contains(.python) ? .python : nil
+    }
+}
+
 /// The vm level's guest: Debian's cloud kernel (an ELF booted through its
 /// PVH entry) and an initramfs holding
-/// busybox and the guest agent (guest/alcub3-guest.c), made by
-/// scripts/build-guest.sh into one directory with a MANIFEST of their sha256.
-/// Both files are checked against it before every boot: an image changed
-/// after it was built is refused, never booted.
+/// busybox and the guest agent (guest/alcub3-guest.c), or the same with a
+/// runtime (GuestRuntime), made by scripts/build-guest.sh into one directory
+/// with a MANIFEST of their sha256. The kernel and the initramfs a boot uses
+/// are checked against it before every boot: an image changed after it was
+/// built is refused, never booted.
 public struct GuestImage: Sendable {
     public let directory: String
     public let kernel: String
+    /// initramfs.cpio, or initramfs-<runtime>.cpio.
     public let initramfs: String
+    public let runtime: GuestRuntime?
     public let kernelSHA256: String
     public let initramfsSHA256: String
     /// The packages the manifest names (kernel-package, busybox-package).
@@ -36,24 +52,25 @@ public struct GuestImage: Sendable {
     /// directory: built first with scripts/build-guest.sh when alcub3 finds it
     /// (beside its source tree), `progress` hearing one line before the build.
     /// A directory the caller named is never built into.
-    public static func prepare(directory: String = defaultDirectory, progress: ((String) -> Void)? = nil) throws -> GuestImage {
+    public static func prepare(directory: String = defaultDirectory, runtime: GuestRuntime? = nil,
+                               progress: ((String) -> Void)? = nil) throws -> GuestImage {
         if !FileIO.exists(directory + "/MANIFEST") && directory == defaultDirectory {
             guard let script = builderScript() else {
                 throw VMError("no vm guest image in \(directory): build it with `make guest` in alcub3's source tree "
                               + "(scripts/build-guest.sh \(directory))")
             }
-            progress?("building the vm guest image in \(directory) (once; Debian's cloud kernel and busybox, about 40 MB)")
+            progress?("building the vm guest image in \(directory) (once; Debian's cloud kernel, busybox and python, about 80 MB)")
             let result = HostCommand.run(["/bin/sh", script, directory])
             guard result.code == 0 else {
                 let last = result.output.split(separator: "\n").suffix(3).joined(separator: "; ")
                 throw VMError("building the vm guest image failed (\(script), exit code \(result.code)): \(last)")
             }
         }
-        return try load(directory: directory)
+        return try load(directory: directory, runtime: runtime)
     }
 
-    /// Reads the manifest and checks both files against it.
-    public static func load(directory given: String) throws -> GuestImage {
+    /// Reads the manifest and checks the kernel and the initramfs of `runtime` against it.
+    public static func load(directory given: String, runtime: GuestRuntime? = nil) throws -> GuestImage {
         // Absolute: QEMU runs in the sandbox's own directory.
         let directory = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
         let manifest: String
@@ -70,11 +87,14 @@ public struct GuestImage: Sendable {
             let key = String(parts[0]), value = parts[1].trimmingCharacters(in: .whitespaces)
             if key.count == 64, key.allSatisfy(\.isHexDigit) { hashes[value] = key } else { sources[key] = value }
         }
-        guard let kernelHash = hashes["vmlinux"], let initramfsHash = hashes["initramfs.cpio"] else {
-            throw VMError("the vm guest image manifest \(directory)/MANIFEST has no sha256 for vmlinux and initramfs.cpio: rebuild it with make guest")
+        let initramfsName = runtime.map { "initramfs-\($0.rawValue).cpio" } ?? "initramfs.cpio"
+        guard let kernelHash = hashes["vmlinux"], let initramfsHash = hashes[initramfsName] else {
+            throw VMError("the vm guest image manifest \(directory)/MANIFEST has no sha256 for vmlinux and \(initramfsName)"
+                          + (runtime.map { " (the \($0.rawValue) runtime the policy's capabilities need)" } ?? "")
+                          + ": rebuild it with make guest")
         }
-        let image = GuestImage(directory: directory, kernel: directory + "/vmlinux", initramfs: directory + "/initramfs.cpio",
-                               kernelSHA256: kernelHash, initramfsSHA256: initramfsHash, sources: sources)
+        let image = GuestImage(directory: directory, kernel: directory + "/vmlinux", initramfs: directory + "/" + initramfsName,
+                               runtime: runtime, kernelSHA256: kernelHash, initramfsSHA256: initramfsHash, sources: sources)
         for (path, expected) in [(image.kernel, kernelHash), (image.initramfs, initramfsHash)] {
             let actual = try sha256(of: path)
             guard actual == expected else {

@@ -61,6 +61,19 @@ public struct VMSpec: Sendable {
     public var extraArguments: [String] = []
     /// Paths the VMM must not see (the policy's hidden paths).
     public var hiddenPaths: [String] = []
+    /// A network for the guest: QEMU's user-mode network (slirp), whose host
+    /// side is QEMU's own sockets in the host's network namespace, made from
+    /// the sandbox's cgroup, so the cgroup BPF network policy decides every
+    /// destination the guest reaches. False: no network device, and QEMU in a
+    /// network namespace of its own.
+    public var network = false
+
+    /// Whether a sandbox of `policy` gets a guest network: when a process of
+    /// the same policy could reach beyond its loopback (the network capability
+    /// and a network class other than air_gapped_only).
+    public static func guestNetwork(for policy: SandboxPolicy) -> Bool {
+        policy.allowsNetwork && policy.capabilities.contains(.network)
+    }
 
     public init(sandboxID: String, image: GuestImage, accelerator: VMAccelerator, memoryLimitBytes: UInt64, cpuLimit: Double) {
         self.sandboxID = sandboxID
@@ -80,8 +93,10 @@ public struct VMSpec: Sendable {
 /// started by the process launcher with its own mount, pid, network, ipc and
 /// uts namespaces, a read-only view of the host but for its directory
 /// (/run/alcub3/vms/<id>: the socket, the console log, QEMU's log), and
-/// `-sandbox on` (QEMU's seccomp filter). No network device: the guest has
-/// loopback only. `remove(sandboxID:)` undoes everything from the id alone.
+/// `-sandbox on` (QEMU's seccomp filter). Without `spec.network` no network
+/// device: the guest has loopback only; with it QEMU stays in the host's
+/// network namespace and its user-mode network's sockets meet the sandbox
+/// cgroup's network policy. `remove(sandboxID:)` undoes everything from the id alone.
 public final class VMSandbox: Sendable {
     public static let stateRoot = "/run/alcub3/vms"
     /// QEMU's own memory beside the guest's (its code, the TCG translation
@@ -173,14 +188,23 @@ public final class VMSandbox: Sendable {
             "-device", "virtio-serial-device",
             "-chardev", "socket,id=alcub3,path=" + socketPath,
             "-device", "virtserialport,chardev=alcub3,name=org.alcub3.guest",
-            "-nic", "none",
-        ] + spec.extraArguments
+        ] + networkArguments(spec) + spec.extraArguments
     }
 
-    /// The guest kernel's command line (what the hardware level measures).
+    /// The guest kernel's command line (what the hardware level measures);
+    /// alcub3.net=user tells the guest agent to bring eth0 up.
     public static func kernelCommandLine(spec: VMSpec, tscKHz: Int = hostTSCKHz()) -> String {
-        (["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "tsc_early_khz=\(tscKHz)", "tsc=reliable"] + spec.kernelArguments)
+        (["console=ttyS0", "quiet", "panic=-1", "rdinit=/init", "tsc_early_khz=\(tscKHz)", "tsc=reliable"]
+            + (spec.network ? ["alcub3.net=user"] : []) + spec.kernelArguments)
             .joined(separator: " ")
+    }
+
+    /// A virtio-net device on QEMU's user-mode network (IPv4: the guest is
+    /// 10.0.2.15, the gateway 10.0.2.2 is the host's loopback, 10.0.2.3
+    /// forwards DNS to the host's resolver), or no network device at all.
+    static func networkArguments(_ spec: VMSpec) -> [String] {
+        guard spec.network else { return ["-nic", "none"] }
+        return ["-netdev", "user,id=net0,ipv6=off", "-device", "virtio-net-device,netdev=net0"]
     }
 
     /// Starts QEMU in `cgroup` (joining `v1ProcsFiles` on hybrid hosts), as
@@ -194,7 +218,8 @@ public final class VMSandbox: Sendable {
         var process = ProcessSpec(
             executable: qemu, arguments: [qemu] + arguments, environment: ["PATH=/usr/bin:/bin", "LANG=C"],
             workingDirectory: directory, hostname: id,
-            namespaces: [.mount, .pid, .ipc, .uts, .cgroup, .network], seccomp: nil, dieWithParent: dieWithParent)
+            namespaces: spec.network ? [.mount, .pid, .ipc, .uts, .cgroup] : [.mount, .pid, .ipc, .uts, .cgroup, .network],
+            seccomp: nil, dieWithParent: dieWithParent)
         process.readOnlyRoot = true
         // The VMM's /tmp is a private tmpfs: an image kept beneath the host's /tmp is bound in at its own path.
         let imageUnderTmp = spec.image.directory.hasPrefix("/tmp/") ? [spec.image.directory] : []

@@ -24,8 +24,11 @@ public final class HardwareBoot: Sendable {
     /// The TPM's directory inside the vm sandbox's own (QEMU reaches nothing else).
     public static func tpmDirectory(sandboxID: String) -> String { VMSandbox.stateRoot + "/" + sandboxID + "/tpm" }
 
-    /// Adds the TPM device and its kernel arguments to `spec`; call before `VMSandbox(spec:)`.
+    /// Adds the TPM device and its kernel arguments to `spec`, and takes the
+    /// guest's network away whatever the policy allows (the hardware level has
+    /// none: nothing but the channel leaves the guest); call before `VMSandbox(spec:)`.
     public static func configure(_ spec: inout VMSpec) {
+        spec.network = false
         spec.kernelArguments += kernelArguments
         let directory = tpmDirectory(sandboxID: spec.sandboxID)
         spec.extraArguments += VirtualTPM.qemuArguments(controlSocket: VirtualTPM.controlSocket(in: directory))

@@ -35,11 +35,12 @@ extension SandboxManager {
         let vm: VMSandbox
         do {
             let image = try timed("check the guest image (sha256 of kernel and initramfs against MANIFEST)") {
-                try GuestImage.prepare()
+                try GuestImage.prepare(runtime: GuestRuntime.needed(by: request.policy.capabilities))
             }
             var spec = VMSpec(sandboxID: sandboxID, image: image, accelerator: choice.accelerator,
                               memoryLimitBytes: request.policy.memoryLimitBytes, cpuLimit: request.policy.cpuLimit)
             spec.hiddenPaths = request.policy.filesystem.hiddenPaths
+            spec.network = VMSpec.guestNetwork(for: request.policy)
             if hardware { HardwareBoot.configure(&spec) }
             vm = try timed("make \(VMSandbox.stateRoot)/\(sandboxID) and the guest channel's socket") { try VMSandbox(spec: spec) }
         } catch let error as VMError {
@@ -72,7 +73,8 @@ extension SandboxManager {
                 try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
                 throw ServiceFailure(ExitCodes.vmFailed, "could not start the vm sandbox: \(error)")
             }
-            Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id), manager: self)
+            Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id,
+                                   guestNetwork: vm.spec.network), manager: self)
             undo.append { Self.unwatchVMM(cgroup.id) }
 
             // The channel is served on a thread of its own for the sandbox's life;

@@ -16,18 +16,19 @@ enum VMGuest {
 }
 
 extension VMGuest {
-    /// A copy of the guest image (hard links) whose initramfs, a private copy,
-    /// has the byte at `offset` flipped; the caller removes the directory.
-    static func copyWithInitramfsByteFlipped(at offset: Int) throws -> String {
+    /// A copy of the guest image (hard links) whose initramfs `name`, a private
+    /// copy, has the byte at `offset` flipped; the caller removes the directory.
+    /// The default policies have the python capability, so they boot initramfs-python.cpio.
+    static func copyWithInitramfsByteFlipped(at offset: Int, name: String = "initramfs-python.cpio") throws -> String {
         let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
-        for name in ["MANIFEST", "vmlinux", "initramfs.cpio"] {
-            try FileManager.default.linkItem(atPath: directory + "/" + name, toPath: copy + "/" + name)
+        for file in ["MANIFEST", "vmlinux", "initramfs.cpio", "initramfs-python.cpio"] {
+            try FileManager.default.linkItem(atPath: directory + "/" + file, toPath: copy + "/" + file)
         }
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/" + name))
         bytes[offset] ^= 0x01
-        try FileManager.default.removeItem(atPath: copy + "/initramfs.cpio")
-        try bytes.write(to: URL(fileURLWithPath: copy + "/initramfs.cpio"))
+        try FileManager.default.removeItem(atPath: copy + "/" + name)
+        try bytes.write(to: URL(fileURLWithPath: copy + "/" + name))
         return copy
     }
 }
@@ -104,8 +105,48 @@ struct VMRunTests {
         let before = HostState.baseline()
         let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", copy, "--", "true"])
         #expect(r.code == 74, "\(r.stderr)")
-        #expect(r.stderr.contains("failed validation") && r.stderr.contains("initramfs.cpio"), "\(r.stderr)")
+        #expect(r.stderr.contains("failed validation") && r.stderr.contains("initramfs-python.cpio"), "\(r.stderr)")
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before))
+    }
+
+    /// The guest's network is QEMU's user-mode network, whose host side (QEMU's
+    /// sockets, in the sandbox cgroup) the cgroup network policy decides. With
+    /// the default policy (internet) the guest reaches a listener on the host's
+    /// loopback (10.0.2.2 in the guest); the policy's python runtime is in the
+    /// guest. With classified_network listing 192.0.2.0/24 only, the same
+    /// connect is refused and reported; the listener sees nothing.
+    @Test func guestNetworkFollowsThePolicyAndPythonRunsInTheGuest() throws {
+        let before = HostState.baseline()
+        let listener = try HostListener()
+        let script = "ls /sys/class/net; python3 -c 'import json, ssl, sqlite3; print(json.dumps({\"py\": 3}))'; "
+            + "echo hi | nc -w 5 10.0.2.2 \(listener.port); echo nc=$?"
+        let open = try alcub3(["run", "--isolation-level", "vm", "--guest-image", VMGuest.directory, "--", "sh", "-c", script])
+        #expect(open.code == 0, "\(open.stderr.suffix(600))")
+        #expect(open.stdout.contains("eth0") && open.stdout.contains("{\"py\": 3}") && open.stdout.contains("nc=0"), "\(open.stdout.suffix(600))")
+        #expect(open.stderr.contains("python runtime, user-mode network"), "\(open.stderr.prefix(400))")
+        #expect(listener.accepted == 1, "the guest's connection did not reach the host's listener")
+
+        let listed = badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED:\n      network_access: [\"classified_network\"]\n"
+                                + "      allowed_destinations: [\"192.0.2.0/24\"]\n")
+        let refused = try alcub3(["run", "--isolation-level", "vm", "--guest-image", VMGuest.directory, "--policy-file", listed, "--format", "json",
+                                  "--", "sh", "-c", "echo hi | nc -w 5 10.0.2.2 \(listener.port); echo nc=$?"])
+        #expect(refused.code == 0 && refused.stdout.contains("nc=1"), "\(refused.stderr.suffix(600))")
+        #expect(refused.stdout.contains("network-policy") && refused.stdout.contains("127.0.0.1:\(listener.port) refused with EPERM"),
+                "no network-policy finding: \(refused.stdout.suffix(800))")
+        #expect(listener.accepted == 1, "a refused connection reached the host")
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
+    }
+
+    /// Without the network capability, or at an air-gapped class, the guest has no network device.
+    @Test func anAirGappedGuestHasNoNetworkDevice() throws {
+        let airGapped = badProfile("sandbox_configuration:\n  default_policies:\n    UNCLASSIFIED:\n      network_access: [\"air_gapped_only\"]\n"
+                                   + "      capabilities: [filesystem_write, subprocess]\n")
+        let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", VMGuest.directory, "--policy-file", airGapped,
+                            "--format", "json", "--", "sh", "-c", "ls /sys/class/net; ls /usr/bin/python3 2>/dev/null || echo no python"])
+        #expect(r.code == 0, "\(r.stderr.suffix(600))")
+        let output = r.stdout.split(separator: "\n").filter { !$0.hasPrefix("{") }.map(String.init)
+        #expect(output == ["lo", "no python"], "\(r.stdout.suffix(600))")
+        #expect(vmLeftovers().isEmpty)
     }
 
     /// Bad input: one clear line each, nothing started, nothing left.

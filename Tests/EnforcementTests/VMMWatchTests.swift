@@ -40,4 +40,13 @@ import Testing
                                                   mode: 0o700, ownerUID: 0, ownerGID: 0, fileID: 0, path: "/run/alcub3", secondPath: nil))
         #expect(watch.finding(for: mkdir) == nil)
     }
+
+    /// With a guest network, QEMU's IP sockets carry the guest's traffic (the
+    /// cgroup network policy decides them); a Unix connect is still an anomaly.
+    @Test func aGuestNetworksIPTrafficIsNotButAUnixConnectStillIs() {
+        let networked = VMMWatch(vmmPIDs: [4000, 4001], directory: "/run/alcub3/vms/sb-1", sandboxCgroupID: 9, guestNetwork: true)
+        #expect(networked.finding(for: connect(4001, unix: nil)) == nil)
+        #expect(networked.finding(for: connect(4001, unix: "/run/docker.sock"))?.technique.id == "vmm-anomaly")
+        #expect(networked.finding(for: write(4001, "/etc/passwd"))?.technique.id == "vmm-anomaly")
+    }
 }

@@ -1,3 +1,4 @@
+import Policy
 import Testing
 @testable import Sandbox
 
@@ -5,7 +6,7 @@ import Testing
 /// channel rely on, and room for a stronger level's devices.
 @Suite struct VMSandboxTests {
     let image = GuestImage(directory: "/cache", kernel: "/cache/vmlinux", initramfs: "/cache/initramfs.cpio",
-                           kernelSHA256: "", initramfsSHA256: "", sources: [:])
+                           runtime: nil, kernelSHA256: "", initramfsSHA256: "", sources: [:])
 
     func arguments(_ spec: VMSpec) -> [String] {
         VMSandbox.qemuArguments(spec: spec, memoryMiB: 512, cpus: 2, socketPath: "/run/x/channel.sock",
@@ -33,5 +34,33 @@ import Testing
         #expect(Array(a.prefix(4)) == ["-accel", "kvm", "-cpu", "host"])
         #expect(Array(a.suffix(6)) == spec.extraArguments)
         #expect(a[a.firstIndex(of: "-append")! + 1].hasSuffix(" tpm_tis.force=1"))
+    }
+
+    @Test func aGuestNetworkIsUserModeOnAVirtioNetDevice() {
+        var spec = VMSpec(sandboxID: "sb-1", image: image, accelerator: .tcg, memoryLimitBytes: 1 << 30, cpuLimit: 1)
+        spec.network = true
+        let a = arguments(spec)
+        let line = a.joined(separator: " ")
+        #expect(line.contains("-netdev user,id=net0,ipv6=off -device virtio-net-device,netdev=net0"))
+        #expect(!a.contains("-nic"))
+        #expect(a[a.firstIndex(of: "-append")! + 1].contains(" alcub3.net=user"))
+    }
+
+    /// The guest gets a network when a process of the same policy could reach
+    /// beyond its loopback: the network capability and a class other than air-gapped.
+    @Test func guestNetworkFollowsThePolicy() {
+        var policy = SandboxPolicy.builtIn(.unclassified)
+        policy.network = .any
+        policy.capabilities = [.network]
+        #expect(VMSpec.guestNetwork(for: policy))
+        policy.capabilities = [.python]
+        #expect(!VMSpec.guestNetwork(for: policy))
+        policy.capabilities = [.network]
+        policy.network = .none
+        #expect(!VMSpec.guestNetwork(for: policy))
+        policy.network = .listed(cidrs: [], ports: [])
+        #expect(!VMSpec.guestNetwork(for: policy))
+        #expect(GuestRuntime.needed(by: [.network, .python]) == .python)
+        #expect(GuestRuntime.needed(by: [.network]) == nil)
     }
 }
