@@ -14,11 +14,23 @@ public final class VirtualTPM: @unchecked Sendable {
     public let controlSocket: String
     public private(set) var pid: pid_t
 
-    /// Starts swtpm in `directory` (created, 0700) and waits for its socket.
-    public init(directory: String, timeoutSeconds: Double = 5) throws {
+    /// $ALCUB3_SWTPM, else swtpm from Debian's package or the first on PATH.
+    public static func locateSwtpm() throws -> String {
+        if let chosen = ProcessInfo.processInfo.environment["ALCUB3_SWTPM"], !chosen.isEmpty {
+            guard access(chosen, X_OK) == 0 else {
+                throw VirtualTPMError("the hardware level needs swtpm: \(chosen) (ALCUB3_SWTPM) is not an executable; install swtpm or unset ALCUB3_SWTPM")
+            }
+            return chosen
+        }
         guard let swtpm = HostCommand.locate("swtpm", candidates: ["/usr/bin/swtpm"]) else {
             throw VirtualTPMError("swtpm is not installed (Debian package swtpm): the hardware level needs a virtual TPM")
         }
+        return swtpm
+    }
+
+    /// Starts swtpm in `directory` (created, 0700) and waits for its socket.
+    public init(directory: String, timeoutSeconds: Double = 5) throws {
+        let swtpm = try Self.locateSwtpm()
         self.directory = directory
         controlSocket = Self.controlSocket(in: directory)
         try FileManager.default.createDirectory(atPath: directory + "/state", withIntermediateDirectories: true,

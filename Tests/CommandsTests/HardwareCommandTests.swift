@@ -39,6 +39,16 @@ struct HardwareRunTests {
         #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before))
     }
 
+    /// swtpm missing: one line naming it, nothing started, nothing left.
+    @Test func aMissingSwtpmIsOneLineAndLeavesNothing() throws {
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", VMGuest.directory, "--", "true"],
+                           environment: ["ALCUB3_SWTPM": "/nonexistent/swtpm"])
+        #expect(r.code == 76 && r.stderr.contains("needs swtpm") && r.stderr.contains("/nonexistent/swtpm"), "\(r.stderr)")
+        #expect(r.stderr.split(separator: "\n").count == 1, "more than one line: \(r.stderr)")
+        #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before))
+    }
+
     /// Through the service: created with measured boot (audited with its PCR), the guest's exec in events tail,
     /// terminated with no QEMU, no swtpm and no cgroup left.
     @Test func aServiceHardwareSandboxIsMeasuredMonitoredAndRemoved() throws {
