@@ -129,9 +129,7 @@ extension RunSession {
     }
 
     /// Whether the guest's console shows a kernel panic.
-    static func panicked(_ sandbox: VMSandbox) -> Bool {
-        ((try? String(contentsOfFile: sandbox.consolePath, encoding: .utf8)) ?? "").contains("Kernel panic")
-    }
+    static func panicked(_ sandbox: VMSandbox) -> Bool { sandbox.panicLine() != nil }
 
     private func serveVMOnce(_ vm: VMLaunch, process: SandboxedProcess, cgroup: SandboxCgroup, hub: EventHub,
                              syscalls: Bool, hello: HelloFlag,
@@ -214,6 +212,9 @@ extension RunSession {
             if !ended { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
             let status = await Self.reap(process)
             if ended, case .signaled = status { return status }
+            if !hello.said.withLock({ $0 }), let panic = sandbox.panicLine() {
+                throw fail(Alcub3Exit.vmFailed, "the guest kernel panicked before the guest agent started: \(panic)")
+            }
             let tail = sandbox.consoleTail(5)
             throw fail(Alcub3Exit.vmFailed, "QEMU ended before the guest reported the command's exit\(sandbox.qemuWords())"
                        + (tail.isEmpty ? "" : "; console's last lines: " + tail.joined(separator: " | ")))

@@ -275,6 +275,12 @@ public final class VMSandbox: Sendable {
     /// The console's last lines (the guest kernel's and the agent's messages), cleaned of escapes.
     public func consoleTail(_ count: Int = 10) -> [String] { Self.lastLines(of: consolePath, count: count) }
 
+    /// The console's "Kernel panic - ..." line, if the guest kernel panicked.
+    public func panicLine() -> String? {
+        Self.lastLines(of: consolePath, count: 400).first { $0.contains("Kernel panic") }
+            .map { $0.replacingOccurrences(of: #"^\[ *[0-9.]+\] *"#, with: "", options: .regularExpression) }
+    }
+
     static func lastLines(of path: String, count: Int) -> [String] {
         guard let data = FileManager.default.contents(atPath: path) else { return [] }
         let bytes = [UInt8](data)

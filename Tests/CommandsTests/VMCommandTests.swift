@@ -33,6 +33,25 @@ extension VMGuest {
     }
 }
 
+extension VMGuest {
+    /// A copy of the guest image whose initramfs-python.cpio holds no /init
+    /// (the kernel panics before the agent's HELLO, every boot), its manifest
+    /// saying so, so the image check passes; the caller removes the directory.
+    static func copyWithoutInit() throws -> String {
+        let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try FileManager.default.createDirectory(atPath: copy + "/root/dev", withIntermediateDirectories: true)
+        try FileManager.default.linkItem(atPath: directory + "/vmlinux", toPath: copy + "/vmlinux")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "cd \(copy)/root && find . | cpio -o -H newc --quiet > ../initramfs-python.cpio && cd .. && "
+                       + "grep -v 'initramfs-python.cpio$' \(directory)/MANIFEST > MANIFEST && sha256sum initramfs-python.cpio >> MANIFEST"]
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
+        return copy
+    }
+}
+
 /// `alcub3` with extra environment variables.
 func alcub3(_ arguments: [String], environment extra: [String: String]) throws -> Result {
     let p = Process()
@@ -134,6 +153,21 @@ struct VMRunTests {
         #expect(refused.stdout.contains("network-policy") && refused.stdout.contains("127.0.0.1:\(listener.port) refused with EPERM"),
                 "no network-policy finding: \(refused.stdout.suffix(800))")
         #expect(listener.accepted == 1, "a refused connection reached the host")
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
+    }
+
+    /// A guest kernel that panics before the agent's HELLO (nothing of the
+    /// command ran) is booted again, three boots in all; then one error with
+    /// the console's words, and nothing left.
+    @Test func aGuestKernelPanicIsBootedAgainThenReported() throws {
+        let copy = try VMGuest.copyWithoutInit()
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "vm", "--guest-image", copy, "--boot-timeout", "30", "--", "true"])
+        #expect(r.code == 76, "\(r.stderr.suffix(600))")
+        let retries = r.stderr.components(separatedBy: "the guest kernel panicked while booting (nothing ran); booting it again").count - 1
+        #expect(retries == 2, "\(r.stderr.suffix(800))")
+        #expect(r.stderr.contains("Kernel panic"), "the console's words are not in the error: \(r.stderr.suffix(600))")
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
     }
 
