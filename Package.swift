@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "Enforcement", dependencies: ["Telemetry", "Sandbox", "Policy", "KernelSupport", "CLibBPF"]),
         .target(name: "Integrity", dependencies: ["CAlcub3", "KernelSupport", .product(name: "Crypto", package: "swift-crypto")]),
         // Behavioural models on syscall sequences: pure Swift, no C, no kernel (docs/detection.md).
-        .target(name: "Analysis"),
+        .target(name: "Analysis", dependencies: ["KernelSupport"]),
         .target(
             name: "Service",
             dependencies: ["Telemetry", "Sandbox", "Policy", "Store", "KernelSupport", "CAlcub3", "Enforcement", "Integrity", "Analysis",
@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "CommandsTests", dependencies: ["Commands"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "StoreTests", dependencies: ["Store"]),
-        .testTarget(name: "ServiceTests", dependencies: ["Service"]),
+        .testTarget(name: "ServiceTests", dependencies: ["Service", "Telemetry"]),
         .testTarget(name: "IntegrityTests", dependencies: ["Integrity"]),
         .testTarget(name: "AnalysisTests", dependencies: ["Analysis"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Telemetry", "Sandbox", "Policy"]),

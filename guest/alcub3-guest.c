@@ -19,6 +19,7 @@
  * Any failure is an ERROR frame (and a console line), then power-off.
  */
 #define _GNU_SOURCE
+#include "alcub3-scan.h"
 #include "alcub3-tpm.h"
 #include <dirent.h>
 #include <errno.h>
@@ -492,6 +493,32 @@ static int forward(int fd, __u32 type)
 	return 1;
 }
 
+static void emit_scan_entry(const void *payload, size_t length)
+{
+	send_frame(ALCUB3_FRAME_SCAN_ENTRY, payload, length, NULL, 0);
+}
+
+/* A host request while the command runs: SCAN (integrity baselines); others are ignored. */
+static void serve_request(void)
+{
+	__u32 type, length;
+	unsigned char *payload = receive_any(&type, &length);
+
+	if (type == ALCUB3_FRAME_SCAN) {
+		struct alcub3_guest_scan_end end = { 0 };
+		int truncated = 0;
+		long sent = alcub3_scan((const char *)payload, ALCUB3_GUEST_SCAN_LIMIT, emit_scan_entry, &truncated);
+		if (sent < 0)
+			end.error = (__s32)-sent;
+		else
+			end.entries = (__u32)sent;
+		end.truncated = (__u32)truncated;
+		send_frame(ALCUB3_FRAME_SCAN_END, &end, sizeof(end), NULL, 0);
+		flush_out();
+	}
+	free(payload);
+}
+
 int main(void)
 {
 	struct bpf_object *obj;
@@ -635,11 +662,16 @@ int main(void)
 	send_frame(ALCUB3_FRAME_STARTED, &started, sizeof(started), NULL, 0);
 	flush_out();
 
-	struct pollfd fds[2] = { { out_pipe[0], POLLIN, 0 }, { err_pipe[0], POLLIN, 0 } };
+	/* The command's stdout and stderr, and the host's requests. */
+	struct pollfd fds[3] = { { out_pipe[0], POLLIN, 0 }, { err_pipe[0], POLLIN, 0 }, { port, POLLIN, 0 } };
 	int open_pipes = 2;
 	__u64 last_sweep = boot_ns();
 	for (;;) {
-		int n = poll(fds, 2, open_pipes ? 5 : 0);
+		int n = poll(fds, 3, open_pipes ? 5 : 0);
+		if (n > 0 && (fds[2].revents & POLLIN))
+			serve_request();
+		else if (n > 0 && (fds[2].revents & (POLLHUP | POLLERR)))
+			fds[2].fd = -1; /* the host went away: the command runs on, reports are lost */
 		for (int i = 0; n > 0 && i < 2; i++) {
 			if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
 				if (!forward(fds[i].fd, i == 0 ? ALCUB3_FRAME_STDOUT : ALCUB3_FRAME_STDERR)) {

@@ -1,4 +1,5 @@
 import Foundation
+import KernelSupport
 
 /// One syscall of a sandboxed thread, as the analyzer takes them (in batches).
 public struct SyscallRecord: Sendable {
@@ -287,7 +288,7 @@ public final class BehavioralAnalyzer: @unchecked Sendable {
                 if !profile.reads.contains(path), CredentialPaths.matches(path) { note(.credentialRead, pid: pid, path) }
             case .write(let pid, let path):
                 observationCounts["write", default: 0] += 1
-                let directory = (path as NSString).deletingLastPathComponent
+                let directory = PathText.parent(of: path)
                 guard let profile else { learned.writtenDirectories.insert(directory); return }
                 if !settings.workspacePrefixes.contains(where: { path.hasPrefix($0) }), !profile.writtenDirectories.contains(directory) {
                     note(.writeOutsideWorkspace, pid: pid, path)

@@ -1,5 +1,6 @@
 import Analysis
 import Foundation
+import KernelSupport
 import Policy
 import Service
 import Telemetry
@@ -23,7 +24,7 @@ final class RunBehaviour: @unchecked Sendable {
     static func prepare(path: String, agentID: String) throws -> AgentProfile? {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         guard FileManager.default.fileExists(atPath: absolute) else {
-            let directory = (absolute as NSString).deletingLastPathComponent
+            let directory = PathText.parent(of: absolute)
             guard access(directory, W_OK) == 0 else {
                 throw fail(Alcub3Exit.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
             }

@@ -23,6 +23,9 @@ public struct FilesystemBaseline: Codable, Sendable, Equatable {
     public var behaviour: BehaviourProfile?
     /// Each process of the sandbox at the baseline: its executable memory.
     public var memory: [MemoryBaseline]?
+    /// A vm or hardware sandbox: what it booted (the measured boot's record).
+    /// Its `root` and entries are then the guest's, read by the guest agent.
+    public var boot: BootRecord?
 
     public init(id: String, agentID: String, sandboxID: String, createdAt: String, root: String, tree: FileTree) {
         self.format = Self.currentFormat

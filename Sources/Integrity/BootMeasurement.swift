@@ -25,9 +25,11 @@ public struct BootMeasurement: Codable, Sendable, Equatable {
 
     /// Hashes the files and the command line (SHA-256, hex).
     public static func measure(kernel: String, initramfs: String, commandLine: String) throws -> BootMeasurement {
-        BootMeasurement(kernel: try hashFile(kernel), initramfs: try hashFile(initramfs),
-                        commandLine: Hex.string(SHA256.hash(data: Data(commandLine.utf8))))
+        BootMeasurement(kernel: try hashFile(kernel), initramfs: try hashFile(initramfs), commandLine: hash(commandLine: commandLine))
     }
+
+    /// The command line's SHA-256 (hex), as `measure` takes it.
+    public static func hash(commandLine: String) -> String { Hex.string(SHA256.hash(data: Data(commandLine.utf8))) }
 
     static func hashFile(_ path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
@@ -56,6 +58,39 @@ public struct BootMeasurement: Codable, Sendable, Equatable {
     public func mismatches(against baseline: BootMeasurement) -> [(component: String, expected: String, measured: String)] {
         [("kernel", baseline.kernel, kernel), ("initramfs", baseline.initramfs, initramfs),
          ("command line", baseline.commandLine, commandLine)].filter { $0.1 != $0.2 }
+    }
+}
+
+/// What a vm or hardware sandbox booted, as its integrity baseline records
+/// it: the three measurements and the files they were taken of, and at the
+/// hardware level the PCR the guest's TPM reported (validation compares the
+/// image on disk with it, since later boots of the image would use it).
+public struct BootRecord: Codable, Sendable, Equatable {
+    public var measurement: BootMeasurement
+    public var kernelPath: String
+    public var initramfsPath: String
+    /// The kernel command line itself (its hash is in `measurement`).
+    public var commandLine: String
+    /// The hardware level: PCR 9 as the guest's TPM reported it (it equalled `measurement.expectedPCR`, or nothing ran).
+    public var pcr: String?
+
+    public init(measurement: BootMeasurement, kernelPath: String, initramfsPath: String, commandLine: String, pcr: String?) {
+        self.measurement = measurement
+        self.kernelPath = kernelPath
+        self.initramfsPath = initramfsPath
+        self.commandLine = commandLine
+        self.pcr = pcr
+    }
+
+    /// The image files measured again: what differs from the record, by component, in words (empty: unchanged).
+    public func changesOnDisk() -> [(component: String, expected: String, found: String)] {
+        var changes: [(String, String, String)] = []
+        for (component, path, expected) in [("kernel", kernelPath, measurement.kernel), ("initramfs", initramfsPath, measurement.initramfs)] {
+            let found: String
+            do { found = try BootMeasurement.hashFile(path) } catch { found = "unreadable (\(error))" }
+            if found != expected { changes.append((component, expected, found)) }
+        }
+        return changes
     }
 }
 

@@ -31,6 +31,15 @@ public struct FileEntry: Codable, Sendable, Equatable {
     /// Why the content could not be read (the entry is still recorded).
     public var unreadable: String?
 
+    public init(path: String, kind: Kind, mode: UInt32, uid: UInt32, gid: UInt32, size: UInt64) {
+        self.path = path
+        self.kind = kind
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+    }
+
     /// The line a parent directory's Merkle hash is made of: everything that
     /// describes the entry, so a change anywhere changes every hash above it.
     var merkleLine: String {

@@ -14,7 +14,7 @@ import KernelSupport
 public struct FileTree: Sendable {
     /// The host path that was scanned (e.g. /proc/PID/root/workspace).
     public let root: String
-    public private(set) var entries: [String: FileEntry] = [:]
+    public internal(set) var entries: [String: FileEntry] = [:]
     /// Directory -> the relative paths directly in it.
     private var children: [String: Set<String>] = [:]
 
@@ -41,7 +41,7 @@ public struct FileTree: Sendable {
 
     private func absolute(_ relative: String) -> String { relative.isEmpty ? root : root + "/" + relative }
 
-    private static func parent(of relative: String) -> String? {
+    static func parent(of relative: String) -> String? {
         guard !relative.isEmpty else { return nil }
         guard let slash = relative.lastIndex(of: "/") else { return "" }
         return String(relative[..<slash])
@@ -71,6 +71,13 @@ public struct FileTree: Sendable {
         children[relative] = Set(names.filter { entries[$0] != nil })
         entry.hash = merkleHash(of: relative)
         entries[relative] = entry
+    }
+
+    mutating func insertChild(_ path: String, of directory: String) { children[directory, default: []].insert(path) }
+
+    mutating func rehashDirectory(_ path: String) {
+        let hash = merkleHash(of: path)
+        entries[path]?.hash = hash
     }
 
     private func merkleHash(of directory: String) -> String {

@@ -15,6 +15,16 @@ import KernelSupport
 /// not by address, so a baseline of a program can still be compared with
 /// another run of it (`MemoryValidator.compare(_:_:sameProcess: false)`).
 public struct MemoryBaseline: Codable, Sendable, Equatable {
+    /// The capture without anonymous memory that is writable and executable
+    /// at once: a JIT's code buffer, which its program rewrites by design (a
+    /// vm sandbox's QEMU under TCG translates guest code into one). Used for
+    /// the VMM, whose file-backed code and libraries are still compared.
+    public func droppingJITBuffers() -> MemoryBaseline {
+        var copy = self
+        copy.mappings = mappings.filter { !($0.isAnonymous && $0.isWritable && $0.permissions.dropFirst(2).first == "x") }
+        return copy
+    }
+
     public var pid: Int32
     /// Clock ticks after boot (/proc/PID/stat field 22): with the pid, what
     /// tells this process from a later one that reuses its pid.

@@ -191,6 +191,9 @@ public final class VMSandbox: Sendable {
         ] + networkArguments(spec) + spec.extraArguments
     }
 
+    /// The guest kernel's command line this sandbox boots with (QEMU's `-append`).
+    public var kernelCommandLine: String { arguments.firstIndex(of: "-append").map { arguments[$0 + 1] } ?? "" }
+
     /// The guest kernel's command line (what the hardware level measures);
     /// alcub3.net=user tells the guest agent to bring eth0 up.
     public static func kernelCommandLine(spec: VMSpec, tscKHz: Int = hostTSCKHz()) -> String {

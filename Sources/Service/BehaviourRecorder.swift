@@ -1,4 +1,5 @@
 import Foundation
+import KernelSupport
 import Integrity
 import Sandbox
 import Telemetry
@@ -32,7 +33,7 @@ final class BehaviourRecorder: @unchecked Sendable {
             case .network(let n) where n.operation == .connect || n.operation == .sendto || n.operation == .sendmsg:
                 if n.remote.ip != nil || n.remote.unixPath != nil { profile.add(destination: n.remote.description) }
             case .file(let f) where f.operation.changesFilesystem:
-                let parent = (f.path as NSString).deletingLastPathComponent
+                let parent = PathText.parent(of: f.path)
                 profile.add(writtenDirectory: parent.isEmpty ? "/" : parent)
             default:
                 break

@@ -39,7 +39,7 @@ public final class HardwareBoot: Sendable {
     public init(sandbox: VMSandbox) throws {
         let image = sandbox.spec.image
         let measured = try BootMeasurement.measure(kernel: image.kernel, initramfs: image.initramfs,
-                                                   commandLine: VMSandbox.kernelCommandLine(spec: sandbox.spec))
+                                                   commandLine: sandbox.kernelCommandLine)
         let baseline = BootMeasurement(kernel: image.kernelSHA256, initramfs: image.initramfsSHA256, commandLine: measured.commandLine)
         if let first = measured.mismatches(against: baseline).first {
             throw BootMeasurementError.mismatch(component: first.component, expected: first.expected, measured: first.measured)

@@ -1,6 +1,8 @@
+import CAlcub3
 import Crypto
 import Foundation
 import Integrity
+import KernelSupport
 import Policy
 import Store
 import Telemetry
@@ -56,6 +58,55 @@ extension SandboxManager {
         return (inside, inside)
     }
 
+    /// How a sandbox's processes' memory is captured: as it is, or for a vm
+    /// sandbox (whose only processes are QEMU and its init) without QEMU's JIT
+    /// buffers, the translated guest code TCG rewrites all the time.
+    func memoryCapture(for sandbox: LiveSandbox) -> (Int32) -> MemoryBaseline? {
+        let vm = Self.isVM(sandbox.record)
+        return { pid in (try? MemoryBaseline.capture(pid: pid)).map { vm ? $0.droppingJITBuffers() : $0 } }
+    }
+
+    /// Where a vm or hardware sandbox's baseline reads the guest: the command's working directory there.
+    static let guestIntegrityRoot = "/root"
+
+    /// The tree a baseline covers, read now: the host's scan of the sandbox's
+    /// working directory, or, for a vm or hardware sandbox, the guest agent's
+    /// scan of the guest's (over the channel) with what the guest booted.
+    func readTree(of sandbox: LiveSandbox, progress: ((Int) -> Void)? = nil) throws -> (tree: FileTree, inside: String, boot: BootRecord?) {
+        guard Self.isVM(sandbox.record) else {
+            let (host, inside) = integrityRoot(sandbox)
+            do {
+                return (try FileTree.scan(root: host, progress: progress), inside, nil)
+            } catch {
+                throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
+            }
+        }
+        let inside = Self.guestIntegrityRoot
+        guard let guest = Self.liveGuest(sandbox.record.sandboxID) else {
+            throw ServiceFailure(ExitCodes.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: its files cannot be read")
+        }
+        let reply: GuestChannel.ScanReply
+        do {
+            reply = try guest.channel.scan(inside)
+        } catch {
+            throw ServiceFailure(ExitCodes.vmFailed, "cannot read \(inside) in the guest of \(sandbox.record.sandboxID): \(error)")
+        }
+        guard reply.error == 0 else {
+            throw ServiceFailure(ExitCodes.vmFailed, "the guest agent cannot read \(inside) of \(sandbox.record.sandboxID): \(SystemError.name(of: reply.error))")
+        }
+        let entries = reply.entries.compactMap(FileEntry.decodingGuestEntry)
+        guard entries.count == reply.entries.count else {
+            throw ServiceFailure(ExitCodes.vmFailed, "the guest of \(sandbox.record.sandboxID) sent \(reply.entries.count - entries.count) malformed file entries; "
+                                 + "its files are not taken for a baseline")
+        }
+        guard !reply.truncated else {
+            throw ServiceFailure(ExitCodes.vmFailed, "\(inside) in the guest of \(sandbox.record.sandboxID) holds more than \(ALCUB3_GUEST_SCAN_LIMIT) "
+                                 + "entries or 128 directory levels: too large for a baseline")
+        }
+        progress?(entries.count)
+        return (FileTree.assembled(root: "guest:" + inside, entries: entries), inside, guest.boot)
+    }
+
     /// `integrity baseline`: scans the sandbox's tree, signs the baseline,
     /// stores it (audited) and returns the signed JSON. A sandbox that already
     /// has one keeps it unless `update` (an operator's deliberate choice, or the
@@ -70,30 +121,27 @@ extension SandboxManager {
             throw ServiceFailure(ExitCodes.agentInUse, "sandbox of agent '\(agentID)' already has baseline \(current); "
                                  + "pass --update to replace it (recorded in the audit log)")
         }
-        let (host, inside) = integrityRoot(sandbox)
-        let tree: FileTree
-        do {
-            tree = try FileTree.scan(root: host, progress: progress)
-        } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
-        }
+        let (tree, inside, boot) = try readTree(of: sandbox, progress: progress)
         let now = WallClock.nowUnixNanos()
         let count = (try? store.baselines(agentID: agentID).count) ?? 0
         let id = String(format: "baseline-%03d", count + 1) + "-" + sandbox.record.sandboxID
         var baseline = FilesystemBaseline(id: id, agentID: agentID, sandboxID: sandbox.record.sandboxID,
                                           createdAt: WallClock.iso8601(unixNanos: now), root: inside, tree: tree)
         // Memory: every process of the sandbox now (one that ends meanwhile is skipped).
-        baseline.memory = sandbox.cgroup.processes().sorted().compactMap { try? MemoryBaseline.capture(pid: $0) }
+        let capture = memoryCapture(for: sandbox)
+        baseline.memory = sandbox.cgroup.processes().sorted().compactMap(capture)
         // Behaviour: what it did since it started (or since its last baseline); a new window begins.
         baseline.behaviour = sandbox.behaviour.takeAndRestart()
+        baseline.boot = boot
         let json = String(decoding: try SignedBaseline(signing: baseline, with: baselineKey()).jsonData(), as: UTF8.self)
         try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
         try? store.appendAudit(actor: actor, action: current == nil ? "baseline.create" : "baseline.update",
                                subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": id, "replaces": current ?? "", "root_hash": tree.rootHash,
                                                             "entries": String(tree.count)]))
-        // From now on the service validates the sandbox against it, event-driven.
-        integrityWatch.watch(cgroupID: sandbox.cgroup.id, baseline: baseline, tree: tree)
+        // From now on the service validates the sandbox against it, event-driven
+        // (a vm guest's files on request only: the host cannot read them itself).
+        if boot == nil { integrityWatch.watch(cgroupID: sandbox.cgroup.id, baseline: baseline, tree: tree) }
         return json
     }
 
@@ -120,20 +168,15 @@ extension SandboxManager {
             throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
         }
         step("read the baseline and check its Ed25519 signature, agent and format (\(baseline.entries.count) entries)")
-        let (host, inside) = integrityRoot(sandbox)
-        guard baseline.root == inside else {
-            throw ServiceFailure(ExitCodes.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(inside)")
+        let expectedRoot = Self.isVM(sandbox.record) ? Self.guestIntegrityRoot : integrityRoot(sandbox).inside
+        guard baseline.root == expectedRoot else {
+            throw ServiceFailure(ExitCodes.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(expectedRoot)")
         }
-        let tree: FileTree
-        do {
-            tree = try FileTree.scan(root: host)
-        } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
-        }
-        step("read and hash \(inside) again (\(tree.count) entries)")
+        let (tree, inside, boot) = try readTree(of: sandbox)
+        step("read and hash \(inside) again (\(tree.count) entries\(boot == nil ? "" : ", read by the guest agent"))")
         let findings = FilesystemValidator.compare(baseline, with: tree, foundBy: "rescan")
         step("compare with the baseline (\(findings.count) changes)")
-        let memory = validateMemory(baseline.memory ?? [], running: sandbox.cgroup.processes())
+        let memory = validateMemory(baseline.memory ?? [], running: sandbox.cgroup.processes(), capture: memoryCapture(for: sandbox))
         step("capture and compare the executable memory of \(memory.checked) of \(baseline.memory?.count ?? 0) baseline processes")
         let behaviour = baseline.behaviour.map {
             BehaviourProfile.compare(baseline: $0, current: sandbox.behaviour.current(),
@@ -155,7 +198,22 @@ extension SandboxManager {
             ValidationReport.Dimension(name: "behaviour", valid: $0.isEmpty, status: $0.isEmpty ? "as in the baseline's window" : "\($0.count) differences",
                                        checkedEntries: 1, findings: $0)
         } ?? ValidationReport.Dimension(name: "behaviour", valid: nil, status: "no profile in the baseline", checkedEntries: 0, findings: [])
-        let dimensions = [filesystem, memoryDimension, behaviourDimension]
+        var dimensions = [filesystem, memoryDimension, behaviourDimension]
+        if let recorded = baseline.boot {
+            // The image the guest booted, measured again on disk: a change there is what later boots would boot.
+            let changes = recorded.changesOnDisk().map { change -> IntegrityFinding in
+                var finding = IntegrityFinding(change: .content, path: change.component == "kernel" ? recorded.kernelPath : recorded.initramfsPath,
+                                               old: change.expected, new: change.found, foundBy: "rescan")
+                finding.dimension = "boot"
+                finding.cause = "the guest's \(change.component) changed on disk since the sandbox booted (measured boot records sha256 \(change.expected))"
+                return finding
+            }
+            let pcr = recorded.pcr.map { ", PCR \(BootMeasurement.pcr) \($0.prefix(16))... as the guest's TPM reported it" } ?? ""
+            dimensions.append(ValidationReport.Dimension(name: "boot", valid: changes.isEmpty,
+                                                         status: changes.isEmpty ? "kernel and initramfs as booted\(pcr)" : "\(changes.count) changes",
+                                                         checkedEntries: 2, findings: changes))
+            step("measure the guest's kernel and initramfs again (\(changes.count) changes)")
+        }
         // Coverage per dimension: the share of the baseline read back; a dimension the baseline lacks counts 0.
         let memoryCoverage = memoryCount == 0 ? 0 : Double(memory.checked) / Double(memoryCount)
         let confidence = (coverage + memoryCoverage + (behaviour == nil ? 0 : 1)) / 3
@@ -175,7 +233,8 @@ extension SandboxManager {
     /// A process started since the baseline is held to the baseline of a
     /// process of the same program (by file and offset, not address): a
     /// library it loads that the baseline's did not, or LD_PRELOAD, is found.
-    func validateMemory(_ processes: [MemoryBaseline], running: [Int32]) -> (checked: Int, findings: [IntegrityFinding]) {
+    func validateMemory(_ processes: [MemoryBaseline], running: [Int32],
+                        capture: (Int32) -> MemoryBaseline? = { try? MemoryBaseline.capture(pid: $0) }) -> (checked: Int, findings: [IntegrityFinding]) {
         var checked = 0
         var findings: [IntegrityFinding] = []
         func add(_ found: [MemoryFinding]) {
@@ -188,14 +247,14 @@ extension SandboxManager {
         }
         var known = Set<Int32>()
         for before in processes {
-            guard let now = try? MemoryBaseline.capture(pid: before.pid), now.startTime == before.startTime else { continue }
+            guard let now = capture(before.pid), now.startTime == before.startTime else { continue }
             checked += 1
             known.insert(before.pid)
             add(MemoryValidator.compare(before, now))
         }
         let byProgram = Dictionary(processes.map { ($0.executable, $0) }, uniquingKeysWith: { a, _ in a })
         for pid in running where !known.contains(pid) {
-            guard let now = try? MemoryBaseline.capture(pid: pid), let model = byProgram[now.executable] else { continue }
+            guard let now = capture(pid), let model = byProgram[now.executable] else { continue }
             add(MemoryValidator.compare(model, now, sameProcess: false))
         }
         return (checked, findings)

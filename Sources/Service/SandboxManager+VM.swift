@@ -49,6 +49,7 @@ extension SandboxManager {
                                  (refused && hardware ? "measured boot refused the guest: " : "") + error.message)
         }
         undo.append { VMSandbox.remove(sandboxID: sandboxID) }
+        undo.append { _ = Self.liveGuests.withLock { $0.removeValue(forKey: sandboxID) } }
         var boot: HardwareBoot?
         if hardware {
             do {
@@ -89,8 +90,17 @@ extension SandboxManager {
             let started = DispatchSemaphore(value: 0)
             let state = GuestStart()
             let bootTimeout: Double = 60
+            // What it boots, for its integrity baselines: at the hardware level the
+            // measured boot's values, at the vm level the image's checked hashes.
+            let measured = boot?.measurement ?? BootMeasurement(kernel: vm.spec.image.kernelSHA256, initramfs: vm.spec.image.initramfsSHA256,
+                                                                commandLine: BootMeasurement.hash(commandLine: vm.kernelCommandLine))
             Thread.detachNewThread { [self] in
-                let result = guest.serve(bootTimeout: bootTimeout) { _ in
+                let result = guest.serve(bootTimeout: bootTimeout) { running in
+                    Self.liveGuests.withLock {
+                        $0[sandboxID] = LiveGuest(channel: guest, boot: BootRecord(
+                            measurement: measured, kernelPath: vm.spec.image.kernel, initramfsPath: vm.spec.image.initramfs,
+                            commandLine: vm.kernelCommandLine, pcr: running.pcr))
+                    }
                     state.commandStarted.store(true, ordering: .sequentiallyConsistent)
                     started.signal()
                 }
@@ -161,8 +171,21 @@ extension SandboxManager {
         throw ServiceFailure(ExitCodes.vmFailed, "the vm guest could not be booted")
     }
 
+    /// A running vm sandbox's guest: its channel (for requests such as
+    /// integrity scans) and what it booted.
+    struct LiveGuest: Sendable {
+        let channel: GuestChannel
+        let boot: BootRecord
+    }
+
+    /// The service's running guests by sandbox id, from the command's start to the sandbox's end.
+    static let liveGuests = Mutex<[String: LiveGuest]>([:])
+
+    static func liveGuest(_ sandboxID: String) -> LiveGuest? { liveGuests.withLock { $0[sandboxID] } }
+
     /// At the end of a vm sandbox (after its cgroup is destroyed, which ends QEMU).
     func finishVM(_ sandbox: LiveSandbox) {
+        _ = Self.liveGuests.withLock { $0.removeValue(forKey: sandbox.record.sandboxID) }
         Self.unwatchVMM(sandbox.cgroup.id)
         HardwareBoot.release(sandboxID: sandbox.record.sandboxID)
         VMSandbox.remove(sandboxID: sandbox.record.sandboxID)

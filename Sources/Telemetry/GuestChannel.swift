@@ -70,6 +70,29 @@ public final class GuestChannel: Sendable {
     /// Set before `serve` for the hardware level.
     public let measurement: Measurement?
 
+    /// A guest directory as the guest agent read it (`scan`): the raw
+    /// SCAN_ENTRY payloads (Integrity decodes them into file entries).
+    public struct ScanReply: Sendable {
+        public var entries: [[UInt8]] = []
+        /// errno of the directory itself (0: it was read).
+        public var error: Int32 = 0
+        /// The walk stopped at its entry or depth limit.
+        public var truncated = false
+    }
+
+    /// The scan in flight, filled by `serve`'s thread.
+    private struct ScanState {
+        var waiting = false
+        var reply = ScanReply()
+        var done = false
+        /// The command is running (requests are served), or the channel ended.
+        var running = false
+        var ended = false
+    }
+    private let scanState = Mutex(ScanState())
+    /// One request at a time on the channel.
+    private let requestLock = Mutex(())
+
     private let fd: OwnedDescriptor
     private let hub: EventHub
     private let sandboxCgroupID: UInt64
@@ -132,6 +155,7 @@ public final class GuestChannel: Sendable {
             }
         }
         guard send(type: ALCUB3_FRAME_OBJECT, object), send(type: ALCUB3_FRAME_RUN, runPayload()) else { return result }
+        defer { scanState.withLock { $0.ended = true; $0.running = false } }
 
         var pending: [TelemetryEvent] = []
         while let frame = reader.next() {
@@ -163,7 +187,26 @@ public final class GuestChannel: Sendable {
                 let s = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_started.self) }
                 result.startedNanos = s.boot_ns &+ offset
                 result.guestPID = Int32(bitPattern: s.pid)
+                scanState.withLock { $0.running = true }
                 onStarted?(result)
+            case Int32(ALCUB3_FRAME_SCAN_ENTRY.rawValue):
+                let taken = scanState.withLock { state -> Bool in
+                    guard state.waiting, !state.done, state.reply.entries.count < Int(ALCUB3_GUEST_SCAN_LIMIT) else { return false }
+                    state.reply.entries.append(frame.payload)
+                    return true
+                }
+                if !taken { result.malformed += 1 }
+            case Int32(ALCUB3_FRAME_SCAN_END.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_guest_scan_end>.size else { result.malformed += 1; continue }
+                let end = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_scan_end.self) }
+                let taken = scanState.withLock { state -> Bool in
+                    guard state.waiting, !state.done else { return false }
+                    state.reply.error = end.error
+                    state.reply.truncated = end.truncated != 0
+                    state.done = true
+                    return true
+                }
+                if !taken { result.malformed += 1 }
             case Int32(ALCUB3_FRAME_COUNTERS.rawValue):
                 guard frame.payload.count >= MemoryLayout<alcub3_counters>.size else { result.malformed += 1; continue }
                 let c = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_counters.self) }
@@ -188,6 +231,35 @@ public final class GuestChannel: Sendable {
         }
         if !pending.isEmpty { hub.publish(pending) }
         return result
+    }
+
+    /// Has the guest agent read the guest directory `path` (absolute, in the
+    /// guest) while the command runs: every entry with its metadata and each
+    /// regular file's SHA-256. Throws when the command is not running (not yet
+    /// started, or ended), the channel ends, or no answer comes within `timeout`.
+    public func scan(_ path: String, timeout: Double = 60) throws -> ScanReply {
+        try requestLock.withLock { _ in
+            let ready = scanState.withLock { state -> Bool in
+                guard state.running, !state.ended else { return false }
+                state = ScanState(waiting: true, running: true)
+                return true
+            }
+            guard ready else { throw GuestRequestError("the guest's command is not running: its files can be read only while it runs") }
+            defer { scanState.withLock { $0.waiting = false } }
+            guard send(type: ALCUB3_FRAME_SCAN, Array(path.utf8.filter { $0 != 0 }) + [0]) else {
+                throw GuestRequestError("the guest channel is closed")
+            }
+            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeout * 1e9)
+            while true {
+                let (done, ended, reply) = scanState.withLock { ($0.done, $0.ended, $0.reply) }
+                if done { return reply }
+                if ended { throw GuestRequestError("the guest ended before it answered the scan of \(path)") }
+                guard DispatchTime.now().uptimeNanoseconds < deadline else {
+                    throw GuestRequestError("the guest did not answer the scan of \(path) within \(Int(timeout)) s")
+                }
+                usleep(2000)
+            }
+        }
     }
 
     private func runPayload() -> [UInt8] {
@@ -220,6 +292,12 @@ public final class GuestChannel: Sendable {
         }
         return true
     }
+}
+
+/// A request to a running guest that got no answer, in words.
+public struct GuestRequestError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// Frames out of a byte stream: reads in large pieces, hands out whole frames.

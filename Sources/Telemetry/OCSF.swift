@@ -57,7 +57,7 @@ public struct OCSFEncoder: Sendable {
         if let uid { p["user"] = ["uid": String(uid)] }
         if let info = processes[pid] {
             p["name"] = info.name
-            p["file"] = ["path": info.executable, "name": (info.executable as NSString).lastPathComponent]
+            p["file"] = ["path": info.executable, "name": PathText.lastComponent(of: info.executable)]
             if !info.arguments.isEmpty { p["cmd_line"] = info.arguments.joined(separator: " ") }
             if info.parentPID > 0 { p["parent_process"] = ["pid": Int(info.parentPID)] }
         }
@@ -70,7 +70,7 @@ public struct OCSFEncoder: Sendable {
             var o = base(classUID: 1007, className: "Process Activity", categoryUID: 1, categoryName: "System Activity",
                          activityID: 1, activityName: "Launch", origin: e.origin, processes: processes)
             o["process"] = ["pid": Int(e.origin.pid), "tid": Int(e.origin.tid), "name": name,
-                            "file": ["path": filename, "name": (filename as NSString).lastPathComponent],
+                            "file": ["path": filename, "name": PathText.lastComponent(of: filename)],
                             "cmd_line": arguments.joined(separator: " "),
                             "parent_process": ["pid": Int(parentPID)],
                             "user": ["uid": String(e.origin.uid)], "unmapped": ["euid": Int(euid)]] as [String: Any]
@@ -126,9 +126,9 @@ public struct OCSFEncoder: Sendable {
         var o = base(classUID: 1001, className: "File System Activity", categoryUID: 1, categoryName: "System Activity",
                      activityID: id, activityName: name, origin: e.origin, processes: processes)
         let type = e.operation == .mkdir || e.operation == .rmdir ? "Folder" : (e.operation == .symlink ? "Symbolic Link" : "Regular File")
-        o["file"] = ["path": e.path, "name": (e.path as NSString).lastPathComponent, "type": type]
+        o["file"] = ["path": e.path, "name": PathText.lastComponent(of: e.path), "type": type]
         if let second = e.secondPath {
-            o[e.operation == .symlink ? "file" : "file_result"] = ["path": second, "name": (second as NSString).lastPathComponent]
+            o[e.operation == .symlink ? "file" : "file_result"] = ["path": second, "name": PathText.lastComponent(of: second)]
             if e.operation == .symlink { o["unmapped"] = ["symlink_target": e.path] }
         }
         addStatus(&o, e.result)

@@ -16,19 +16,30 @@ enum VMGuest {
 }
 
 extension VMGuest {
-    /// A copy of the guest image (hard links) whose initramfs `name`, a private
-    /// copy, has the byte at `offset` flipped; the caller removes the directory.
-    /// The default policies have the python capability, so they boot initramfs-python.cpio.
-    static func copyWithInitramfsByteFlipped(at offset: Int, name: String = "initramfs-python.cpio") throws -> String {
+    /// A copy of the guest image (hard links: replace a file, never write into it); the caller removes the directory.
+    static func copy() throws -> String {
         let copy = NSTemporaryDirectory() + "alcub3-guest-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
         for file in ["MANIFEST", "vmlinux", "initramfs.cpio", "initramfs-python.cpio"] {
             try FileManager.default.linkItem(atPath: directory + "/" + file, toPath: copy + "/" + file)
         }
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: copy + "/" + name))
+        return copy
+    }
+
+    /// Replaces `file` with a private copy whose byte at `offset` is flipped.
+    static func flipByte(at offset: Int, of file: String) throws {
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         bytes[offset] ^= 0x01
-        try FileManager.default.removeItem(atPath: copy + "/" + name)
-        try bytes.write(to: URL(fileURLWithPath: copy + "/" + name))
+        try FileManager.default.removeItem(atPath: file)
+        try bytes.write(to: URL(fileURLWithPath: file))
+    }
+
+    /// A copy of the guest image whose initramfs `name` has the byte at
+    /// `offset` flipped; the caller removes the directory. The default
+    /// policies have the python capability, so they boot initramfs-python.cpio.
+    static func copyWithInitramfsByteFlipped(at offset: Int, name: String = "initramfs-python.cpio") throws -> String {
+        let copy = try copy()
+        try flipByte(at: offset, of: copy + "/" + name)
         return copy
     }
 }
@@ -237,5 +248,52 @@ struct VMRunTests {
         service.stop()
         #expect(vmLeftovers().isEmpty, "\(vmLeftovers())")
         #expect(HostState.settled(like: before), "left behind after the sandbox ended")
+    }
+
+    /// A vm sandbox's integrity baseline: the guest's files as the guest agent
+    /// read them (/root, where the command works) and what it booted. A file
+    /// the command changes afterwards, and the image changed on disk since the
+    /// boot, are found by validation.
+    @Test func aVMSandboxBaselineCoversTheGuestsFilesAndItsBoot() throws {
+        let image = try VMGuest.copy()
+        defer { try? FileManager.default.removeItem(atPath: image); setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1) }
+        setenv("ALCUB3_GUEST_DIR", image, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let script = "mkdir -p /root/work && echo one > /root/work/a && ln -s a /root/work/link; sleep 12; echo two > /root/work/a; sleep 60"
+        let created = try service.run(["sandbox", "create", "--agent-id", "vm-int", "--isolation-level", "vm", "--", "sh", "-c", script])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        usleep(1_500_000)
+        let made = try service.run(["integrity", "baseline", "--agent-id", "vm-int", "--output", "vm.json"], in: service.root)
+        #expect(made.code == 0, "\(made.stderr)")
+        let signed = (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: service.root + "/vm.json")))) as? [String: Any]
+        let baseline = signed?["baseline"] as? [String: Any] ?? [:]
+        let paths = (baseline["entries"] as? [[String: Any]] ?? []).compactMap { $0["path"] as? String }
+        #expect(baseline["root"] as? String == "/root" && Set(paths).isSuperset(of: ["", "work", "work/a", "work/link"]), "\(paths)")
+        let boot = baseline["boot"] as? [String: Any] ?? [:]
+        #expect((boot["initramfsPath"] as? String)?.hasSuffix("/initramfs-python.cpio") == true
+                && (boot["commandLine"] as? String)?.contains("alcub3.net=user") == true, "\(boot)")
+        let clean = try service.run(["integrity", "validate", "--agent-id", "vm-int", "--baseline", "vm.json", "--format", "json"], in: service.root)
+        #expect(clean.code == 0, "\(clean.stdout) \(clean.stderr)")
+
+        // The command rewrites /root/work/a after 12 s; the image is changed on disk meanwhile.
+        try VMGuest.flipByte(at: 4096, of: image + "/initramfs-python.cpio")
+        var findings: [String] = []
+        for _ in 0..<60 {
+            let dirty = try service.run(["integrity", "validate", "--agent-id", "vm-int", "--baseline", "vm.json", "--format", "json"], in: service.root)
+            let report = (try? JSONSerialization.jsonObject(with: Data(dirty.stdout.utf8))) as? [String: Any] ?? [:]
+            findings = (report["dimensions"] as? [[String: Any]] ?? []).flatMap { dimension in
+                (dimension["findings"] as? [[String: Any]] ?? []).map { "\(dimension["name"] ?? "") \($0["change"] ?? "") \($0["path"] ?? "")" }
+            }
+            if findings.contains("filesystem content /root/work/a") { break }
+            usleep(500_000)
+        }
+        #expect(findings.contains("filesystem content /root/work/a"), "\(findings)")
+        #expect(findings.contains { $0.hasPrefix("boot content ") && $0.hasSuffix("/initramfs-python.cpio") }, "\(findings)")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "vm-int"]).code == 0)
+        service.stop()
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
     }
 }

@@ -22,6 +22,12 @@
  *   host -> guest  MEASURE      three SHA-256 digests (kernel, initramfs, command line), 96 bytes
  *   guest -> host  PCR          PCR 9 of the guest's TPM after extending them, 64 hex digits
  * and the host sends OBJECT and RUN only when PCR is what its own replay gives.
+ *
+ * While the command runs, for integrity baselines of the guest's files:
+ *   host -> guest  SCAN         a directory's path (NUL-terminated)
+ *   guest -> host  SCAN_ENTRY   struct alcub3_guest_scan_entry, then the path relative to it and,
+ *                               for a symlink, its target (each NUL-terminated); the directory itself is ""
+ *   guest -> host  SCAN_END     struct alcub3_guest_scan_end
  */
 #ifndef ALCUB3_GUEST_H
 #define ALCUB3_GUEST_H
@@ -47,6 +53,9 @@ enum alcub3_frame_type {
     ALCUB3_FRAME_ERROR = 11,
     ALCUB3_FRAME_MEASURE = 12,
     ALCUB3_FRAME_PCR = 13,
+    ALCUB3_FRAME_SCAN = 14,
+    ALCUB3_FRAME_SCAN_ENTRY = 15,
+    ALCUB3_FRAME_SCAN_END = 16,
 };
 
 struct alcub3_frame_header {
@@ -67,6 +76,25 @@ struct alcub3_guest_run {
     __u32 envc;
     __u32 _pad;
 };
+
+struct alcub3_guest_scan_entry {
+    __u64 size;
+    __u64 device;               /* a device node's st_rdev, else 0 */
+    __u32 mode;                 /* st_mode: the type and the permission bits */
+    __u32 uid;
+    __u32 gid;
+    __s32 read_error;           /* a regular file whose content could not be read: its errno, else 0 */
+    __u8 sha256[32];            /* a regular file's content */
+};
+
+struct alcub3_guest_scan_end {
+    __u32 entries;              /* SCAN_ENTRY frames sent */
+    __s32 error;                /* the directory could not be read: its errno, else 0 */
+    __u32 truncated;            /* 1 when the walk stopped at its entry or depth limit */
+    __u32 _pad;
+};
+/* A walk stops here (a baseline of more is not a guest workspace's). */
+#define ALCUB3_GUEST_SCAN_LIMIT 200000u
 
 struct alcub3_guest_started {
     __u64 boot_ns;              /* guest CLOCK_BOOTTIME just before execve */
