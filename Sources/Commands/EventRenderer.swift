@@ -14,6 +14,10 @@ final class EventRenderer: @unchecked Sendable {
     private let outputLock = NSLock()
     /// Called after each finding is printed (the policy's response); set before rendering starts.
     var onFinding: (@Sendable (EscapeFinding) -> Void)?
+    /// False for a sandbox whose seccomp filter no supervisor of alcub3's hears
+    /// (the container level): refused escape syscalls are then judged from
+    /// their telemetry records. Set before the first batch.
+    var supervised = true
     let format: OutputFormat
     let encoder: OCSFEncoder
     let printSyscalls: Bool
@@ -34,7 +38,8 @@ final class EventRenderer: @unchecked Sendable {
     /// rendering holds, and prints on a queue of its own: neither a batch being
     /// rendered nor a slow reader of the output holds up the consumer.
     func detect(_ batch: [TelemetryEvent]) {
-        let findings = batch.compactMap(EscapeDetector.finding(for:))
+        let supervised = self.supervised
+        let findings = batch.compactMap { EscapeDetector.finding(for: $0, supervised: supervised) }
         if !findings.isEmpty { findingQueue.async { [self] in for finding in findings { render(finding) } } }
     }
 

@@ -113,6 +113,7 @@ final class RunSession: @unchecked Sendable {
         defer { initPIDKnown.finish() }
         let renderer = EventRenderer(format: format, encoder: encoder, printSyscalls: printSyscalls)
         renderer.onFinding = Self.responder(policy.onViolation, cgroup: cgroup)
+        renderer.supervised = self.container == nil  // runc installs a container's filter: no supervisor hears it
         monitor.hub.observe { batch in renderer.detect(batch) }
         let streaming = Task { () -> RunSummary in
             for await pid in initPID { renderer.seedInit(pid: pid) }

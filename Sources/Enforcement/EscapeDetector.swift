@@ -55,6 +55,53 @@ public enum EscapeDetector {
     /// Errors that mean a policy refused the call, not that it failed on its own.
     static let refusals: Set<Int64> = [Int64(EPERM), Int64(EACCES), Int64(EROFS)]
 
+    /// A refused escape syscall seen only by the telemetry: for a sandbox
+    /// whose seccomp filter answers by itself, with no supervisor of alcub3's
+    /// to hear it (the container level, where runc installs the filter; a
+    /// process sandbox after a service restart, whose filter then answers
+    /// ENOSYS). The syscall's first three arguments tell the dangerous form
+    /// of the calls that have a harmless one (a raw socket, namespace flags, a
+    /// writable and executable mapping, a device node); the others are
+    /// indicators whatever their arguments. nil for anything else.
+    public static func finding(forUnsupervised s: SyscallEvent) -> EscapeFinding? {
+        guard !s.isEntry, [Int64(EPERM), Int64(EACCES), Int64(ENOSYS)].contains(-s.returnValue) else { return nil }
+        let name = SyscallNames.name(Int(s.number))
+        let (a0, a1, a2) = s.arguments
+        switch name {
+        case "socket":
+            // AF_PACKET, or SOCK_RAW of any family (the type's low bits; flags above them).
+            guard a0 == UInt64(AF_PACKET) || (a1 & 0xf) == UInt64(SOCK_RAW.rawValue) else { return nil }
+        case "clone":
+            guard a0 & namespaceFlags != 0 else { return nil }
+        case "mmap", "mprotect", "pkey_mprotect":
+            guard a2 & UInt64(PROT_WRITE | PROT_EXEC) == UInt64(PROT_WRITE | PROT_EXEC) else { return nil }
+        case "mknod", "mknodat":
+            let mode = UInt32(truncatingIfNeeded: name == "mknod" ? a1 : a2) & UInt32(S_IFMT)
+            guard mode == UInt32(S_IFBLK) || mode == UInt32(S_IFCHR) else { return nil }
+        default:
+            break
+        }
+        let id = EscapeClassifier.technique(syscall: name, arguments: [a0, a1, a2], call: "")
+        // Credential calls are the process layer's (credentialChange records); the rest is not an escape syscall.
+        guard id != "kernel-control", id != "setuid-root", let technique = EscapeTechnique.named(id) else { return nil }
+        return EscapeFinding(technique: technique, sandboxCgroupID: s.origin.sandboxCgroupID, pid: s.origin.pid,
+                             evidence: "\(name) refused with \(SystemError.name(of: Int32(-s.returnValue)))",
+                             refusedBy: "seccomp (the sandbox's filter; reported from the syscall's telemetry record)",
+                             observedNanos: s.origin.bootNanos)
+    }
+
+    /// clone's flags that make a namespace: CLONE_NEWNS 0x20000, NEWCGROUP 0x2000000,
+    /// NEWUTS 0x4000000, NEWIPC 0x8000000, NEWUSER 0x10000000, NEWPID 0x20000000, NEWNET 0x40000000
+    /// (linux/sched.h; Glibc's module does not export them without _GNU_SOURCE).
+    static let namespaceFlags: UInt64 = 0x20000 | 0x2000000 | 0x4000000 | 0x8000000 | 0x10000000 | 0x20000000 | 0x40000000
+
+    /// `finding(for:)`, and for a sandbox without a supervisor (`supervised`
+    /// false) also `finding(forUnsupervised:)` of a refused syscall.
+    public static func finding(for event: TelemetryEvent, supervised: Bool) -> EscapeFinding? {
+        if !supervised, case .syscall(let s) = event, s.returnValue < 0 { return finding(forUnsupervised: s) ?? finding(for: event) }
+        return finding(for: event)
+    }
+
     public static func finding(for event: TelemetryEvent) -> EscapeFinding? {
         switch event {
         case .file(let e):

@@ -81,9 +81,20 @@ public final class ResourceWatcher: @unchecked Sendable {
         started = false
     }
 
-    /// "max 3" in pids.events, "oom_kill 1" in memory.events or memory.oom_control.
+    /// "max 3" in pids.events, "oom_kill 1" in memory.events or memory.oom_control,
+    /// summed with the same file of the cgroups directly below: a container's
+    /// limits are set again by runc on its own cgroup inside the sandbox's, and
+    /// a limit met there counts there (on the v1 hierarchies of hybrid hosts).
     private func counter(_ path: String?, _ key: String) -> UInt64 {
-        guard let path, let text = try? FileIO.read(path) else { return 0 }
+        guard let path else { return 0 }
+        let directory = PathText.parent(of: path), name = PathText.lastComponent(of: path)
+        let children = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .map { directory + "/" + $0 + "/" + name }.filter(FileIO.exists)
+        return ([path] + children).reduce(0) { $0 + value(in: $1, key) }
+    }
+
+    private func value(in path: String, _ key: String) -> UInt64 {
+        guard let text = try? FileIO.read(path) else { return 0 }
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: " ")
             if parts.count == 2, parts[0] == key { return UInt64(parts[1]) ?? 0 }

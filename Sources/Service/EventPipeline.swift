@@ -105,7 +105,10 @@ final class EventPipeline: Sendable {
                 sandbox.pendingSyscalls[Int(s.number)] += 1
                 if sandbox.analyzer != nil, let record = BehaviourFeed.record(for: s) { sandbox.pendingRecords.append(record) }
             }
-            if s.returnValue < 0, let finding = EscapeDetector.finding(for: event) {
+            // A container's filter (runc's) and a process sandbox's after a service restart answer
+            // without a supervisor: their refused escape syscalls are judged from these records.
+            let supervised = sandbox.supervisor != nil || SandboxManager.isVM(sandbox.record)
+            if s.returnValue < 0, let finding = EscapeDetector.finding(for: event, supervised: supervised) {
                 manager.raise(finding, in: sandbox, processes: sandbox.processes)
             }
             return nil

@@ -45,7 +45,18 @@ struct EscapeSuiteTests {
         var escapes: [[String]] = []
     }
 
-    func attack(_ techniques: [String], smallLimits: Bool = false) throws -> (Outcome, Result) {
+    /// A container image for the attacker: a root filesystem holding it (static) and the
+    /// directories a write outside the workspace aims at; the caller removes it.
+    static func containerRoot() throws -> String {
+        let root = NSTemporaryDirectory() + "alcub3-escape-root-" + UUID().uuidString
+        for directory in ["bin", "etc", "usr", "tmp"] {
+            try FileManager.default.createDirectory(atPath: root + "/" + directory, withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: attacker, toPath: root + "/bin/alcub3-escape")
+        return root
+    }
+
+    func attack(_ techniques: [String], smallLimits: Bool = false, containerRoot: String? = nil) throws -> (Outcome, Result) {
         let dir = NSTemporaryDirectory() + "alcub3-escape-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -58,8 +69,9 @@ struct EscapeSuiteTests {
             """.write(toFile: dir + "/limits.yaml", atomically: true, encoding: .utf8)
         // No --workspace: the disk filler writes to the sandbox's private /tmp,
         // a size-capped tmpfs (the working directory is the host's and has no cap).
-        let r = try alcub3(["run", "--format", "json", "--policy-file", "limits.yaml", "--",
-                            Self.attacker, "--host-pid", String(getpid())] + techniques, in: dir)
+        let level = containerRoot.map { ["--isolation-level", "container", "--image", $0] } ?? []
+        let r = try alcub3(["run", "--format", "json", "--policy-file", "limits.yaml"] + level + ["--",
+                            containerRoot == nil ? Self.attacker : "/bin/alcub3-escape", "--host-pid", String(getpid())] + techniques, in: dir)
         var outcome = Outcome()
         for line in r.jsonLines {
             if let technique = line["technique"] as? String {
@@ -110,6 +122,41 @@ struct EscapeSuiteTests {
                 #expect(fastest < 50_000_000, "\(technique) was reported \(Double(fastest) / 1e6) ms after the attempt")
             }
         }
+    }
+
+    /// The same attacker in a container (runc, its seccomp filter from the
+    /// policy): every technique refused, and reported from the telemetry, since
+    /// no supervisor of alcub3's hears a filter runc installed. A refused cgroup
+    /// mount is named `mount` there: the filesystem type is a string in the
+    /// caller's memory, which the syscall's record does not carry.
+    @Test func everyTechniqueIsRefusedAndReportedInAContainer() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.attacker), "the attacker was not built: \(Self.attacker)")
+        let root = try Self.containerRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let before = HostState.baseline()
+        var (outcome, r) = try attack(Self.techniques.filter { $0 != "memory-hog" }, containerRoot: root)
+        #expect(r.code == 0, "the attacker saw a technique succeed: \(r.stdout.suffix(2000)) \(r.stderr.suffix(500))")
+        let (hog, hogRun) = try attack(["memory-hog"], smallLimits: true, containerRoot: root)
+        #expect(hogRun.code == 0, "\(hogRun.stdout.suffix(2000))")
+        outcome.attempts.merge(hog.attempts) { a, _ in a }
+        outcome.findings.merge(hog.findings) { a, _ in a }
+        let slowest = outcome.findings.compactMapValues { $0.min() }.max { $0.value < $1.value }
+        print("escape suite in a container: \(outcome.findings.count) techniques reported; slowest first finding: "
+              + "\(slowest.map { "\($0.key) \(Double($0.value) / 1e6) ms" } ?? "none")")
+        for technique in Self.techniques {
+            let attempt = try #require(outcome.attempts[technique], "no result line for \(technique): \(r.stderr.suffix(500))")
+            #expect(attempt["refused"] as? Bool == true, "\(technique) was not refused: \(attempt["detail"] ?? "")")
+            if let why = Self.absentHere[technique], outcome.findings[technique] == nil {
+                print("escape suite: \(technique) not reported: \(why)")
+                continue
+            }
+            let latencies = outcome.findings[technique] ?? (technique == "cgroup-release-agent" ? outcome.findings["mount"] ?? [] : [])
+            #expect(!latencies.isEmpty, "no finding names \(technique)")
+            if let fastest = latencies.min() {
+                #expect(fastest < 50_000_000, "\(technique) was reported \(Double(fastest) / 1e6) ms after the attempt")
+            }
+        }
+        #expect(HostState.settled(like: before), "left behind after the container runs")
     }
 
     /// Ordinary developer work in a default sandbox raises no finding.
