@@ -143,9 +143,14 @@ public final class ContainerSandbox: Sendable {
                 return try profile.jsonData()
             }
             let relative = String(cgroupPath.dropFirst(cgroup.layout.unifiedRoot.count))
-            let config = OCIRuntimeConfig(sandboxID: id, policy: policy, arguments: arguments, environment: environment,
+            var config = OCIRuntimeConfig(sandboxID: id, policy: policy, arguments: arguments, environment: environment,
                                           workingDirectory: policy.filesystem.workspace, cgroupsPath: relative,
                                           networkNamespacePath: network?.namespacePath, seccomp: seccomp)
+            // Names resolve through the host's resolvers the veth and NAT reach (the policy decides which).
+            if network != nil, let text = try? FileIO.read("/etc/resolv.conf"), let resolv = OCIRuntimeConfig.containerResolvConf(fromHost: text) {
+                try step("write \(bundle)/resolv.conf") { try FileIO.write(resolv, to: bundle + "/resolv.conf", create: true) }
+                config.resolvConf = bundle + "/resolv.conf"
+            }
             try step("write \(bundle)/config.json") {
                 try config.jsonData().write(to: URL(fileURLWithPath: bundle + "/config.json"))
             }

@@ -18,6 +18,9 @@ public struct OCIRuntimeConfig: Sendable {
     public var networkNamespacePath: String?
     /// The seccomp profile in OCI form (`SeccompProfile.jsonData()`).
     public var seccomp: Data
+    /// A resolv.conf in the bundle, shown read-only at /etc/resolv.conf (a
+    /// container with a network: the host's resolvers it can reach); nil: the image's.
+    public var resolvConf: String?
 
     public init(sandboxID: String, policy: SandboxPolicy, arguments: [String], environment: [String], workingDirectory: String,
                 cgroupsPath: String, networkNamespacePath: String?, seccomp: Data) {
@@ -39,6 +42,30 @@ public struct OCIRuntimeConfig: Sendable {
     /// A private /tmp, like the process level's.
     public static let tmpBytes: UInt64 = 256 << 20
 
+    /// The host's resolv.conf for a container behind a veth: its nameserver
+    /// lines but those on loopback (the host's own stub resolver, which the
+    /// container's network namespace cannot reach), with its search and
+    /// options lines; nil when no nameserver is left.
+    public static func containerResolvConf(fromHost text: String) -> String? {
+        var kept: [String] = [], servers = 0
+        for line in text.split(separator: "\n").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let first = words.first else { continue }
+            switch first {
+            case "nameserver" where words.count >= 2:
+                let server = String(words[1])
+                if server.hasPrefix("127.") || server == "::1" || server == "0.0.0.0" { continue }
+                kept.append("nameserver \(server)")
+                servers += 1
+            case "search", "domain", "options":
+                kept.append(words.joined(separator: " "))
+            default:
+                continue
+            }
+        }
+        return servers == 0 ? nil : "# made by alcub3 from the host's /etc/resolv.conf\n" + kept.joined(separator: "\n") + "\n"
+    }
+
     public func object() throws -> [String: Any] {
         let seccompObject = try JSONSerialization.jsonObject(with: seccomp)
         var namespaces: [[String: Any]] = [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"], ["type": "cgroup"]]
@@ -59,6 +86,9 @@ public struct OCIRuntimeConfig: Sendable {
             ["destination": policy.filesystem.workspace, "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "nodev", "mode=755", "size=\(policy.filesystem.workspaceBytes)"]],
         ]
+        if let resolvConf {
+            mounts.append(["destination": "/etc/resolv.conf", "type": "bind", "source": resolvConf, "options": ["bind", "ro", "nosuid", "nodev", "noexec"]])
+        }
         // Extra host paths the policy shows read-only (a model, a dataset).
         for path in policy.filesystem.readOnlyPaths {
             mounts.append(["destination": path, "type": "bind", "source": path, "options": ["rbind", "ro", "nosuid", "nodev"]])

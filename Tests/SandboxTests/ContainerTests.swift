@@ -397,10 +397,14 @@ struct ContainerKernelTests {
             close(client)
         }
         let (status, output) = try run(harness, ["sh", "-c",
-            "gw=$(ip route | awk '/default/ {print $3}'); echo hello-host | nc -w 3 $gw \(port); ls /sys/class/net | tr '\\n' ' '"],
-            policy: policy)
+            "gw=$(ip route | awk '/default/ {print $3}'); echo hello-host | nc -w 3 $gw \(port); ls /sys/class/net | tr '\\n' ' '; "
+            + "cat /etc/resolv.conf"], policy: policy)
         #expect(status == .exited(0), "\(output)")
         #expect(output.contains("eth0"))
+        // The host's resolvers (loopback ones left out) in the container's /etc/resolv.conf.
+        if let expected = OCIRuntimeConfig.containerResolvConf(fromHost: (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "") {
+            #expect(output.contains(expected), "\(output)")
+        }
         for _ in 0..<100 where received.withLock({ $0.isEmpty }) { usleep(10_000) }
         #expect(received.withLock { $0 } == "hello-host\n")
         harness.tearDown()
@@ -439,5 +443,14 @@ struct ContainerKernelTests {
         #expect(files.contains { $0.contains("alcub3-marker") }, "\(files.prefix(5))")
         harness.tearDown()
         #expect(harness.leftovers().isEmpty)
+    }
+}
+
+@Suite struct ContainerResolvConfTests {
+    @Test func loopbackResolversAreLeftOutAndNoneLeftMeansTheImagesOwn() {
+        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nsearch corp.example\noptions edns0 trust-ad\nnameserver ::1\n"
+        #expect(OCIRuntimeConfig.containerResolvConf(fromHost: host)
+                == "# made by alcub3 from the host's /etc/resolv.conf\nnameserver 10.255.255.53\nsearch corp.example\noptions edns0 trust-ad\n")
+        #expect(OCIRuntimeConfig.containerResolvConf(fromHost: "nameserver 127.0.0.53\noptions edns0\n") == nil)
     }
 }
