@@ -498,7 +498,7 @@ static void emit_scan_entry(const void *payload, size_t length)
 	send_frame(ALCUB3_FRAME_SCAN_ENTRY, payload, length, NULL, 0);
 }
 
-/* A host request while the command runs: SCAN (integrity baselines); others are ignored. */
+/* A host request while the command runs: SCAN (integrity baselines), RESYNC (a new host); others are ignored. */
 static void serve_request(void)
 {
 	__u32 type, length;
@@ -514,6 +514,11 @@ static void serve_request(void)
 			end.entries = (__u32)sent;
 		end.truncated = (__u32)truncated;
 		send_frame(ALCUB3_FRAME_SCAN_END, &end, sizeof(end), NULL, 0);
+		flush_out();
+	} else if (type == ALCUB3_FRAME_RESYNC) {
+		/* A new host (after a service restart): its stream may begin inside a frame the old
+		 * one half read; the token marks where whole frames begin again. */
+		send_frame(ALCUB3_FRAME_SYNC, payload, length, NULL, 0);
 		flush_out();
 	}
 	free(payload);
@@ -668,10 +673,13 @@ int main(void)
 	__u64 last_sweep = boot_ns();
 	for (;;) {
 		int n = poll(fds, 3, open_pipes ? 5 : 0);
-		if (n > 0 && (fds[2].revents & POLLIN))
+		if (n > 0 && (fds[2].revents & (POLLHUP | POLLERR)))
+			/* No host on the channel (the service restarting): QEMU reconnects to the next one.
+			 * Frames wait in `out`; writing them blocks until a host is there again. The port
+			 * also reads as readable then (a read would return 0): nothing is read. */
+			usleep(50000);
+		else if (n > 0 && (fds[2].revents & POLLIN))
 			serve_request();
-		else if (n > 0 && (fds[2].revents & (POLLHUP | POLLERR)))
-			fds[2].fd = -1; /* the host went away: the command runs on, reports are lost */
 		for (int i = 0; n > 0 && i < 2; i++) {
 			if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
 				if (!forward(fds[i].fd, i == 0 ? ALCUB3_FRAME_STDOUT : ALCUB3_FRAME_STDERR)) {

@@ -186,7 +186,8 @@ public final class VMSandbox: Sendable {
             "-kernel", spec.image.kernel, "-initrd", spec.image.initramfs, "-append", append,
             "-serial", "file:" + consolePath,
             "-device", "virtio-serial-device",
-            "-chardev", "socket,id=alcub3,path=" + socketPath,
+            // reconnect=1: a restarted service listens again and QEMU comes back to it.
+            "-chardev", "socket,id=alcub3,path=" + socketPath + ",reconnect=1",
             "-device", "virtserialport,chardev=alcub3,name=org.alcub3.guest",
         ] + networkArguments(spec) + spec.extraArguments
     }
@@ -241,6 +242,30 @@ public final class VMSandbox: Sendable {
         return Int((mhz ?? 2000) * 1000)
     }
 
+    /// The channel's socket of a running vm sandbox listened on again (by a
+    /// service that restarted): the old file is replaced.
+    public static func listenAgain(sandboxID: String) throws -> OwnedDescriptor {
+        let path = stateRoot + "/" + sandboxID + "/channel.sock"
+        unlink(path)
+        return try listen(at: path)
+    }
+
+    /// The next connection to `listener` within `timeout` seconds (QEMU reconnecting).
+    public static func acceptAgain(on listener: OwnedDescriptor, timeout: Double) throws -> OwnedDescriptor {
+        var p = pollfd(fd: listener.raw, events: Int16(POLLIN), revents: 0)
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeout * 1e9)
+        while DispatchTime.now().uptimeNanoseconds < deadline {
+            if poll(&p, 1, 100) > 0 {
+                let fd = Glibc.accept(listener.raw, nil, nil)
+                if fd >= 0 {
+                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                    return OwnedDescriptor(fd)
+                }
+            }
+        }
+        throw VMError("QEMU did not connect to the guest channel again within \(Int(timeout)) s")
+    }
+
     /// The channel, once QEMU has connected to it; QEMU ending first, or not
     /// connecting within `timeout` seconds, is an error naming QEMU's last words.
     public func acceptChannel(process: SandboxedProcess, timeout: Double = 20) throws -> OwnedDescriptor {
@@ -255,7 +280,7 @@ public final class VMSandbox: Sendable {
             let rc = poll(&fds, 2, Int32(min(1000, (deadline - now) / 1_000_000 + 1)))
             if rc < 0 && errno == EINTR { continue }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                let fd = accept(listener.raw, nil, nil)
+                let fd = Glibc.accept(listener.raw, nil, nil)
                 if fd >= 0 {
                     _ = fcntl(fd, F_SETFD, FD_CLOEXEC)  // accept4 needs _GNU_SOURCE, which Glibc's module lacks
                     return OwnedDescriptor(fd)

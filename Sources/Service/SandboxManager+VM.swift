@@ -96,35 +96,19 @@ extension SandboxManager {
                                                                 commandLine: BootMeasurement.hash(commandLine: vm.kernelCommandLine))
             Thread.detachNewThread { [self] in
                 let result = guest.serve(bootTimeout: bootTimeout) { running in
-                    Self.liveGuests.withLock {
-                        $0[sandboxID] = LiveGuest(channel: guest, boot: BootRecord(
-                            measurement: measured, kernelPath: vm.spec.image.kernel, initramfsPath: vm.spec.image.initramfs,
-                            commandLine: vm.kernelCommandLine, pcr: running.pcr))
+                    let live = LiveGuest(channel: guest, boot: BootRecord(
+                        measurement: measured, kernelPath: vm.spec.image.kernel, initramfsPath: vm.spec.image.initramfs,
+                        commandLine: vm.kernelCommandLine, pcr: running.pcr))
+                    Self.liveGuests.withLock { $0[sandboxID] = live }
+                    // For the service after a restart, which takes the channel over (adoptVM).
+                    if let offset = running.clockOffset, let pid = running.guestPID {
+                        Self.saveGuestState(GuestState(takeover: .init(clockOffset: offset, guestPID: pid), boot: live.boot), sandboxID: sandboxID)
                     }
                     state.commandStarted.store(true, ordering: .sequentiallyConsistent)
                     started.signal()
                 }
                 state.outcome.withLock { $0 = result }
-                switch result.outcome {
-                case .exited(let status):
-                    let signal = status & 0x7f
-                    let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
-                    try? FileIO.write("\(code)\n", to: statusFile, create: true)
-                case .failed(let message):
-                    Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
-                case .bootTimeout, .closed:
-                    break
-                }
-                if result.malformed > 0, let live = sandbox(cgroupID: cgroup.id) {
-                    raise(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
-                                        evidence: "\(result.malformed) malformed frames or records from the guest",
-                                        refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()),
-                          in: live, processes: live.processes)
-                }
-                close(out)
-                // The guest powers off after EXIT; a guest that failed is ended here.
-                for _ in 0..<500 where process.isRunning { usleep(10_000) }
-                if process.isRunning { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
+                finishGuest(result, output: out, statusFile: statusFile, cgroup: cgroup, initProcess: process)
                 started.signal()
             }
             let bootStart = DispatchTime.now().uptimeNanoseconds
@@ -169,6 +153,79 @@ extension SandboxManager {
             }
         }
         throw ServiceFailure(ExitCodes.vmFailed, "the vm guest could not be booted")
+    }
+
+    /// After the guest's command ended or the channel failed: the exit code to
+    /// the status file, a failure to the output, malformed frames as a
+    /// guest-channel finding; then QEMU is given 5 s to power off, and ended.
+    func finishGuest(_ result: GuestChannel.Result, output out: Int32, statusFile: String, cgroup: SandboxCgroup,
+                     initProcess process: SandboxedProcess) {
+        switch result.outcome {
+        case .exited(let status):
+            let signal = status & 0x7f
+            let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+            try? FileIO.write("\(code)\n", to: statusFile, create: true)
+        case .failed(let message):
+            Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
+        case .bootTimeout, .closed:
+            break
+        }
+        if result.malformed > 0, let live = sandbox(cgroupID: cgroup.id) {
+            raise(EscapeFinding(technique: EscapeTechnique.named("guest-channel")!, sandboxCgroupID: cgroup.id, pid: process.pid,
+                                evidence: "\(result.malformed) malformed frames or records from the guest",
+                                refusedBy: "the host's decoder (records dropped)", observedNanos: bootClockNanos()),
+                  in: live, processes: live.processes)
+        }
+        close(out)
+        // The guest powers off after EXIT; a guest that failed is ended here.
+        for _ in 0..<500 where process.isRunning { usleep(10_000) }
+        if process.isRunning { try? FileIO.write("1", to: cgroup.path + "/cgroup.kill") }
+    }
+
+    /// What a restarted service needs to take a running guest's channel over.
+    struct GuestState: Codable {
+        var takeover: GuestChannel.Takeover
+        var boot: BootRecord
+    }
+
+    static func guestStatePath(_ sandboxID: String) -> String { VMSandbox.stateRoot + "/" + sandboxID + "/guest.json" }
+
+    static func saveGuestState(_ state: GuestState, sandboxID: String) {
+        guard let data = try? JSONEncoder().encode(state) else { return }
+        try? FileIO.write(String(decoding: data, as: UTF8.self), to: guestStatePath(sandboxID), create: true)
+    }
+
+    /// A vm sandbox whose QEMU outlived the service before this one: its guest
+    /// channel is listened on again (QEMU reconnects within about a second,
+    /// `reconnect=1`), taken over (RESYNC), and served as at creation: events
+    /// into the hub, output to output.log, the exit code to exit_status. The
+    /// VMM watch and integrity scans come back with it. Throws when the guest
+    /// cannot be reached; the caller then ends the sandbox.
+    func adoptVM(_ sandbox: LiveSandbox) throws {
+        let id = sandbox.record.sandboxID
+        let state: GuestState
+        do {
+            state = try JSONDecoder().decode(GuestState.self, from: Data(FileIO.read(Self.guestStatePath(id)).utf8))
+        } catch {
+            throw ServiceFailure(ExitCodes.vmFailed, "no guest state to take the channel of \(id) over: \(error)")
+        }
+        let listener = try VMSandbox.listenAgain(sandboxID: id)
+        let channel = try VMSandbox.acceptAgain(on: listener, timeout: 10)
+        let directory = configuration.sandboxDirectory(id)
+        let out = open(directory + "/output.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: sandbox.cgroup.id, object: [],
+                                 run: GuestChannel.Run(arguments: [], environment: [], syscalls: false)) { _, bytes in
+            Self.writeAll(out, bytes)
+        }
+        Self.liveGuests.withLock { $0[id] = LiveGuest(channel: guest, boot: state.boot) }
+        let network = sandbox.policy.isolation == .vm && VMSpec.guestNetwork(for: sandbox.policy)
+        Self.watchVMM(VMMWatch(vmmPIDs: Set(sandbox.cgroup.processes()), directory: VMSandbox.stateRoot + "/" + id,
+                               sandboxCgroupID: sandbox.cgroup.id, guestNetwork: network), manager: self)
+        let (cgroup, initProcess) = (sandbox.cgroup, sandbox.initProcess)
+        Thread.detachNewThread { [self] in
+            let result = guest.serve(takingOver: state.takeover)
+            finishGuest(result, output: out, statusFile: directory + "/exit_status", cgroup: cgroup, initProcess: initProcess)
+        }
     }
 
     /// A running vm sandbox's guest: its channel (for requests such as

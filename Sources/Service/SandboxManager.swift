@@ -684,6 +684,13 @@ public final class SandboxManager: @unchecked Sendable {
                 byCgroup[cgroupID] = sandbox
             }
             startWatchers(sandbox)  // limits only: the seccomp listener ended with the old service
+            if Self.isVM(record) {
+                // The guest's channel is taken over; a guest that cannot be reached is ended (watchForExit finishes it).
+                do { try adoptVM(sandbox) } catch {
+                    log.warning("vm sandbox \(record.sandboxID) of \(record.agentID) cannot be taken over (\(error)); ending it")
+                    try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
+                }
+            }
             // The LSM links are not pinned: they ended with the old service and hold the sandbox again from here.
             try? lsm?.confine(sandboxCgroupID: cgroupID)
             let last = try store.events(EventFilter(sandboxID: record.sandboxID, limit: 1, newest: true)).first

@@ -49,6 +49,8 @@ public final class GuestChannel: Sendable {
         public var counters: KernelCounters?
         /// Records the decoder refused: a guest that sends them is not to be trusted.
         public var malformed: Int = 0
+        /// Guest boot-clock time + this = host boot-clock time (set at HELLO).
+        public var clockOffset: UInt64?
         /// The hardware level: PCR 9 as the guest's TPM reported it (it matched, or the outcome says it did not).
         public var pcr: String?
         public var events: Int = 0
@@ -155,8 +157,49 @@ public final class GuestChannel: Sendable {
             }
         }
         guard send(type: ALCUB3_FRAME_OBJECT, object), send(type: ALCUB3_FRAME_RUN, runPayload()) else { return result }
-        defer { scanState.withLock { $0.ended = true; $0.running = false } }
+        result.clockOffset = offset
+        return frames(from: &reader, offset: offset, result: result, onStarted: onStarted)
+    }
 
+    /// What a host taking the channel over needs from the one that started it
+    /// (kept in the vm sandbox's directory): the guest's clock offset and the command's pid.
+    public struct Takeover: Codable, Sendable, Equatable {
+        public var clockOffset: UInt64
+        public var guestPID: Int32
+        public init(clockOffset: UInt64, guestPID: Int32) {
+            self.clockOffset = clockOffset
+            self.guestPID = guestPID
+        }
+    }
+
+    /// Serves a channel whose command another host started (the service
+    /// before a restart; QEMU reconnected to this one). The stream may begin
+    /// inside a frame the previous host half read: RESYNC asks the guest for
+    /// a token, and the frames before the token's SYNC are kept from the first
+    /// offset whose frames lead exactly to it (only the cut frame is lost).
+    public func serve(takingOver takeover: Takeover, timeout: Double = 30) -> Result {
+        var result = Result(outcome: .closed)
+        result.clockOffset = takeover.clockOffset
+        result.guestPID = takeover.guestPID
+        var token = [UInt8](repeating: 0, count: Int(ALCUB3_SYNC_TOKEN))
+        var generator = SystemRandomNumberGenerator()
+        for i in token.indices { token[i] = UInt8.random(in: 0...255, using: &generator) }
+        guard send(type: ALCUB3_FRAME_RESYNC, token) else { return result }
+        var header = alcub3_frame_header()
+        header.type = UInt32(ALCUB3_FRAME_SYNC.rawValue)
+        header.length = UInt32(token.count)
+        var reader = FrameReader(fd: fd.raw)
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeout * 1e9)
+        guard reader.realign(at: withUnsafeBytes(of: header) { Array($0) } + token, deadline: deadline) else { return result }
+        scanState.withLock { $0.running = true }
+        return frames(from: &reader, offset: takeover.clockOffset, result: result, onStarted: nil)
+    }
+
+    /// The frames of a running command, to its EXIT or the channel's end.
+    private func frames(from reader: inout FrameReader, offset: UInt64, result start: Result,
+                        onStarted: (@Sendable (Result) -> Void)?) -> Result {
+        var result = start
+        defer { scanState.withLock { $0.ended = true; $0.running = false } }
         var pending: [TelemetryEvent] = []
         while let frame = reader.next() {
             switch Int32(bitPattern: frame.type) {
@@ -219,6 +262,8 @@ public final class GuestChannel: Sendable {
                 result.outcome = .exited(status: frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_exit.self) }.status)
             case Int32(ALCUB3_FRAME_ERROR.rawValue):
                 result.outcome = .failed(String(decoding: frame.payload.prefix(512), as: UTF8.self))
+            case Int32(ALCUB3_FRAME_SYNC.rawValue):
+                break  // the answer to this host's RESYNC, found by `realign`
             default:
                 result.malformed += 1
             }
@@ -333,6 +378,48 @@ struct FrameReader {
             if rc > 0 { return true }
             if rc < 0 && errno != EINTR { return false }
         }
+    }
+
+    /// Reads until `marker` (a SYNC frame, whole) arrives, within `deadline`
+    /// and 64 MiB, and leaves the reader at the first offset before it from
+    /// which whole frames of known types lead exactly to it (else at the
+    /// marker): frames written before the marker are kept, the cut one dropped.
+    mutating func realign(at marker: [UInt8], deadline: UInt64) -> Bool {
+        var searched = start
+        while true {
+            if let at = Self.find(marker, in: buffer, from: searched) {
+                start = (start..<at).first { frames(from: $0, landAt: at) } ?? at
+                return true
+            }
+            searched = max(start, buffer.count - marker.count + 1)
+            guard buffer.count - start < 64 << 20, waitReadable(until: deadline) else { return false }
+            var chunk = [UInt8](repeating: 0, count: 1 << 18)
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            buffer += chunk[0..<n]
+        }
+    }
+
+    private static func find(_ marker: [UInt8], in bytes: [UInt8], from offset: Int) -> Int? {
+        guard bytes.count >= marker.count, offset <= bytes.count - marker.count else { return nil }
+        return (offset...(bytes.count - marker.count)).first { i in
+            bytes[i] == marker[0] && bytes[i..<(i + marker.count)].elementsEqual(marker)
+        }
+    }
+
+    /// Whether frames of known types and allowed lengths, read from `offset`, end exactly at `end`.
+    private func frames(from offset: Int, landAt end: Int) -> Bool {
+        var at = offset
+        while at < end {
+            guard end - at >= 8 else { return false }
+            let type = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) }
+            let length = Int(buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self) })
+            guard type >= UInt32(ALCUB3_FRAME_HELLO.rawValue), type <= UInt32(ALCUB3_FRAME_SYNC.rawValue),
+                  length <= Int(ALCUB3_FRAME_MAX) else { return false }
+            at += 8 + length
+        }
+        return at == end
     }
 
     /// The next frame; nil at end of stream, on an error, or on a frame longer than the format allows.

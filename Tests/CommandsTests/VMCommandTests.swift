@@ -296,4 +296,41 @@ struct VMRunTests {
         service.stop()
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
     }
+
+    /// A service restart (kill -9, then a new service) does not end a vm
+    /// sandbox: QEMU reconnects to the new service's channel, which takes it
+    /// over; the guest's output and events after the restart arrive, its exit
+    /// code is recorded, and nothing is left after it ends.
+    @Test func aRestartedServiceTakesARunningGuestOver() throws {
+        setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let script = "for i in $(seq 1 24); do echo tick $i; sleep 0.5; done; echo done > /root/after-restart; exit 4"
+        let created = try service.run(["sandbox", "create", "--agent-id", "vm-adopt", "--isolation-level", "vm", "--", "sh", "-c", script])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        let sandboxID = try #require(created.stdout.split(separator: " ").first { $0.hasPrefix("sb-") }.map(String.init), "\(created.stdout)")
+        usleep(2_000_000)
+        service.kill9()
+        usleep(1_500_000)
+        try service.start()
+        var stopped: [String: Any]?
+        for _ in 0..<600 {
+            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
+            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "vm-adopt" }
+            if stopped != nil { break }
+            usleep(100_000)
+        }
+        #expect(stopped?["exitCode"] as? Int == 4, "\(String(describing: stopped)) \(service.log().suffix(1500))")
+        let output = (try? String(contentsOfFile: service.root + "/state/sandboxes/\(sandboxID)/output.log", encoding: .utf8)) ?? ""
+        let ticks = output.split(separator: "\n").filter { $0.hasPrefix("tick ") }.count
+        print("vm takeover: \(ticks) of 24 output lines kept across the restart")
+        #expect(output.contains("tick 24\n"), "\(output)")
+        let tail = try service.run(["events", "tail", "--agent-id", "vm-adopt", "--lines", "20000"]).stdout
+        #expect(tail.contains("/root/after-restart"), "no event of the guest after the restart")
+        #expect(tail.contains("monitoring_gap"), "no record of the gap")
+        service.stop()
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
+    }
 }

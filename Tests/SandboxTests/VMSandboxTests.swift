@@ -19,7 +19,7 @@ import Testing
         #expect(line.hasPrefix("-accel tcg,tb-size=64 -M microvm -m 512M -smp 2 "))
         #expect(line.contains("-sandbox on") && line.contains("-nic none") && line.contains("-no-reboot"))
         #expect(line.contains("-kernel /cache/vmlinux -initrd /cache/initramfs.cpio"))
-        #expect(line.contains("-device virtio-serial-device -chardev socket,id=alcub3,path=/run/x/channel.sock "
+        #expect(line.contains("-device virtio-serial-device -chardev socket,id=alcub3,path=/run/x/channel.sock,reconnect=1 "
                               + "-device virtserialport,chardev=alcub3,name=org.alcub3.guest"))
         let append = a[a.firstIndex(of: "-append")! + 1]
         #expect(append.contains("tsc_early_khz=2300000") && append.contains("panic=-1") && append.contains("rdinit=/init"))

@@ -28,6 +28,11 @@
  *   guest -> host  SCAN_ENTRY   struct alcub3_guest_scan_entry, then the path relative to it and,
  *                               for a symlink, its target (each NUL-terminated); the directory itself is ""
  *   guest -> host  SCAN_END     struct alcub3_guest_scan_end
+ *
+ * A host that takes the channel over (the service restarted; QEMU reconnects):
+ *   host -> guest  RESYNC       a token of ALCUB3_SYNC_TOKEN bytes
+ *   guest -> host  SYNC         the same token: whole frames follow (what came before may be the
+ *                               rest of a frame the previous host half read, and is skipped)
  */
 #ifndef ALCUB3_GUEST_H
 #define ALCUB3_GUEST_H
@@ -56,6 +61,8 @@ enum alcub3_frame_type {
     ALCUB3_FRAME_SCAN = 14,
     ALCUB3_FRAME_SCAN_ENTRY = 15,
     ALCUB3_FRAME_SCAN_END = 16,
+    ALCUB3_FRAME_RESYNC = 17,
+    ALCUB3_FRAME_SYNC = 18,
 };
 
 struct alcub3_frame_header {
@@ -93,6 +100,8 @@ struct alcub3_guest_scan_end {
     __u32 truncated;            /* 1 when the walk stopped at its entry or depth limit */
     __u32 _pad;
 };
+#define ALCUB3_SYNC_TOKEN 16
+
 /* A walk stops here (a baseline of more is not a guest workspace's). */
 #define ALCUB3_GUEST_SCAN_LIMIT 200000u
 
