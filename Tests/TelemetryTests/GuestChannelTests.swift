@@ -4,6 +4,7 @@ import Glibc
 import CAlcub3
 import Foundation
 import KernelSupport
+import Synchronization
 import Testing
 @testable import Telemetry
 
@@ -93,6 +94,40 @@ import Testing
         let channel = GuestChannel(descriptor: OwnedDescriptor(fds[0]), hub: EventHub(), sandboxCgroupID: 1, object: [],
                                    run: .init(arguments: ["true"], environment: [], syscalls: false)) { _, _ in }
         #expect(channel.serve(bootTimeout: 0.2).outcome == .bootTimeout)
+    }
+
+    /// A host taking the channel over reads a stream that may begin inside a
+    /// frame: after its RESYNC, the frames before the guest's SYNC are kept
+    /// from the first offset whose frames lead exactly to it; the cut one is lost.
+    @Test func aTakeoverKeepsTheWholeFramesBeforeTheSync() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let guest = fds[1]
+        defer { close(guest) }
+        let output = OutputLog()
+        let channel = GuestChannel(descriptor: OwnedDescriptor(fds[0]), hub: EventHub(), sandboxCgroupID: 1, object: [],
+                                   run: .init(arguments: [], environment: [], syscalls: false)) { stream, data in
+            output.append(stream, Array(data))
+        }
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<GuestChannel.Result?>(nil)
+        Thread.detachNewThread {
+            outcome.withLock { $0 = channel.serve(takingOver: .init(clockOffset: 5, guestPID: 7), timeout: 10) }
+            done.signal()
+        }
+        let (type, token) = readFrame(guest)
+        #expect(type == UInt32(ALCUB3_FRAME_RESYNC.rawValue) && token.count == Int(ALCUB3_SYNC_TOKEN))
+        // The tail of a frame the previous host half read, then whole frames, the SYNC, more, and EXIT.
+        let cut = Array(frame(ALCUB3_FRAME_STDOUT, Array("lost\n".utf8)).dropFirst(5))
+        var exit = alcub3_guest_exit()
+        exit.status = 3 << 8
+        let stream = cut + frame(ALCUB3_FRAME_STDOUT, Array("kept 1\n".utf8)) + frame(ALCUB3_FRAME_STDERR, Array("kept 2\n".utf8))
+            + frame(ALCUB3_FRAME_SYNC, token) + frame(ALCUB3_FRAME_STDOUT, Array("after\n".utf8)) + frame(ALCUB3_FRAME_EXIT, bytes(exit))
+        #expect(stream.withUnsafeBytes { write(guest, $0.baseAddress, $0.count) } == stream.count)
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let result = try #require(outcome.withLock { $0 })
+        #expect(result.outcome == .exited(status: 3 << 8) && result.malformed == 0 && result.guestPID == 7)
+        #expect(output.text == "kept 1\nkept 2\nafter\n", "\(output.text)")
     }
 }
 
