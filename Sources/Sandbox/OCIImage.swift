@@ -355,10 +355,16 @@ extension ValidatedImage {
 /// sandboxes as the lower layer of their overlay. An image's blobs are
 /// checked against its manifest at every start (a changed byte is refused
 /// before anything runs); the unpacking, its decompression and the diff_id
-/// check happen once. Root's alone (0700), like the service's state; delete
-/// the directory to reclaim the space.
+/// check happen once. Root's alone (0700), like the service's state. It is
+/// kept within a budget (`budgetBytes`): after an image is unpacked the least
+/// recently used trees go, never one a running container's overlay stands on.
 public enum ImageCache {
     public static let root = "/var/cache/alcub3/images"
+
+    /// $ALCUB3_IMAGE_CACHE_BYTES, else 8 GiB.
+    public static var budgetBytes: UInt64 {
+        ProcessInfo.processInfo.environment["ALCUB3_IMAGE_CACHE_BYTES"].flatMap { UInt64($0) } ?? 8 << 30
+    }
 
     /// The directory holding the image's root filesystem: the directory itself
     /// for a root filesystem, else the cache's tree, unpacked now if missing
@@ -370,7 +376,10 @@ public enum ImageCache {
             return directory
         case .layout(let manifest, _):
             let final = root + "/" + manifest.hex
-            if FileIO.exists(final) { return final }
+            if FileIO.exists(final) {
+                markUsed(final)
+                return final
+            }
             try AgentLock.makeDirectories(root)
             chmod((root as NSString).deletingLastPathComponent, 0o700)
             let temporary = root + "/.unpacking-\(manifest.hex.prefix(12))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -385,7 +394,61 @@ public enum ImageCache {
                 try? FileManager.default.removeItem(atPath: temporary)
                 throw error
             }
+            try? FileIO.write(String(treeBytes(final)), to: final + ".size", create: true)
+            markUsed(final)
+            evict(root: root, keeping: final, budget: budgetBytes)
             return final
         }
+    }
+
+    /// A use of a tree: its `.used` file's time.
+    static func markUsed(_ tree: String) {
+        if (try? FileIO.write("", to: tree + ".used", create: true)) == nil { return }
+    }
+
+    /// Removes the least recently used trees of `root` until the rest fit in
+    /// `budget` bytes. Never `keeping`, nor a tree an overlay mounted on this
+    /// host has as its lower layer (a running container's). Returns the removed paths.
+    @discardableResult
+    public static func evict(root: String, keeping: String, budget: UInt64) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        let trees = names.filter { $0.count == 64 && $0.allSatisfy(\.isHexDigit) }.map { root + "/" + $0 }
+        func size(_ tree: String) -> UInt64 {
+            if let text = try? FileIO.read(tree + ".size"), let bytes = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) { return bytes }
+            let bytes = treeBytes(tree)
+            try? FileIO.write(String(bytes), to: tree + ".size", create: true)
+            return bytes
+        }
+        func lastUsed(_ tree: String) -> Date {
+            (try? FileManager.default.attributesOfItem(atPath: tree + ".used")[.modificationDate] as? Date) ?? .distantPast
+        }
+        var total = trees.reduce(UInt64(0)) { $0 + size($1) }
+        guard total > budget else { return [] }
+        let mounts = (try? FileIO.read("/proc/self/mountinfo")) ?? ""
+        var removed: [String] = []
+        for tree in trees.sorted(by: { lastUsed($0) < lastUsed($1) }) where total > budget {
+            guard tree != keeping, !mounts.contains("lowerdir=" + tree + ","), !mounts.contains("lowerdir=" + tree + " ") else { continue }
+            let bytes = size(tree)
+            // Out of the cache's namespace first (a start that finds it gone unpacks it again), then deleted.
+            let doomed = root + "/.evicting-" + PathText.lastComponent(of: tree)
+            guard rename(tree, doomed) == 0 else { continue }
+            try? FileManager.default.removeItem(atPath: doomed)
+            try? FileManager.default.removeItem(atPath: tree + ".size")
+            try? FileManager.default.removeItem(atPath: tree + ".used")
+            total -= min(bytes, total)
+            removed.append(tree)
+        }
+        return removed
+    }
+
+    /// The bytes of a tree's files (allocated blocks), without following links.
+    static func treeBytes(_ tree: String) -> UInt64 {
+        var total: UInt64 = 0
+        guard let walker = FileManager.default.enumerator(atPath: tree) else { return 0 }
+        for case let relative as String in walker {
+            var st = stat()
+            if lstat(tree + "/" + relative, &st) == 0 { total += UInt64(st.st_blocks) * 512 }
+        }
+        return total
     }
 }

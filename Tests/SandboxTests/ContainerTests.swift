@@ -454,3 +454,33 @@ struct ContainerKernelTests {
         #expect(OCIRuntimeConfig.containerResolvConf(fromHost: "nameserver 127.0.0.53\noptions edns0\n") == nil)
     }
 }
+
+/// The image cache keeps within its budget: least recently used trees go
+/// first, never the one just unpacked nor one a mounted overlay stands on.
+@Suite(.enabled(if: getuid() == 0, "needs root: mounts an overlay"))
+struct ImageCacheEvictionTests {
+    @Test func leastRecentlyUsedTreesGoButNotOneInUse() throws {
+        let root = NSTemporaryDirectory() + "alcub3-cache-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let trees = (0..<4).map { root + "/" + String(repeating: String($0), count: 64) }
+        for (i, tree) in trees.enumerated() {
+            try FileManager.default.createDirectory(atPath: tree + "/bin", withIntermediateDirectories: true)
+            try Data(repeating: 0x5a, count: 1 << 20).write(to: URL(fileURLWithPath: tree + "/bin/tool"))
+            try "".write(toFile: tree + ".used", atomically: false, encoding: .utf8)
+            let used = Date(timeIntervalSinceNow: Double(i - 10) * 60)  // trees[0] is the oldest
+            try FileManager.default.setAttributes([.modificationDate: used], ofItemAtPath: tree + ".used")
+        }
+        // trees[0], the oldest, is a running container's lower layer.
+        let upper = root + "/overlay", merged = root + "/merged"
+        for dir in [upper + "/upper", upper + "/work", merged] { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        try #require(mount("overlay", merged, "overlay", 0, "lowerdir=\(trees[0]),upperdir=\(upper)/upper,workdir=\(upper)/work") == 0,
+                     "overlay mount: \(String(cString: strerror(errno)))")
+        defer { umount2(merged, Int32(MNT_DETACH)) }
+        // Room for two of the four: trees[1] (oldest not in use) and trees[2] go; trees[3] is the one kept.
+        let removed = ImageCache.evict(root: root, keeping: trees[3], budget: (2 << 20) + (512 << 10))
+        #expect(removed == [trees[1], trees[2]], "\(removed)")
+        #expect(FileManager.default.fileExists(atPath: trees[0] + "/bin/tool") && FileManager.default.fileExists(atPath: trees[3] + "/bin/tool"))
+        #expect(!FileManager.default.fileExists(atPath: trees[1]) && !FileManager.default.fileExists(atPath: trees[1] + ".size"))
+        #expect(ImageCache.evict(root: root, keeping: trees[3], budget: 1 << 40).isEmpty, "nothing to evict within budget")
+    }
+}
