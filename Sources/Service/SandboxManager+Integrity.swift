@@ -101,7 +101,7 @@ extension SandboxManager {
         }
         guard !reply.truncated else {
             throw ServiceFailure(ExitCodes.vmFailed, "\(inside) in the guest of \(sandbox.record.sandboxID) holds more than \(ALCUB3_GUEST_SCAN_LIMIT) "
-                                 + "entries or 128 directory levels: too large for a baseline")
+                                 + "entries, 128 directory levels or 64 MiB of entries: too large for a baseline")
         }
         progress?(entries.count)
         return (FileTree.assembled(root: "guest:" + inside, entries: entries), inside, guest.boot)

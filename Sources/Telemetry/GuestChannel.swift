@@ -78,7 +78,7 @@ public final class GuestChannel: Sendable {
         public var entries: [[UInt8]] = []
         /// errno of the directory itself (0: it was read).
         public var error: Int32 = 0
-        /// The walk stopped at its entry or depth limit.
+        /// The walk stopped at its entry or depth limit, or the host at its byte limit.
         public var truncated = false
     }
 
@@ -86,12 +86,15 @@ public final class GuestChannel: Sendable {
     private struct ScanState {
         var waiting = false
         var reply = ScanReply()
+        var bytes = 0
         var done = false
         /// The command is running (requests are served), or the channel ended.
         var running = false
         var ended = false
     }
     private let scanState = Mutex(ScanState())
+    /// The most one scan's entries may hold (a 200,000-entry tree of long paths is about 30 MiB).
+    static let scanBytesLimit = 64 << 20
     /// One request at a time on the channel.
     private let requestLock = Mutex(())
 
@@ -234,7 +237,13 @@ public final class GuestChannel: Sendable {
                 onStarted?(result)
             case Int32(ALCUB3_FRAME_SCAN_ENTRY.rawValue):
                 let taken = scanState.withLock { state -> Bool in
-                    guard state.waiting, !state.done, state.reply.entries.count < Int(ALCUB3_GUEST_SCAN_LIMIT) else { return false }
+                    guard state.waiting, !state.done else { return false }
+                    // The guest is not trusted: what one scan may cost the host is bounded.
+                    guard state.reply.entries.count < Int(ALCUB3_GUEST_SCAN_LIMIT), state.bytes + frame.payload.count <= Self.scanBytesLimit else {
+                        state.reply.truncated = true
+                        return true
+                    }
+                    state.bytes += frame.payload.count
                     state.reply.entries.append(frame.payload)
                     return true
                 }
@@ -245,7 +254,7 @@ public final class GuestChannel: Sendable {
                 let taken = scanState.withLock { state -> Bool in
                     guard state.waiting, !state.done else { return false }
                     state.reply.error = end.error
-                    state.reply.truncated = end.truncated != 0
+                    state.reply.truncated = state.reply.truncated || end.truncated != 0
                     state.done = true
                     return true
                 }
