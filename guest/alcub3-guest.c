@@ -493,12 +493,133 @@ static int forward(int fd, __u32 type)
 	return 1;
 }
 
+/* `sandbox exec` sessions: commands the host asks for while the command runs, in the agent's cgroup. */
+static struct session {
+	__u32 id;
+	pid_t pid;              /* 0: the slot is free */
+	int out, err;           /* -1 once at EOF */
+	int exited, status;
+} sessions[ALCUB3_GUEST_EXEC_MAX];
+
+static void exec_output(struct session *s, __u32 stream, const void *bytes, size_t length)
+{
+	struct alcub3_guest_exec_output h = { .id = s->id, .stream = stream };
+	send_frame(ALCUB3_FRAME_EXEC_OUTPUT, &h, sizeof(h), bytes, length);
+}
+
+static void exec_end(__u32 id, int status)
+{
+	struct alcub3_guest_exec_exit e = { .id = id, .status = status };
+	send_frame(ALCUB3_FRAME_EXEC_EXIT, &e, sizeof(e), NULL, 0);
+}
+
+/* EXEC: argv and envp as in RUN; the command starts in the agent's cgroup, in /root, stdin /dev/null. */
+static void start_exec(unsigned char *payload, __u32 length)
+{
+	struct alcub3_guest_exec *x = (struct alcub3_guest_exec *)payload;
+	struct session *s = NULL;
+	int out[2], err[2];
+
+	if (length < sizeof(*x))
+		return;
+	for (int i = 0; i < ALCUB3_GUEST_EXEC_MAX && !s; i++)
+		if (sessions[i].pid == 0)
+			s = &sessions[i];
+	if (!s || x->argc == 0 || x->argc > 4096 || x->envc > 4096) {
+		struct session refused = { .id = x->id };
+		const char *why = !s ? "alcub3-guest: too many exec sessions at once\n" : "alcub3-guest: exec without a command\n";
+		exec_output(&refused, 2, why, strlen(why));
+		exec_end(x->id, -1);
+		return;
+	}
+	char **argv = calloc(x->argc + 1, sizeof(char *)), **envp = calloc(x->envc + 1, sizeof(char *));
+	char *p = (char *)payload + sizeof(*x), *end = (char *)payload + length;
+	for (__u32 i = 0; argv && envp && i < x->argc + x->envc; i++) {
+		char *nul = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+		if (!nul) {
+			free(argv);
+			argv = NULL;
+			break;
+		}
+		if (i < x->argc) argv[i] = p; else envp[i - x->argc] = p;
+		p = nul + 1;
+	}
+	if (!argv || !envp || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+		struct session refused = { .id = x->id };
+		const char *why = "alcub3-guest: the exec request was cut short or no pipe could be made\n";
+		exec_output(&refused, 2, why, strlen(why));
+		exec_end(x->id, -1);
+		free(argv);
+		free(envp);
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		int devnull = open("/dev/null", O_RDONLY);
+		int procs = open(AGENT_CGROUP "/cgroup.procs", O_WRONLY);
+		if (procs < 0 || write(procs, "0", 1) != 1)
+			_exit(126);
+		dup2(devnull, 0);
+		dup2(out[1], 1);
+		dup2(err[1], 2);
+		if (chdir("/root") != 0) _exit(126);
+		environ = envp;
+		execvp(argv[0], argv);
+		dprintf(2, "alcub3-guest: %s: %s\n", argv[0], strerror(errno));
+		_exit(errno == ENOENT ? 127 : 126);
+	}
+	close(out[1]);
+	close(err[1]);
+	free(argv);
+	free(envp);
+	if (child < 0) {
+		close(out[0]);
+		close(err[0]);
+		struct session refused = { .id = x->id };
+		const char *why = "alcub3-guest: fork failed\n";
+		exec_output(&refused, 2, why, strlen(why));
+		exec_end(x->id, -1);
+		return;
+	}
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+	fcntl(err[0], F_SETFL, O_NONBLOCK);
+	*s = (struct session){ .id = x->id, .pid = child, .out = out[0], .err = err[0] };
+}
+
+/* One read from a session's pipe; at EOF the pipe is closed. */
+static void session_read(struct session *s, int which)
+{
+	char buf[65536];
+	int *fd = which == 1 ? &s->out : &s->err;
+	ssize_t n = read(*fd, buf, sizeof(buf));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		close(*fd);
+		*fd = -1;
+		return;
+	}
+	exec_output(s, (__u32)which, buf, (size_t)n);
+}
+
+/* A session whose process was reaped and whose output ended is reported and freed. */
+static void sessions_finish(void)
+{
+	for (int i = 0; i < ALCUB3_GUEST_EXEC_MAX; i++) {
+		struct session *s = &sessions[i];
+		if (s->pid != 0 && s->exited && s->out < 0 && s->err < 0) {
+			exec_end(s->id, s->status);
+			s->pid = 0;
+		}
+	}
+}
+
 static void emit_scan_entry(const void *payload, size_t length)
 {
 	send_frame(ALCUB3_FRAME_SCAN_ENTRY, payload, length, NULL, 0);
 }
 
-/* A host request while the command runs: SCAN (integrity baselines), RESYNC (a new host); others are ignored. */
+/* A host request while the command runs: SCAN (integrity baselines), EXEC (sandbox exec), RESYNC (a new host); others are ignored. */
 static void serve_request(void)
 {
 	__u32 type, length;
@@ -514,6 +635,9 @@ static void serve_request(void)
 			end.entries = (__u32)sent;
 		end.truncated = (__u32)truncated;
 		send_frame(ALCUB3_FRAME_SCAN_END, &end, sizeof(end), NULL, 0);
+		flush_out();
+	} else if (type == ALCUB3_FRAME_EXEC) {
+		start_exec(payload, length);
 		flush_out();
 	} else if (type == ALCUB3_FRAME_RESYNC) {
 		/* A new host (after a service restart): its stream may begin inside a frame the old
@@ -667,12 +791,22 @@ int main(void)
 	send_frame(ALCUB3_FRAME_STARTED, &started, sizeof(started), NULL, 0);
 	flush_out();
 
-	/* The command's stdout and stderr, and the host's requests. */
-	struct pollfd fds[3] = { { out_pipe[0], POLLIN, 0 }, { err_pipe[0], POLLIN, 0 }, { port, POLLIN, 0 } };
+	/* The command's stdout and stderr, the host's requests, then each exec session's two pipes. */
+	struct pollfd fds[3 + 2 * ALCUB3_GUEST_EXEC_MAX] = { { out_pipe[0], POLLIN, 0 }, { err_pipe[0], POLLIN, 0 }, { port, POLLIN, 0 } };
 	int open_pipes = 2;
 	__u64 last_sweep = boot_ns();
 	for (;;) {
-		int n = poll(fds, 3, open_pipes ? 5 : 0);
+		for (int i = 0; i < ALCUB3_GUEST_EXEC_MAX; i++) {
+			fds[3 + 2 * i] = (struct pollfd){ sessions[i].pid ? sessions[i].out : -1, POLLIN, 0 };
+			fds[4 + 2 * i] = (struct pollfd){ sessions[i].pid ? sessions[i].err : -1, POLLIN, 0 };
+		}
+		int n = poll(fds, 3 + 2 * ALCUB3_GUEST_EXEC_MAX, open_pipes ? 5 : 0);
+		for (int i = 0; n > 0 && i < ALCUB3_GUEST_EXEC_MAX; i++) {
+			if (fds[3 + 2 * i].fd >= 0 && (fds[3 + 2 * i].revents & (POLLIN | POLLHUP | POLLERR)))
+				session_read(&sessions[i], 1);
+			if (fds[4 + 2 * i].fd >= 0 && (fds[4 + 2 * i].revents & (POLLIN | POLLHUP | POLLERR)))
+				session_read(&sessions[i], 2);
+		}
 		if (n > 0 && (fds[2].revents & (POLLHUP | POLLERR)))
 			/* No host on the channel (the service restarting): QEMU reconnects to the next one.
 			 * Frames wait in `out`; writing them blocks until a host is there again. The port
@@ -704,7 +838,13 @@ int main(void)
 				status = st;
 				exited = 1;
 			}
+			for (int i = 0; i < ALCUB3_GUEST_EXEC_MAX; i++)
+				if (sessions[i].pid == pid) {
+					sessions[i].exited = 1;
+					sessions[i].status = st;
+				}
 		}
+		sessions_finish();
 		if (exited && !cgroup_empty()) {
 			/* What the command left behind ends with it, as in the host's sandboxes. */
 			int kfd = open(AGENT_CGROUP "/cgroup.kill", O_WRONLY | O_CLOEXEC);

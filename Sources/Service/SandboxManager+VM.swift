@@ -250,8 +250,35 @@ extension SandboxManager {
 
     /// The guest does not get the client's environment (its paths are the host's): TERM and LANG only.
     static func guestEnvironment(_ request: CreateRequest, sandboxID: String) -> [String] {
+        guestEnvironment(request.environment, sandboxID: sandboxID)
+    }
+
+    /// What a command in the guest sees: not the caller's environment, which names paths that do not exist there.
+    static func guestEnvironment(_ caller: [String], sandboxID: String) -> [String] {
         ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "HOSTNAME=\(sandboxID)"]
-            + request.environment.filter { $0.hasPrefix("TERM=") || $0.hasPrefix("LANG=") }
+            + caller.filter { $0.hasPrefix("TERM=") || $0.hasPrefix("LANG=") }
+    }
+
+    /// `sandbox exec` in a vm sandbox: the command runs in the guest, in the
+    /// agent's cgroup (its events are the sandbox's), in /root; its output
+    /// streams back, its exit code passes through (126 when the guest agent
+    /// could not start it, 127 when the guest has no such command).
+    func execInGuest(_ sandbox: LiveSandbox, command: [String], environment: [String],
+                     output: (String, [UInt8]) -> Bool) throws -> Int32 {
+        guard let guest = Self.liveGuest(sandbox.record.sandboxID) else {
+            throw ServiceFailure(ExitCodes.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: nothing can be run beside it")
+        }
+        let status: Int32
+        do {
+            status = try guest.channel.exec(command, environment: Self.guestEnvironment(environment, sandboxID: sandbox.record.sandboxID)) { stream, bytes in
+                _ = output(stream == .stdout ? "stdout" : "stderr", bytes)
+            }
+        } catch {
+            throw ServiceFailure(ExitCodes.vmFailed, "sandbox exec in the guest of \(sandbox.record.sandboxID): \(error)")
+        }
+        guard status >= 0 else { return 126 }
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 
     static func writeAll(_ fd: Int32, _ text: String) {

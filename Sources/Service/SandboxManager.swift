@@ -502,10 +502,8 @@ public final class SandboxManager: @unchecked Sendable {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
-        // Joining a vm sandbox's namespaces would put the command beside QEMU on the host, not in the guest.
-        if Self.isVM(sandbox.record) {
-            throw ServiceFailure(ExitCodes.unsupportedIsolation, "sandbox exec is not available in a vm sandbox: its command runs in the guest, started by create")
-        }
+        // In a vm the command runs in the guest, beside the agent's (joining namespaces would put it beside QEMU).
+        if Self.isVM(sandbox.record) { return try execInGuest(sandbox, command: command, environment: environment, output: output) }
         // In a container: the program, environment, namespaces and cgroups are the container's.
         let container = Self.isContainer(sandbox.record) ? try containerExecTarget(sandbox, program: program) : nil
         let executable = try container?.executable ?? Self.resolve(program, hidden: hiddenPaths() + sandbox.policy.filesystem.hiddenPaths)

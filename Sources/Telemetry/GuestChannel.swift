@@ -93,6 +93,16 @@ public final class GuestChannel: Sendable {
         var ended = false
     }
     private let scanState = Mutex(ScanState())
+
+    /// `sandbox exec` sessions in flight: their output and, once ended, wait status.
+    private struct ExecSession {
+        var chunks: [(stream: Stream, bytes: [UInt8])] = []
+        var status: Int32?
+    }
+    private let execs = Mutex<[UInt32: ExecSession]>([:])
+    private let nextExecID = Mutex<UInt32>(1)
+    /// Frames to the guest come from the serving thread and from requests.
+    private let sendLock = Mutex(())
     /// The most one scan's entries may hold (a 200,000-entry tree of long paths is about 30 MiB).
     static let scanBytesLimit = 64 << 20
     /// One request at a time on the channel.
@@ -273,6 +283,25 @@ public final class GuestChannel: Sendable {
                 result.outcome = .failed(String(decoding: frame.payload.prefix(512), as: UTF8.self))
             case Int32(ALCUB3_FRAME_SYNC.rawValue):
                 break  // the answer to this host's RESYNC, found by `realign`
+            case Int32(ALCUB3_FRAME_EXEC_OUTPUT.rawValue):
+                let header = MemoryLayout<alcub3_guest_exec_output>.size
+                guard frame.payload.count >= header else { result.malformed += 1; continue }
+                let h = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_exec_output.self) }
+                let taken = execs.withLock { sessions -> Bool in
+                    guard sessions[h.id] != nil, h.stream == 1 || h.stream == 2 else { return false }
+                    sessions[h.id]!.chunks.append((h.stream == 1 ? .stdout : .stderr, Array(frame.payload[header...])))
+                    return true
+                }
+                if !taken { result.malformed += 1 }
+            case Int32(ALCUB3_FRAME_EXEC_EXIT.rawValue):
+                guard frame.payload.count >= MemoryLayout<alcub3_guest_exec_exit>.size else { result.malformed += 1; continue }
+                let e = frame.payload.withUnsafeBytes { $0.loadUnaligned(as: alcub3_guest_exec_exit.self) }
+                let taken = execs.withLock { sessions -> Bool in
+                    guard sessions[e.id] != nil, sessions[e.id]!.status == nil else { return false }
+                    sessions[e.id]!.status = e.status
+                    return true
+                }
+                if !taken { result.malformed += 1 }
             default:
                 result.malformed += 1
             }
@@ -285,6 +314,44 @@ public final class GuestChannel: Sendable {
         }
         if !pending.isEmpty { hub.publish(pending) }
         return result
+    }
+
+    /// Runs a command in the guest beside the running one (`sandbox exec`): in
+    /// the agent's cgroup, so its events are the sandbox's, in /root, stdin
+    /// /dev/null. Its output reaches `output` on the calling thread as it comes;
+    /// returns its wait status (-1: the guest agent could not start it, the
+    /// reason on stderr). Throws when the guest's command is not running or the
+    /// channel ends first.
+    public func exec(_ arguments: [String], environment: [String], output: (Stream, [UInt8]) -> Void) throws -> Int32 {
+        guard !arguments.isEmpty else { throw GuestRequestError("no command given") }
+        guard scanState.withLock({ $0.running && !$0.ended }) else {
+            throw GuestRequestError("the guest's command is not running: nothing can be run beside it")
+        }
+        let id = nextExecID.withLock { next -> UInt32 in
+            defer { next &+= 1 }
+            return next
+        }
+        execs.withLock { $0[id] = ExecSession() }
+        defer { execs.withLock { _ = $0.removeValue(forKey: id) } }
+        var header = alcub3_guest_exec()
+        header.id = id
+        header.argc = UInt32(arguments.count)
+        header.envc = UInt32(environment.count)
+        var payload = withUnsafeBytes(of: header) { Array($0) }
+        for string in arguments + environment { payload += Array(string.utf8.filter { $0 != 0 }) + [0] }
+        guard payload.count <= Int(ALCUB3_FRAME_MAX), send(type: ALCUB3_FRAME_EXEC, payload) else {
+            throw GuestRequestError(payload.count > Int(ALCUB3_FRAME_MAX) ? "the command and its environment exceed 4 MiB" : "the guest channel is closed")
+        }
+        while true {
+            let (chunks, status) = execs.withLock { sessions -> ([(stream: Stream, bytes: [UInt8])], Int32?) in
+                defer { sessions[id]?.chunks.removeAll() }
+                return (sessions[id]?.chunks ?? [], sessions[id]?.status)
+            }
+            for chunk in chunks { output(chunk.stream, chunk.bytes) }
+            if let status { return status }
+            if scanState.withLock({ $0.ended }) { throw GuestRequestError("the guest ended before the command did") }
+            usleep(2000)
+        }
     }
 
     /// Has the guest agent read the guest directory `path` (absolute, in the
@@ -333,7 +400,7 @@ public final class GuestChannel: Sendable {
         var header = alcub3_frame_header()
         header.type = UInt32(type.rawValue)
         header.length = UInt32(payload.count)
-        return writeAll(withUnsafeBytes(of: header) { Array($0) }) && writeAll(payload)
+        return sendLock.withLock { _ in writeAll(withUnsafeBytes(of: header) { Array($0) } + payload) }
     }
 
     private func writeAll(_ bytes: [UInt8]) -> Bool {

@@ -333,4 +333,34 @@ struct VMRunTests {
         service.stop()
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
     }
+
+    /// `sandbox exec` in a vm sandbox runs the command in the guest, beside the
+    /// agent's: its output and exit code come back, its events are the
+    /// sandbox's, a missing command is 127.
+    @Test func sandboxExecRunsInTheGuest() throws {
+        setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let created = try service.run(["sandbox", "create", "--agent-id", "vm-exec", "--isolation-level", "vm", "--", "sleep", "120"])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        let r = try service.run(["sandbox", "exec", "--agent-id", "vm-exec", "--", "sh", "-c",
+                                 "echo from the guest exec; python3 -c 'print(6 * 7)'; echo to stderr >&2; cat /proc/1/comm; exit 3"])
+        #expect(r.code == 3, "\(r.stderr)")
+        #expect(r.stdout == "from the guest exec\n42\ninit\n", "\(r.stdout)")
+        #expect(r.stderr.contains("to stderr"), "\(r.stderr)")
+        let missing = try service.run(["sandbox", "exec", "--agent-id", "vm-exec", "--", "no-such-command"])
+        #expect(missing.code == 127 && missing.stderr.contains("no-such-command"), "\(missing.stderr)")
+        var tail = ""
+        for _ in 0..<100 {
+            tail = try service.run(["events", "tail", "--agent-id", "vm-exec", "--lines", "5000"]).stdout
+            if tail.contains("echo from the guest exec") { break }
+            usleep(100_000)
+        }
+        #expect(tail.contains("echo from the guest exec"), "the exec'ed command's events are not the sandbox's")
+        #expect(try service.run(["sandbox", "terminate", "--agent-id", "vm-exec", "--force"]).code == 0)
+        service.stop()
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
+    }
 }

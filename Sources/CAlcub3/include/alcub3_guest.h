@@ -29,6 +29,11 @@
  *                               for a symlink, its target (each NUL-terminated); the directory itself is ""
  *   guest -> host  SCAN_END     struct alcub3_guest_scan_end
  *
+ * `sandbox exec` while the command runs (at most ALCUB3_GUEST_EXEC_MAX at once):
+ *   host -> guest  EXEC         struct alcub3_guest_exec, then argc + envc NUL-terminated strings
+ *   guest -> host  EXEC_OUTPUT  struct alcub3_guest_exec_output, then the bytes
+ *   guest -> host  EXEC_EXIT    struct alcub3_guest_exec_exit (after its output ended)
+ *
  * A host that takes the channel over (the service restarted; QEMU reconnects):
  *   host -> guest  RESYNC       a token of ALCUB3_SYNC_TOKEN bytes
  *   guest -> host  SYNC         the same token: whole frames follow (what came before may be the
@@ -63,6 +68,9 @@ enum alcub3_frame_type {
     ALCUB3_FRAME_SCAN_END = 16,
     ALCUB3_FRAME_RESYNC = 17,
     ALCUB3_FRAME_SYNC = 18,
+    ALCUB3_FRAME_EXEC = 19,
+    ALCUB3_FRAME_EXEC_OUTPUT = 20,
+    ALCUB3_FRAME_EXEC_EXIT = 21,
 };
 
 struct alcub3_frame_header {
@@ -104,6 +112,25 @@ struct alcub3_guest_scan_end {
 
 /* A walk stops here (a baseline of more is not a guest workspace's). */
 #define ALCUB3_GUEST_SCAN_LIMIT 200000u
+
+#define ALCUB3_GUEST_EXEC_MAX 8
+
+struct alcub3_guest_exec {
+    __u32 id;                   /* chosen by the host, echoed in the answers */
+    __u32 argc;                 /* >= 1 */
+    __u32 envc;
+    __u32 _pad;
+};
+
+struct alcub3_guest_exec_output {
+    __u32 id;
+    __u32 stream;               /* 1 stdout, 2 stderr */
+};
+
+struct alcub3_guest_exec_exit {
+    __u32 id;
+    __s32 status;               /* wait status; -1: not started (the reason was sent on stderr) */
+};
 
 struct alcub3_guest_started {
     __u64 boot_ns;              /* guest CLOCK_BOOTTIME just before execve */
