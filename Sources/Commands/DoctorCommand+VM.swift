@@ -11,8 +11,16 @@ extension DoctorCommand {
         let directory = GuestImage.defaultDirectory
         do {
             let image = try GuestImage.load(directory: directory)
+            // The python capability's initramfs (every shipped classification has python).
+            let python: String
+            do {
+                _ = try GuestImage.load(directory: directory, runtime: .python)
+                python = "the python runtime's initramfs matches it too"
+            } catch {
+                python = "no python runtime (\(error)); built again on the next vm start"
+            }
             results.append(.init(name: "vm guest image", available: true,
-                                 detail: "\(directory): \(image.sources["kernel-package"] ?? "kernel"), kernel and initramfs match MANIFEST",
+                                 detail: "\(directory): \(image.sources["kernel-package"] ?? "kernel"), kernel and initramfs match MANIFEST; \(python)",
                                  errno: nil, fallback: nil))
         } catch {
             results.append(.init(name: "vm guest image", available: false, detail: "\(error)", errno: nil,

@@ -49,12 +49,15 @@ public struct GuestImage: Sendable {
     }
 
     /// The image in `directory`, verified. Missing from the default
-    /// directory: built first with scripts/build-guest.sh when alcub3 finds it
-    /// (beside its source tree), `progress` hearing one line before the build.
+    /// directory, or built by an alcub3 that made no initramfs for `runtime`:
+    /// built first with scripts/build-guest.sh when alcub3 finds it (beside
+    /// its source tree), `progress` hearing one line before the build.
     /// A directory the caller named is never built into.
     public static func prepare(directory: String = defaultDirectory, runtime: GuestRuntime? = nil,
                                progress: ((String) -> Void)? = nil) throws -> GuestImage {
-        if !FileIO.exists(directory + "/MANIFEST") && directory == defaultDirectory {
+        let manifest = try? FileIO.read(directory + "/MANIFEST")
+        let lacksRuntime = runtime.map { manifest?.contains("  initramfs-\($0.rawValue).cpio\n") == false } ?? false
+        if (manifest == nil || lacksRuntime) && directory == defaultDirectory {
             guard let script = builderScript() else {
                 throw VMError("no vm guest image in \(directory): build it with `make guest` in alcub3's source tree "
                               + "(scripts/build-guest.sh \(directory))")
