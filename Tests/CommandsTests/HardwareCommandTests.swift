@@ -15,11 +15,14 @@ func swtpmLeftovers() -> [String] {
 struct HardwareRunTests {
     /// The guest's TPM holds, in PCR 9, exactly what the host measured: the
     /// command reads the PCR from inside and it is the value alcub3 announced.
+    /// The hardware level has no network, even under a policy that allows one.
     @Test func theGuestsPCRIsTheHostsReplayAndNothingIsLeft() throws {
         let before = HostState.baseline()
         let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", VMGuest.directory, "--",
-                            "sh", "-c", "cat /sys/class/tpm/tpm0/pcr-sha256/9; exit 5"])
+                            "sh", "-c", "cat /sys/class/tpm/tpm0/pcr-sha256/9; ls /sys/class/net; exit 5"])
         #expect(r.code == 5, "\(r.stderr)")
+        #expect(r.stdout.contains("lo\n") && !r.stdout.contains("eth0"), "\(r.stdout)")
+        #expect(r.stderr.contains(", no network"), "\(r.stderr.prefix(400))")
         let announced = try #require(r.stderr.range(of: #"PCR 9 expected [0-9a-f]{16}"#, options: .regularExpression).map { String(r.stderr[$0].suffix(16)) },
                                      "\(r.stderr.prefix(600))")
         let inGuest = r.stdout.split(separator: "\n").first { $0.count == 64 }.map { $0.lowercased() }
