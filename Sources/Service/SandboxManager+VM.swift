@@ -135,8 +135,8 @@ extension SandboxManager {
             _ = process.wait()
             // Under TCG on a loaded host the guest kernel sometimes oopses in an interrupt while
             // booting; before the agent's HELLO nothing of the command has run, so it is booted again.
-            if attempt < 3, early.helloNanos == nil,
-               ((try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? "").contains("Kernel panic") {
+            let panic = early.helloNanos == nil ? vm.panicLine() : nil
+            if attempt < 3, panic != nil {
                 steps?(CreationStep(step: "the guest kernel panicked while booting (nothing ran)", microseconds: 0, result: "booting it again"))
                 do { try boot?.restart() } catch { throw ServiceFailure(ExitCodes.vmFailed, "the hardware level's virtual TPM: \(error)") }
                 continue
@@ -149,6 +149,7 @@ extension SandboxManager {
             case .failed(let message):
                 throw ServiceFailure(ExitCodes.vmFailed, "the vm guest agent failed: \(message)")
             case .closed, .exited:
+                if let panic { throw ServiceFailure(ExitCodes.vmFailed, "the guest kernel panicked before the guest agent started: \(panic)") }
                 throw ServiceFailure(ExitCodes.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
             }
         }

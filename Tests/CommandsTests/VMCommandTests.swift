@@ -363,4 +363,24 @@ struct VMRunTests {
         service.stop()
         #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
     }
+
+    /// Through the service too: a guest kernel that panics before HELLO is
+    /// booted three times, then create fails with the panic line; nothing is left.
+    @Test func theServiceBootsAPanickingGuestAgainThenFails() throws {
+        let copy = try VMGuest.copyWithoutInit()
+        defer { try? FileManager.default.removeItem(atPath: copy); setenv("ALCUB3_GUEST_DIR", VMGuest.directory, 1) }
+        setenv("ALCUB3_GUEST_DIR", copy, 1)
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let r = try service.run(["sandbox", "create", "--agent-id", "vm-panic", "--isolation-level", "vm", "--verbose", "--", "true"])
+        #expect(r.code == 76 && r.stderr.contains("the guest kernel panicked before the guest agent started: Kernel panic"), "\(r.stderr)")
+        let retries = (r.stdout + r.stderr).components(separatedBy: "the guest kernel panicked while booting (nothing ran)").count - 1
+        #expect(retries == 2, "\(r.stdout.suffix(1500))")
+        let list = try service.run(["sandbox", "list", "--status", "all", "--format", "json"])
+        #expect(!list.stdout.contains("\"vm-panic\"") || list.stdout.contains("failed"), "\(list.stdout.prefix(400))")
+        service.stop()
+        #expect(vmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers())")
+    }
 }
