@@ -99,6 +99,23 @@ public enum HostCommand {
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 
+    /// Where a host tool alcub3 runs is: the path `$variable` names (for a
+    /// test or an unusual install), else `locate(name, candidates:)`.
+    public enum Tool: Equatable {
+        case found(String)
+        /// `$variable` names this path, which is not an executable.
+        case notExecutable(String)
+        case notInstalled
+    }
+
+    public static func locate(_ name: String, overriddenBy variable: String, candidates: [String]) -> Tool {
+        if let value = getenv(variable), value.pointee != 0 {
+            let chosen = String(cString: value)
+            return access(chosen, X_OK) == 0 ? .found(chosen) : .notExecutable(chosen)
+        }
+        return locate(name, candidates: candidates).map(Tool.found) ?? .notInstalled
+    }
+
     /// The first of `candidates` that is an executable file, or the name found on PATH.
     public static func locate(_ name: String, candidates: [String] = []) -> String? {
         let path = (getenv("PATH").map { String(cString: $0) } ?? "") + ":/usr/sbin:/usr/bin:/sbin:/bin"

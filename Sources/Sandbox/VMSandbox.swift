@@ -118,16 +118,13 @@ public final class VMSandbox: Sendable {
 
     /// $ALCUB3_QEMU, else qemu-system-x86_64 from Debian's package or the first on PATH.
     public static func locateQEMU() throws -> String {
-        if let chosen = ProcessInfo.processInfo.environment["ALCUB3_QEMU"], !chosen.isEmpty {
-            guard access(chosen, X_OK) == 0 else {
-                throw VMError("the vm level needs QEMU: \(chosen) (ALCUB3_QEMU) is not an executable; install qemu-system-x86 or unset ALCUB3_QEMU")
-            }
-            return chosen
-        }
-        guard let qemu = HostCommand.locate("qemu-system-x86_64", candidates: ["/usr/bin/qemu-system-x86_64"]) else {
+        switch HostCommand.locate("qemu-system-x86_64", overriddenBy: "ALCUB3_QEMU", candidates: ["/usr/bin/qemu-system-x86_64"]) {
+        case .found(let qemu): return qemu
+        case .notExecutable(let chosen):
+            throw VMError("the vm level needs QEMU: \(chosen) (ALCUB3_QEMU) is not an executable; install qemu-system-x86 or unset ALCUB3_QEMU")
+        case .notInstalled:
             throw VMError("the vm level needs qemu-system-x86_64, which is not installed (Debian: apt-get install qemu-system-x86)")
         }
-        return qemu
     }
 
     /// Checks what the host can give, makes the directory and the channel's

@@ -16,16 +16,13 @@ public final class VirtualTPM: @unchecked Sendable {
 
     /// $ALCUB3_SWTPM, else swtpm from Debian's package or the first on PATH.
     public static func locateSwtpm() throws -> String {
-        if let chosen = ProcessInfo.processInfo.environment["ALCUB3_SWTPM"], !chosen.isEmpty {
-            guard access(chosen, X_OK) == 0 else {
-                throw VirtualTPMError("the hardware level needs swtpm: \(chosen) (ALCUB3_SWTPM) is not an executable; install swtpm or unset ALCUB3_SWTPM")
-            }
-            return chosen
-        }
-        guard let swtpm = HostCommand.locate("swtpm", candidates: ["/usr/bin/swtpm"]) else {
+        switch HostCommand.locate("swtpm", overriddenBy: "ALCUB3_SWTPM", candidates: ["/usr/bin/swtpm"]) {
+        case .found(let swtpm): return swtpm
+        case .notExecutable(let chosen):
+            throw VirtualTPMError("the hardware level needs swtpm: \(chosen) (ALCUB3_SWTPM) is not an executable; install swtpm or unset ALCUB3_SWTPM")
+        case .notInstalled:
             throw VirtualTPMError("swtpm is not installed (Debian package swtpm): the hardware level needs a virtual TPM")
         }
-        return swtpm
     }
 
     /// Starts swtpm in `directory` (created, 0700) and waits for its socket.
