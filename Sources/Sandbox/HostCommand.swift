@@ -95,6 +95,11 @@ public enum HostCommand {
             if errno == EINTR { continue }
             return 127
         }
+        return shellCode(waitStatus: status)
+    }
+
+    /// A wait status as a shell reports it: the exit code, or 128 + the signal that ended the process.
+    public static func shellCode(waitStatus status: Int32) -> Int32 {
         let signal = status & 0x7f
         return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }

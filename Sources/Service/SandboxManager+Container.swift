@@ -77,8 +77,7 @@ extension SandboxManager {
     func finishContainer(_ sandbox: LiveSandbox) {
         var status: Int32 = 0
         if waitpid(sandbox.initProcess.pid, &status, WNOHANG) == sandbox.initProcess.pid {
-            let signal = status & 0x7f
-            let code = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+            let code = HostCommand.shellCode(waitStatus: status)
             try? FileIO.write("\(code)\n", to: configuration.sandboxDirectory(sandbox.record.sandboxID) + "/exit_status", create: true)
         }
         ContainerSandbox.remove(sandboxID: sandbox.record.sandboxID, layout: layout)

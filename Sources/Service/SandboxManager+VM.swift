@@ -163,8 +163,7 @@ extension SandboxManager {
                      initProcess process: SandboxedProcess) {
         switch result.outcome {
         case .exited(let status):
-            let signal = status & 0x7f
-            let code = status < 0 ? 127 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+            let code = status < 0 ? 127 : HostCommand.shellCode(waitStatus: status)
             try? FileIO.write("\(code)\n", to: statusFile, create: true)
         case .failed(let message):
             Self.writeAll(out, "alcub3: the vm guest agent failed: \(message)\n")
@@ -277,9 +276,7 @@ extension SandboxManager {
         } catch {
             throw ServiceFailure(ExitCodes.vmFailed, "sandbox exec in the guest of \(sandbox.record.sandboxID): \(error)")
         }
-        guard status >= 0 else { return 126 }
-        let signal = status & 0x7f
-        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        return status < 0 ? 126 : HostCommand.shellCode(waitStatus: status)
     }
 
     static func writeAll(_ fd: Int32, _ text: String) {
