@@ -33,6 +33,10 @@ public struct ContainerSpec: Sendable {
     /// `alcub3 run`'s die with it: whatever a killed run left is removed by
     /// the next container start on the host.
     public var outlivesOwner = false
+    /// Where a keeper (alcub3_keeper.h) writes the container's exit code, so a
+    /// restarted service still learns it; nil: alcub3 itself is the init's
+    /// subreaper and collects it (`alcub3 run`).
+    public var statusFile: String?
 
     public init(sandboxID: String, image: String, imageDigest: ImageDigest?, arguments: [String], policy: SandboxPolicy) {
         self.sandboxID = sandboxID
@@ -66,6 +70,7 @@ public final class ContainerSandbox: Sendable {
     public let cgroupPath: String
     let runc: String
     let stdio: (Int32, Int32, Int32)
+    let statusFile: String?
 
     /// runc from Debian's package, or the first on PATH.
     public static func locateRuntime() throws -> String {
@@ -159,6 +164,7 @@ public final class ContainerSandbox: Sendable {
             self.cgroupPath = cgroupPath
             self.runc = runc
             self.stdio = spec.stdio
+            self.statusFile = spec.statusFile
             self.image = image
             self.network = network
             self.arguments = arguments
@@ -221,16 +227,33 @@ public final class ContainerSandbox: Sendable {
     /// capabilities, seccomp) and leaves its init waiting on the exec FIFO.
     /// alcub3 is a child subreaper, so that init, orphaned when runc create
     /// exits, becomes its child: `wait()` on the returned process gives the
-    /// command's exit status. Telemetry is armed between this and `start()`,
+    /// command's exit status. With a `statusFile` (the service) a keeper
+    /// process is that subreaper instead, and writes the status there. Telemetry is armed between this and `start()`,
     /// so what it reports is the agent, not runc's set-up (which unshares and
     /// changes credentials in the sandbox's cgroup, as an escape would).
     public func create() throws -> SandboxedProcess {
-        guard alcub3_set_child_subreaper() == 0 else { throw SystemError(errno: errno, call: "prctl", context: "PR_SET_CHILD_SUBREAPER") }
         let pidFile = bundle + "/init.pid", log = bundle + "/runc.log"
-        guard let pid = HostCommand.spawn([runc, "--log", log, "create", "--bundle", bundle, "--pid-file", pidFile, id], stdio: stdio) else {
-            throw ContainerError("could not start \(runc): \(String(cString: strerror(errno)))")
+        let arguments = [runc, "--log", log, "create", "--bundle", bundle, "--pid-file", pidFile, id]
+        let code: Int32
+        var keeper: pid_t = 0
+        if let statusFile {
+            // A keeper runs runc create and stays the init's parent, beyond alcub3's own life.
+            var runcCode: Int32 = 0
+            let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+            defer { argv.forEach { free($0) } }
+            keeper = alcub3_keeper_start(runc, argv, environ, stdio.0 >= 0 ? stdio.0 : 0, stdio.1 >= 0 ? stdio.1 : 1, stdio.2 >= 0 ? stdio.2 : 2,
+                                         pidFile, statusFile, &runcCode)
+            guard keeper > 0 else { throw ContainerError("could not start the container's keeper: \(String(cString: strerror(errno)))") }
+            code = runcCode
+            if code != 0 { _ = HostCommand.wait(keeper) }
+            try? FileIO.write("\(keeper)", to: bundle + "/keeper.pid", create: true)
+        } else {
+            guard alcub3_set_child_subreaper() == 0 else { throw SystemError(errno: errno, call: "prctl", context: "PR_SET_CHILD_SUBREAPER") }
+            guard let pid = HostCommand.spawn(arguments, stdio: stdio) else {
+                throw ContainerError("could not start \(runc): \(String(cString: strerror(errno)))")
+            }
+            code = HostCommand.wait(pid)
         }
-        let code = HostCommand.wait(pid)
         guard code == 0 else {
             let lines = ((try? FileIO.read(log)) ?? "").split(separator: "\n").suffix(2)
                 .map { $0.replacingOccurrences(of: "\\\"", with: "\"") }.joined(separator: "; ")
@@ -239,8 +262,8 @@ public final class ContainerSandbox: Sendable {
         guard let initPID = (try? FileIO.read(pidFile)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
             throw ContainerError("runc create wrote no pid file for \(id)")
         }
-        guard Self.parent(of: initPID) == getpid() else {
-            throw ContainerError("the container's init (pid \(initPID)) is not alcub3's child; its exit status would be lost")
+        guard Self.parent(of: initPID) == (keeper > 0 ? keeper : getpid()) else {
+            throw ContainerError("the container's init (pid \(initPID)) is not \(keeper > 0 ? "its keeper's" : "alcub3's") child; its exit status would be lost")
         }
         return try SandboxedProcess(adopting: initPID)
     }
@@ -283,8 +306,18 @@ public final class ContainerSandbox: Sendable {
     /// tmpfs, the network, and the v1 cgroup directories runc made beneath
     /// the sandbox's. Idempotent, from the id alone.
     public static func remove(sandboxID: String, layout: CgroupLayout) {
-        removeRuntimeState(sandboxID: sandboxID, layout: layout)
         let bundle = stateRoot + "/" + sandboxID
+        let keeper = (try? FileIO.read(bundle + "/keeper.pid")).flatMap { Int32($0) }
+        removeRuntimeState(sandboxID: sandboxID, layout: layout)
+        // A keeper of ours ends with the container's init: reaped, not left a zombie (ECHILD: not ours).
+        if let keeper {
+            var status: Int32 = 0
+            for _ in 0..<100 {
+                let done = waitpid(keeper, &status, WNOHANG)
+                if done == keeper || (done < 0 && errno != EINTR) { break }
+                usleep(10_000)
+            }
+        }
         if FileIO.exists(bundle) {
             // Detached: a process still inside keeps nothing of the host busy.
             umount2(bundle + "/rootfs", Int32(MNT_DETACH))

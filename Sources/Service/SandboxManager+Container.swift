@@ -28,6 +28,7 @@ extension SandboxManager {
                                  policy: request.policy)
         spec.stdio = stdio
         spec.outlivesOwner = true  // a restarted service adopts it
+        spec.statusFile = configuration.sandboxDirectory(sandboxID) + "/exit_status"  // and its keeper tells it the exit code
         spec.environment = request.containerEnvironment
         let container: ContainerSandbox
         do {
@@ -76,9 +77,13 @@ extension SandboxManager {
     /// bundle, the network and runc's cgroup directories removed.
     func finishContainer(_ sandbox: LiveSandbox) {
         var status: Int32 = 0
+        let statusFile = configuration.sandboxDirectory(sandbox.record.sandboxID) + "/exit_status"
         if waitpid(sandbox.initProcess.pid, &status, WNOHANG) == sandbox.initProcess.pid {
-            let code = HostCommand.shellCode(waitStatus: status)
-            try? FileIO.write("\(code)\n", to: configuration.sandboxDirectory(sandbox.record.sandboxID) + "/exit_status", create: true)
+            try? FileIO.write("\(HostCommand.shellCode(waitStatus: status))\n", to: statusFile, create: true)
+        } else if let keeper = (try? FileIO.read(ContainerSandbox.stateRoot + "/" + sandbox.record.sandboxID + "/keeper.pid")).flatMap({ Int32($0) }) {
+            // The keeper writes the init's exit code as the init ends; reaped here when it is ours (not after a restart).
+            for _ in 0..<200 where !FileIO.exists(statusFile) && kill(keeper, 0) == 0 { usleep(10_000) }
+            _ = waitpid(keeper, &status, WNOHANG)
         }
         ContainerSandbox.remove(sandboxID: sandbox.record.sandboxID, layout: layout)
     }

@@ -203,4 +203,32 @@ struct ContainerServiceTests {
         service.stop()
         #expect(HostState.settled(like: before), "left behind after terminate and stop")
     }
+
+    /// A container outlives a killed service, and its exit code too: its
+    /// keeper, not the service, is its init's parent, and writes the code for
+    /// the service that adopts the sandbox after a restart.
+    @Test func aContainersExitCodeSurvivesAServiceRestart() throws {
+        let service = try TestService()
+        defer { service.tearDown() }
+        let before = HostState.baseline()
+        try service.start()
+        let created = try service.run(["sandbox", "create", "--agent-id", "ctr-restart", "--isolation-level", "container",
+                                       "--image", ContainerImage.layout, "--image-digest", ContainerImage.digest,
+                                       "--", "sh", "-c", "sleep 4; exit 6"])
+        #expect(created.code == 0, "create: \(created.stderr)")
+        service.kill9()
+        usleep(500_000)
+        try service.start()
+        var stopped: [String: Any]?
+        for _ in 0..<150 {
+            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
+            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "ctr-restart" }
+            if stopped != nil { break }
+            usleep(100_000)
+        }
+        #expect(stopped?["exitCode"] as? Int == 6, "\(String(describing: stopped))")
+        #expect(containerLeftovers().isEmpty, "\(containerLeftovers())")
+        service.stop()
+        #expect(HostState.settled(like: before), "left behind after the restart")
+    }
 }
