@@ -356,18 +356,11 @@ static void measure(const unsigned char *digests, __u32 length)
 
 static unsigned char *receive(__u32 type, __u32 *length)
 {
-	struct alcub3_frame_header h;
-	unsigned char *data;
+	__u32 got;
+	unsigned char *data = receive_any(&got, length);
 
-	read_exact(&h, sizeof(h));
-	if (h.type != type || h.length > 64u << 20)
-		fail("expected frame %u from the host, got %u (%u bytes)", type, h.type, h.length);
-	data = malloc(h.length + 1);
-	if (!data)
-		fail("out of memory for a %u-byte frame", h.length);
-	read_exact(data, h.length);
-	data[h.length] = 0;
-	*length = h.length;
+	if (got != type)
+		fail("expected frame %u from the host, got %u (%u bytes)", type, got, *length);
 	return data;
 }
 

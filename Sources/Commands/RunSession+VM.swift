@@ -155,7 +155,7 @@ extension RunSession {
         let run = GuestChannel.Run(arguments: arguments, environment: Self.guestEnvironment(hostname: sandboxID), syscalls: syscalls)
         let guest = GuestChannel(descriptor: channel, hub: hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
                                  run: run, measurement: vm.hardware?.channelMeasurement) { stream, bytes in
-            RunSession.writeRaw(stream == .stdout ? 1 : 2, bytes)
+            FileIO.writeAll(stream == .stdout ? 1 : 2, bytes)
         }
         let timeout = vm.options.bootTimeout
         let table = format == .table
@@ -225,16 +225,6 @@ extension RunSession {
     /// names paths and sockets that do not exist there.
     static func guestEnvironment(hostname: String) -> [String] {
         ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=dumb", "HOSTNAME=\(hostname)"]
-    }
-
-    static func writeRaw(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            offset += n
-        }
     }
 
     static func reap(_ process: SandboxedProcess) async -> ExitStatus {

@@ -21,6 +21,20 @@ public final class OwnedDescriptor: Sendable {
 }
 
 public enum FileIO {
+    /// Writes every byte to `fd` (a pipe, a socket, a log), retrying on EINTR
+    /// and short writes. False when the descriptor fails first (its reader went away).
+    @discardableResult
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            offset += n
+        }
+        return true
+    }
+
     /// Writes a whole string to a file (cgroup and proc knobs take one write).
     public static func write(_ text: String, to path: String, create: Bool = false) throws(SystemError) {
         let fd = try OwnedDescriptor(path: path, flags: create ? O_WRONLY | O_CREAT | O_TRUNC : O_WRONLY)

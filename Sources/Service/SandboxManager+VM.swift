@@ -85,7 +85,7 @@ extension SandboxManager {
                                      run: GuestChannel.Run(arguments: request.command, environment: Self.guestEnvironment(request, sandboxID: sandboxID),
                                                            syscalls: request.policy.traceSyscalls),
                                      measurement: boot?.channelMeasurement) { _, bytes in
-                Self.writeAll(out, bytes)
+                FileIO.writeAll(out, bytes)
             }
             let started = DispatchSemaphore(value: 0)
             let state = GuestStart()
@@ -215,7 +215,7 @@ extension SandboxManager {
         let out = open(directory + "/output.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: sandbox.cgroup.id, object: [],
                                  run: GuestChannel.Run(arguments: [], environment: [], syscalls: false)) { _, bytes in
-            Self.writeAll(out, bytes)
+            FileIO.writeAll(out, bytes)
         }
         Self.liveGuests.withLock { $0[id] = LiveGuest(channel: guest, boot: state.boot) }
         let network = sandbox.policy.isolation == .vm && VMSpec.guestNetwork(for: sandbox.policy)
@@ -280,17 +280,7 @@ extension SandboxManager {
     }
 
     static func writeAll(_ fd: Int32, _ text: String) {
-        Array(text.utf8).withUnsafeBytes { writeAll(fd, $0) }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            offset += n
-        }
+        Array(text.utf8).withUnsafeBytes { FileIO.writeAll(fd, $0) }
     }
 
     // MARK: the VMM's host activity

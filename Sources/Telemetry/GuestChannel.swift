@@ -403,16 +403,7 @@ public final class GuestChannel: Sendable {
         return sendLock.withLock { _ in writeAll(withUnsafeBytes(of: header) { Array($0) } + payload) }
     }
 
-    private func writeAll(_ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd.raw, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            offset += n
-        }
-        return true
-    }
+    private func writeAll(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { FileIO.writeAll(fd.raw, $0) } }
 }
 
 /// A request to a running guest that got no answer, in words.
