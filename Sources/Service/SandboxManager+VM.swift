@@ -120,6 +120,11 @@ extension SandboxManager {
                                     result: "booted Debian's cloud kernel with the guest agent (PVH, -M microvm, \(choice.reason)); the command runs"))
                 steps?(CreationStep(step: "vm: telemetry", microseconds: 0,
                                     result: "the telemetry programs in the guest (bpf/telemetry_guest.bpf.c), records over virtio-serial; the host watches QEMU"))
+                steps?(CreationStep(step: "vm: runtime", microseconds: 0,
+                                    result: vm.spec.image.runtime.map { "\($0.rawValue) in \(PathText.lastComponent(of: vm.spec.image.initramfs))" } ?? "busybox only"))
+                steps?(CreationStep(step: "vm: network", microseconds: 0,
+                                    result: vm.spec.network ? "QEMU's user-mode network (eth0 10.0.2.15); its host sockets in the sandbox cgroup, destinations by cgroup BPF"
+                                        : "none: loopback only, QEMU in a network namespace of its own"))
                 if let boot {
                     let m = boot.measurement
                     steps?(CreationStep(step: "hardware: measured boot", microseconds: 0,
