@@ -415,9 +415,9 @@ public final class SandboxManager: @unchecked Sendable {
                 executable: executable, arguments: request.command, environment: request.environment,
                 workingDirectory: workingDirectory, hostname: sandboxID,
                 namespaces: NamespaceSet.forPolicy(request.policy),
-                seccomp: try step("compile the seccomp filter from the policy's allow-list") {
-                    try SandboxManager.seccompProgram(for: request.policy)
-                },
+                // Only the process level installs it (runc installs a container's; QEMU has -sandbox on).
+                seccomp: request.image != nil || request.policy.isolation.isVirtualMachine ? nil
+                    : try step("compile the seccomp filter from the policy's allow-list") { try SandboxManager.seccompProgram(for: request.policy) },
                 dieWithParent: false)
             spec.hiddenPaths = hidden
             // The read-only system view: only the working directory (the agent's workspace) and a private /tmp are writable.
