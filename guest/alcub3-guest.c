@@ -486,6 +486,26 @@ static int forward(int fd, __u32 type)
 	return 1;
 }
 
+/* In a forked child: joins the agent's cgroup, takes /dev/null, `out` and `err` as
+ * stdio, a session of its own and /root, and execs; never returns. */
+static void exec_in_agent_cgroup(char **argv, char **envp, int out, int err)
+{
+	int devnull = open("/dev/null", O_RDONLY);
+	int procs = open(AGENT_CGROUP "/cgroup.procs", O_WRONLY);
+	if (procs < 0 || write(procs, "0", 1) != 1)
+		_exit(126);
+	close(procs);
+	dup2(devnull, 0);
+	dup2(out, 1);
+	dup2(err, 2);
+	setsid();
+	if (chdir("/root") != 0) _exit(126);
+	environ = envp;
+	execvp(argv[0], argv);
+	dprintf(2, "alcub3-guest: %s: %s\n", argv[0], strerror(errno));
+	_exit(errno == ENOENT ? 127 : 126);
+}
+
 /* `sandbox exec` sessions: commands the host asks for while the command runs, in the agent's cgroup. */
 static struct session {
 	__u32 id;
@@ -547,20 +567,8 @@ static void start_exec(unsigned char *payload, __u32 length)
 		return;
 	}
 	pid_t child = fork();
-	if (child == 0) {
-		int devnull = open("/dev/null", O_RDONLY);
-		int procs = open(AGENT_CGROUP "/cgroup.procs", O_WRONLY);
-		if (procs < 0 || write(procs, "0", 1) != 1)
-			_exit(126);
-		dup2(devnull, 0);
-		dup2(out[1], 1);
-		dup2(err[1], 2);
-		if (chdir("/root") != 0) _exit(126);
-		environ = envp;
-		execvp(argv[0], argv);
-		dprintf(2, "alcub3-guest: %s: %s\n", argv[0], strerror(errno));
-		_exit(errno == ENOENT ? 127 : 126);
-	}
+	if (child == 0)
+		exec_in_agent_cgroup(argv, envp, out[1], err[1]);
 	close(out[1]);
 	close(err[1]);
 	free(argv);
@@ -760,22 +768,8 @@ int main(void)
 	child = fork();
 	if (child < 0)
 		fail("fork: %s", strerror(errno));
-	if (child == 0) {
-		int devnull = open("/dev/null", O_RDONLY);
-		int procs = open(AGENT_CGROUP "/cgroup.procs", O_WRONLY);
-		if (procs < 0 || write(procs, "0", 1) != 1)
-			_exit(126);
-		close(procs);
-		dup2(devnull, 0);
-		dup2(out_pipe[1], 1);
-		dup2(err_pipe[1], 2);
-		setsid();
-		if (chdir("/root") != 0) _exit(126);
-		environ = envp;
-		execvp(argv[0], argv);
-		dprintf(2, "alcub3-guest: %s: %s\n", argv[0], strerror(errno));
-		_exit(errno == ENOENT ? 127 : 126);
-	}
+	if (child == 0)
+		exec_in_agent_cgroup(argv, envp, out_pipe[1], err_pipe[1]);
 	close(out_pipe[1]);
 	close(err_pipe[1]);
 	fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);

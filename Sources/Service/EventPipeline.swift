@@ -107,8 +107,8 @@ final class EventPipeline: Sendable {
             }
             // A container's filter (runc's) and a process sandbox's after a service restart answer
             // without a supervisor: their refused escape syscalls are judged from these records.
-            let supervised = sandbox.supervisor != nil || SandboxManager.isVM(sandbox.record)
-            if s.returnValue < 0, let finding = EscapeDetector.finding(for: event, supervised: supervised) {
+            if s.returnValue < 0,
+               let finding = EscapeDetector.finding(for: event, supervised: sandbox.supervisor != nil || sandbox.policy.isolation.isVirtualMachine) {
                 manager.raise(finding, in: sandbox, processes: sandbox.processes)
             }
             return nil

@@ -219,13 +219,7 @@ struct ContainerServiceTests {
         service.kill9()
         usleep(500_000)
         try service.start()
-        var stopped: [String: Any]?
-        for _ in 0..<150 {
-            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
-            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "ctr-restart" }
-            if stopped != nil { break }
-            usleep(100_000)
-        }
+        let stopped = try service.stoppedRecord(agentID: "ctr-restart", seconds: 15)
         #expect(stopped?["exitCode"] as? Int == 6, "\(String(describing: stopped))")
         #expect(containerLeftovers().isEmpty, "\(containerLeftovers())")
         service.stop()

@@ -53,6 +53,17 @@ final class TestService: @unchecked Sendable {
         throw TestFailure("the service did not come up: \(log())")
     }
 
+    /// The stored record of `agentID` once its sandbox has stopped (polled every 0.1 s for `seconds`), or nil.
+    func stoppedRecord(agentID: String, seconds: Double) throws -> [String: Any]? {
+        for _ in 0..<Int(seconds * 10) {
+            let list = try run(["sandbox", "list", "--status", "stopped", "--format", "json"])
+            let records = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8))) as? [[String: Any]]
+            if let record = records?.first(where: { $0["agentID"] as? String == agentID }) { return record }
+            usleep(100_000)
+        }
+        return nil
+    }
+
     func log() -> String { (try? String(contentsOfFile: root + "/daemon.log", encoding: .utf8)) ?? "" }
 
     private func end(_ signal: Int32) {

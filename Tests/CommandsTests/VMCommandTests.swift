@@ -237,13 +237,7 @@ struct VMRunTests {
         #expect(tail.contains("\"Launch\"") && tail.contains("echo from the guest"), "no exec of the guest's sh")
         #expect(tail.contains("/root/written"), "no file write from the guest")
         #expect(tail.contains("127.0.0.1") && tail.contains("\"port\":9"), "no connect from the guest")
-        var stopped: [String: Any]?
-        for _ in 0..<300 {
-            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
-            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "vm-1" }
-            if stopped != nil { break }
-            usleep(100_000)
-        }
+        let stopped = try service.stoppedRecord(agentID: "vm-1", seconds: 30)
         #expect(stopped?["exitCode"] as? Int == 5, "\(String(describing: stopped))")
         service.stop()
         #expect(vmLeftovers().isEmpty, "\(vmLeftovers())")
@@ -315,13 +309,7 @@ struct VMRunTests {
         service.kill9()
         usleep(1_500_000)
         try service.start()
-        var stopped: [String: Any]?
-        for _ in 0..<600 {
-            let list = try service.run(["sandbox", "list", "--status", "stopped", "--format", "json"])
-            stopped = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]])?.first { $0["agentID"] as? String == "vm-adopt" }
-            if stopped != nil { break }
-            usleep(100_000)
-        }
+        let stopped = try service.stoppedRecord(agentID: "vm-adopt", seconds: 60)
         #expect(stopped?["exitCode"] as? Int == 4, "\(String(describing: stopped)) \(service.log().suffix(1500))")
         let output = (try? String(contentsOfFile: service.root + "/state/sandboxes/\(sandboxID)/output.log", encoding: .utf8)) ?? ""
         let ticks = output.split(separator: "\n").filter { $0.hasPrefix("tick ") }.count
