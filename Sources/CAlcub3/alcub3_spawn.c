@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -101,9 +102,24 @@ static void install_filter(const struct alcub3_spawn_config *c, int report_fd) {
     }
 }
 
+#ifndef PR_SET_MDWE
+#define PR_SET_MDWE 65
+#endif
+#define ALCUB3_MDWE_REFUSE_EXEC_GAIN 1UL
+
 static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
     int keep[] = { report_fd };
     close_other_fds(keep, 1);
+    if (c->controlling_tty) {
+        /* Its own session, with the relayed pty as its terminal: a session
+           leader already (no pid namespace: the init is the command) keeps it. */
+        if (setsid() < 0 && errno != EPERM) child_fail(report_fd, ALCUB3_STEP_SESSION);
+        if (ioctl(0, TIOCSCTTY, 0) != 0) child_fail(report_fd, ALCUB3_STEP_SESSION);
+    }
+    /* Memory that was writable never becomes executable (mprotect RW -> RX
+       answers EACCES); kept across execve and by every child. */
+    if (c->deny_write_execute && prctl(PR_SET_MDWE, ALCUB3_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0)
+        child_fail(report_fd, ALCUB3_STEP_MDWE);
     /* Last step before exec (unless the init did it): the filter may deny the syscalls used above. */
     install_filter(c, report_fd);
     execve(c->path, c->argv, c->envp);
@@ -228,11 +244,52 @@ static void read_only_view(const struct alcub3_spawn_config *c, int report_fd) {
     }
     if (set_read_only("/", 1) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
     if (set_read_only("/tmp", 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+    if (c->minimal_dev && (set_read_only("/dev/shm", 0) != 0 || set_read_only("/dev/pts", 0) != 0))
+        child_fail(report_fd, ALCUB3_STEP_DEV);
     if (c->workspace && set_read_only(c->workspace, 0) != 0) child_fail(report_fd, ALCUB3_STEP_WORKSPACE);
     for (int i = 0; i < count; i++) {
         if (set_read_only(c->writable_paths[i], 0) != 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
         close(fds[i]);
     }
+}
+
+/*
+ * A private /dev, as the sandbox's only view of devices: a small tmpfs with
+ * the nodes every program opens (made here with mknod: this tmpfs is ours and
+ * not nodev), symlinks for /dev/fd and stdio, a new devpts instance whose
+ * ptmx anyone may open (the agent's own terminals, never the host's), and a
+ * private size-capped /dev/shm (POSIX semaphores and shared memory, as
+ * Python's multiprocessing uses). The host's disks, consoles, loop and
+ * kvm devices are not there to open; the cgroup device filter refuses them
+ * anyway.
+ */
+static void private_dev(const struct alcub3_spawn_config *c, int report_fd) {
+    static const struct { const char *name; unsigned major, minor; } nodes[] = {
+        { "/dev/null", 1, 3 }, { "/dev/zero", 1, 5 }, { "/dev/full", 1, 7 },
+        { "/dev/random", 1, 8 }, { "/dev/urandom", 1, 9 }, { "/dev/tty", 5, 0 },
+    };
+    static const char *const links[][2] = {
+        { "/proc/self/fd", "/dev/fd" }, { "/proc/self/fd/0", "/dev/stdin" },
+        { "/proc/self/fd/1", "/dev/stdout" }, { "/proc/self/fd/2", "/dev/stderr" }, { "pts/ptmx", "/dev/ptmx" },
+    };
+    char options[64];
+    if (mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64") != 0)
+        child_fail(report_fd, ALCUB3_STEP_DEV);
+    for (unsigned i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+        if (mknod(nodes[i].name, S_IFCHR | 0666, makedev(nodes[i].major, nodes[i].minor)) != 0 ||
+            chmod(nodes[i].name, 0666) != 0)
+            child_fail(report_fd, ALCUB3_STEP_DEV);
+    }
+    for (unsigned i = 0; i < sizeof links / sizeof links[0]; i++) {
+        if (symlink(links[i][0], links[i][1]) != 0) child_fail(report_fd, ALCUB3_STEP_DEV);
+    }
+    if (mkdir("/dev/pts", 0755) != 0 || mkdir("/dev/shm", 01777) != 0 || chmod("/dev/shm", 01777) != 0)
+        child_fail(report_fd, ALCUB3_STEP_DEV);
+    if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") != 0)
+        child_fail(report_fd, ALCUB3_STEP_DEV);
+    snprintf(options, sizeof options, "mode=1777,size=%llu", c->shm_bytes ? c->shm_bytes : (64ULL << 20));
+    if (mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options) != 0)
+        child_fail(report_fd, ALCUB3_STEP_DEV);
 }
 
 /* The command's stdio, and signals as a fresh process has them: what the
@@ -336,6 +393,7 @@ static void apply_landlock(const struct alcub3_spawn_config *c, int abi, int rep
     int rc = landlock_allow_path(ruleset, "/", LL_FS_READ_FILE | LL_FS_READ_DIR | LL_FS_EXECUTE, 0);
     for (const char *const *p = c->writable_paths; rc == 0 && p && *p; p++) rc = landlock_allow_path(ruleset, *p, fs, 0);
     if (rc == 0 && c->read_only_root && (c->namespaces & CLONE_NEWNS)) rc = landlock_allow_path(ruleset, "/tmp", fs, 0);
+    if (rc == 0 && c->minimal_dev && (c->namespaces & CLONE_NEWNS)) rc = landlock_allow_path(ruleset, "/dev/shm", fs, 0);
     if (rc == 0 && c->workspace && c->read_only_root && (c->namespaces & CLONE_NEWNS))
         rc = landlock_allow_path(ruleset, c->workspace, fs, 0);
     for (unsigned i = 0; rc == 0 && i < sizeof devices / sizeof devices[0]; i++)
@@ -389,8 +447,15 @@ static void confine(const struct alcub3_spawn_config *c, int landlock_abi, int r
 static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlock_abi, int report_fd) {
     /* Named before anything else, so the fork of the command already says what it is. */
     prctl(PR_SET_NAME, "alcub3-init");
+    /* The init is a copy of alcub3's memory (other agents' data, keys, the
+       operator's environment): nothing in the sandbox may read it through
+       /proc/1/mem, environ or ptrace. Execve in the command sets it back. */
+    prctl(PR_SET_DUMPABLE, 0);
     /* `run` owns its sandbox: it must not outlive the process that watches it. */
     if (c->die_with_parent) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* A session of its own: the operator's terminal is not the sandbox's
+       controlling terminal, so TIOCSTI cannot type into the operator's shell. */
+    if (setsid() < 0) child_fail(report_fd, ALCUB3_STEP_SESSION);
 
     for (int i = 0; i < 8 && c->v1_procs_fds[i] >= 0; i++) {
         /* "0" moves the writer; v1 controllers (this host's cpu, memory, pids) have no CLONE_INTO_CGROUP. */
@@ -402,6 +467,7 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlo
         if ((c->namespaces & CLONE_NEWPID) &&
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             child_fail(report_fd, ALCUB3_STEP_MOUNT_PROC);
+        if (c->minimal_dev) private_dev(c, report_fd);
         if (c->read_only_root) read_only_view(c, report_fd);
         for (const char *const *p = c->hidden_paths; p && *p; p++) {
             /* A directory gets an empty read-only tmpfs over it, a file /dev/null:
@@ -546,6 +612,8 @@ int alcub3_spawn(const struct alcub3_spawn_config *c, pid_t *pid, int *pidfd,
 
 static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, int landlock_abi, int report_fd) {
     prctl(PR_SET_NAME, "alcub3-exec");
+    prctl(PR_SET_DUMPABLE, 0);  /* as the init: a copy of the service's memory */
+    if (setsid() < 0) child_fail(report_fd, ALCUB3_STEP_SESSION);
     for (int i = 0; i < 8 && c->v1_procs_fds[i] >= 0; i++) {
         if (write(c->v1_procs_fds[i], "0", 1) != 1) child_fail(report_fd, ALCUB3_STEP_CGROUP_V1);
     }

@@ -144,6 +144,8 @@ final class RunSession: @unchecked Sendable {
             spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
         }
         spec.v1ProcsFiles = applied.v1ProcsFiles
+        spec.minimalDev = spec.readOnlyRoot
+        spec.denyWriteExecute = !policy.capabilities.contains(.jit)
 
         // Container level: the image validated and unpacked, the bundle written; runc runs it below.
         let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }

@@ -84,6 +84,8 @@ public struct EscapeTechnique: Sendable, Hashable {
         .init("kernel-control", "Host control syscalls (reboot, kexec, swap, clock, syslog)", mitre: "T1529", .process, .high,
               confidence: 0.8),
         .init("mknod-block", "Create a device node", mitre: "T1006", .process, .high, confidence: 0.9),
+        .init("terminal-injection", "Type into a terminal (TIOCSTI, TIOCLINUX)", mitre: "T1059", .process, .critical,
+              confidence: 0.95),
         .init("fork-bomb", "Fork bomb", mitre: "T1499", .process, .medium, confidence: 0.7),
         .init("memory-hog", "Memory exhaustion", mitre: "T1499", .process, .medium, confidence: 0.6),
         .init("disk-filler", "Disk exhaustion", mitre: "T1499", .process, .low, confidence: 0.5),
@@ -150,6 +152,7 @@ public enum EscapeClassifier {
             return "setuid-root"
         case "memfd_create", "memfd_secret": return "memfd-exec"
         case "mmap", "mprotect", "pkey_mprotect": return "wx-mapping"
+        case "ioctl": return "terminal-injection"
         default: return "kernel-control"
         }
     }

@@ -75,6 +75,9 @@ public enum EscapeDetector {
             guard a0 & namespaceFlags != 0 else { return nil }
         case "mmap", "mprotect", "pkey_mprotect":
             guard a2 & UInt64(PROT_WRITE | PROT_EXEC) == UInt64(PROT_WRITE | PROT_EXEC) else { return nil }
+        case "ioctl":
+            let request = a1 & 0xffff_ffff
+            guard request == SeccompProfile.tiocsti || request == SeccompProfile.tioclinux else { return nil }
         case "mknod", "mknodat":
             let mode = UInt32(truncatingIfNeeded: name == "mknod" ? a1 : a2) & UInt32(S_IFMT)
             guard mode == UInt32(S_IFBLK) || mode == UInt32(S_IFCHR) else { return nil }

@@ -7,6 +7,10 @@ public enum Capability: String, NamedCase, Codable {
     case filesystemWrite = "filesystem_write"
     case subprocess
     case python
+    /// Just-in-time compilers (node's V8, the JVM, LuaJIT, PyPy, .NET) write
+    /// machine code and then execute it: the sandbox's write-xor-execute
+    /// memory rule (PR_SET_MDWE) is lifted for them. No syscalls of its own.
+    case jit
 
     public static let noun = "capability"
 
@@ -78,6 +82,8 @@ public enum Capability: String, NamedCase, Codable {
             // can read, so enforcement can hold a sandbox without subprocess to
             // CLONE_THREAD) and asyncio's self-pipe, a socketpair it sends one byte over.
             return ["clone", "socketpair", "getsockname", "sendto", "recvfrom", "shutdown"]
+        case .jit:
+            return []
         }
     }
 }

@@ -77,6 +77,14 @@ public struct ProcessSpec: Sendable {
     public var landlockNetwork: LandlockNetwork?
     /// Descriptors for the command's stdin, stdout, stderr; nil inherits.
     public var stdio: (Int32, Int32, Int32)?
+    /// A private /dev (null, zero, full, random, urandom, tty, a new devpts,
+    /// a private /dev/shm of `shmBytes`) instead of the host's; needs the mount namespace.
+    public var minimalDev = false
+    public var shmBytes: UInt64 = 64 << 20
+    /// stdin is a pty alcub3 relays: the command makes it its controlling terminal.
+    public var controllingTerminal = false
+    /// PR_SET_MDWE: writable memory never becomes executable (off for the `jit` capability).
+    public var denyWriteExecute = false
 
     public init(executable: String?, arguments: [String], environment: [String], workingDirectory: String?,
                 hostname: String, namespaces: NamespaceSet, seccomp: SeccompProgram?, dieWithParent: Bool) {
@@ -113,6 +121,7 @@ struct Confinement: Sendable {
     let writablePaths: [String]
     let workspace: (path: String, bytes: UInt64)?
     let landlockNetwork: LandlockNetwork?
+    let denyWriteExecute: Bool
 
     init(_ spec: ProcessSpec) {
         keepCapabilities = spec.keepCapabilities
@@ -121,6 +130,7 @@ struct Confinement: Sendable {
         writablePaths = spec.writablePaths
         workspace = spec.workspace
         landlockNetwork = spec.landlockNetwork
+        denyWriteExecute = spec.denyWriteExecute
     }
 
     /// (A joined command does not mount the workspace again: it sees the init's.)
@@ -131,6 +141,7 @@ struct Confinement: Sendable {
         spec.writablePaths = writablePaths
         spec.workspace = workspace
         spec.landlockNetwork = landlockNetwork
+        spec.denyWriteExecute = denyWriteExecute
     }
 }
 
@@ -196,6 +207,8 @@ public final class SandboxedProcess: Sendable {
         8: "installing the seccomp filter", 9: "exec", 10: "joining v1 cgroups", 12: "hiding a path",
         13: "joining the sandbox's namespaces", 14: "making the system view read-only",
         15: "applying Landlock", 16: "dropping capabilities", 17: "mounting the private workspace",
+        18: "making the private /dev", 19: "entering the user namespace", 20: "starting a new session",
+        21: "refusing write-then-execute memory (PR_SET_MDWE)",
     ]
 
     /// Starts a new sandbox: its init (and the command, when there is one).
@@ -262,6 +275,10 @@ public final class SandboxedProcess: Sendable {
                 config.workspace = cStrings.string(workspace.path)
                 config.workspace_bytes = workspace.bytes
             }
+            config.minimal_dev = spec.minimalDev && spec.namespaces.contains(.mount) ? 1 : 0
+            config.shm_bytes = spec.shmBytes
+            config.controlling_tty = spec.controllingTerminal ? 1 : 0
+            config.deny_write_execute = spec.denyWriteExecute ? 1 : 0
             config.landlock = spec.landlock ? 1 : 0
             if let ports = spec.landlockNetwork?.allowedConnectPorts {
                 config.landlock_connect = 1

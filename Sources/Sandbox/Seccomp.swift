@@ -49,6 +49,30 @@ extension SeccompProfile {
         "pidfd_getfd", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "vhangup",
     ]
 
+    /// The aligned power-of-two blocks that exactly cover `range`, each as a
+    /// mask and the value the masked argument equals.
+    static func prefixBlocks(_ range: ClosedRange<UInt64>) -> [(mask: UInt64, value: UInt64)] {
+        var blocks: [(mask: UInt64, value: UInt64)] = []
+        var start = range.lowerBound
+        while true {
+            // The largest block aligned at `start` that stays inside the range.
+            var bits = start == 0 ? 64 : start.trailingZeroBitCount
+            while bits > 0 {
+                let span = bits == 64 ? UInt64.max : (UInt64(1) << bits) - 1
+                if span <= range.upperBound - start { break }
+                bits -= 1
+            }
+            let span = bits == 64 ? UInt64.max : (UInt64(1) << bits) - 1
+            blocks.append((mask: ~span, value: start))
+            if span >= range.upperBound - start { return blocks }
+            start += span + 1
+        }
+    }
+
+    /// The terminal requests that inject input: <asm-generic/ioctls.h>.
+    public static let tiocsti: UInt64 = 0x5412
+    public static let tioclinux: UInt64 = 0x541C
+
     /// Escape syscalls with a harmless form programs use (see `forSandbox`).
     public static let effectiveIDCalls: Set<String> = ["setresuid", "setresgid"]
 
@@ -72,7 +96,7 @@ extension SeccompProfile {
         let report: Action = supervised ? .notify : .errno(EPERM)
         var rules: [Rule] = []
         let w = UInt64(PROT_WRITE), x = UInt64(PROT_EXEC)
-        let guarded: Set<String> = ["clone", "mmap", "mprotect", "pkey_mprotect", "socket"]
+        let guarded: Set<String> = ["clone", "mmap", "mprotect", "pkey_mprotect", "socket", "ioctl"]
         rules.append(Rule(names: allowed.subtracting(guarded).sorted(), action: .allow, comment: "the policy's allow-list"))
 
         // clone: threads and processes, never new namespaces.
@@ -85,6 +109,32 @@ extension SeccompProfile {
                               comment: "clone(\(flag.name))"))
         }
         rules.append(Rule(names: ["clone3"], action: .errno(ENOSYS), comment: "flags in memory: libc falls back to clone"))
+
+        // ioctl: everything but the two requests that type into a terminal
+        // (TIOCSTI pushes input, TIOCLINUX's paste does the same on a VT). The
+        // kernel reads the request as a 32-bit int, so upper bits cannot hide
+        // one: the refusals compare the low half, and the allowed ranges
+        // require upper bits clear (or all set, a sign-extended request
+        // >= 0x80000000, which is neither).
+        if allowed.contains("ioctl") {
+            // libseccomp takes one comparison per argument in a rule, so each
+            // allowed range is a set of masked-equal prefix blocks.
+            let low = UInt64(0xffff_ffff)
+            let ranges: [ClosedRange<UInt64>] = [0...(Self.tiocsti - 1), (Self.tiocsti + 1)...(Self.tioclinux - 1),
+                                                 (Self.tioclinux + 1)...low, (~low | 0x8000_0000)...UInt64.max]
+            for range in ranges {
+                for block in Self.prefixBlocks(range) {
+                    rules.append(Rule(names: ["ioctl"], action: .allow,
+                                      conditions: [Condition(index: 1, value: block.mask, valueTwo: block.value, op: .maskedEqual)],
+                                      comment: "ioctl requests other than TIOCSTI and TIOCLINUX"))
+                }
+            }
+            for (name, request) in [("TIOCSTI", Self.tiocsti), ("TIOCLINUX", Self.tioclinux)] {
+                rules.append(Rule(names: ["ioctl"], action: report,
+                                  conditions: [Condition(index: 1, value: low, valueTwo: request, op: .maskedEqual)],
+                                  comment: "ioctl(\(name)): typing into a terminal"))
+            }
+        }
 
         // Memory: W^X. Writable or executable, never both (prot is argument 2).
         for call in ["mmap", "mprotect", "pkey_mprotect"] where allowed.contains(call) {

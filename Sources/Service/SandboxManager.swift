@@ -427,6 +427,8 @@ public final class SandboxManager: @unchecked Sendable {
                 spec.workspace = (request.policy.filesystem.workspace, request.policy.filesystem.workspaceBytes)
             }
             spec.v1ProcsFiles = limits.v1ProcsFiles
+            spec.minimalDev = spec.readOnlyRoot
+            spec.denyWriteExecute = !request.policy.capabilities.contains(.jit)
             spec.statusFile = directory + "/exit_status"
             spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)
             let initProcess = try request.image.map { image in
@@ -520,6 +522,7 @@ public final class SandboxManager: @unchecked Sendable {
         // The sandbox's filesystem confinement (Landlock), also for an adopted sandbox whose init's spec is not known here.
         spec.readOnlyRoot = sandbox.policy.filesystem.readOnlySystem
         spec.writablePaths = [Self.details(of: sandbox)?.workingDirectory].compactMap { $0 }.filter { $0 != "/" }
+        spec.denyWriteExecute = !sandbox.policy.capabilities.contains(.jit)
         let process: SandboxedProcess
         do {
             defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF

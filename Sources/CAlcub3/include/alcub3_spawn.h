@@ -33,6 +33,10 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_LANDLOCK = 15,
     ALCUB3_STEP_CAPABILITIES = 16,
     ALCUB3_STEP_WORKSPACE = 17,
+    ALCUB3_STEP_DEV = 18,
+    ALCUB3_STEP_USERNS = 19,
+    ALCUB3_STEP_SESSION = 20,
+    ALCUB3_STEP_MDWE = 21,
 };
 
 struct alcub3_spawn_config {
@@ -72,6 +76,17 @@ struct alcub3_spawn_config {
     int landlock_bind;              /* 1: TCP bind only to bind_ports (Landlock ABI >= 4) */
     const uint16_t *bind_ports;
     int bind_ports_count;
+    /* A private /dev: a tmpfs with null, zero, full, random, urandom and tty
+       nodes, a new devpts instance (pts, ptmx) and a private /dev/shm tmpfs of
+       shm_bytes. The host's /dev (disks, consoles, loop devices) is not seen. */
+    int minimal_dev;
+    unsigned long long shm_bytes;
+    /* The command gets fd 0 as its controlling terminal (a pty alcub3 relays);
+       without it the sandbox is a session of its own with no terminal. */
+    int controlling_tty;
+    /* PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN) for the command: memory that was
+       ever writable is never made executable. 0 for JIT runtimes. */
+    int deny_write_execute;
 };
 
 /*
