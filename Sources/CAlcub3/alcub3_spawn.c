@@ -12,6 +12,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <termios.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -22,6 +24,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <grp.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 struct failure { int step; int err; };
@@ -189,6 +193,31 @@ static int set_read_only(const char *path, int read_only) {
     return (int)syscall(SYS_mount_setattr, AT_FDCWD, path, ALCUB3_AT_RECURSIVE, &attr, sizeof attr);
 }
 
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#define ALCUB3_OPEN_TREE_CLONE 1
+#define ALCUB3_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define ALCUB3_MOUNT_ATTR_IDMAP 0x00100000
+
+/* A detached copy of the mount at path (not its submounts: idmapping a tree
+   needs every mount in it to support it), idmapped with userns_fd. */
+static int idmapped_tree(const char *path, int userns_fd) {
+    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, ALCUB3_OPEN_TREE_CLONE | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct alcub3_mount_attr attr = { ALCUB3_MOUNT_ATTR_IDMAP, 0, 0, (uint64_t)userns_fd };
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
 /* mkdir -p for a path inside the sandbox's private /tmp (no malloc: a stack copy). */
 static int make_path(const char *path) {
     char buffer[4096];
@@ -206,6 +235,48 @@ static int make_path(const char *path) {
     return 0;
 }
 
+/* "/proc/self/fd/N" for a descriptor (no malloc, no stdio formatting of untrusted text). */
+static void fd_path(int fd, char out[32]) {
+    char digits[16];
+    int n = 0;
+    do { digits[n++] = (char)('0' + fd % 10); fd /= 10; } while (fd > 0);
+    memcpy(out, "/proc/self/fd/", 14);
+    for (int j = 0; j < n; j++) out[14 + j] = digits[n - 1 - j];
+    out[14 + n] = '\0';
+}
+
+/*
+ * The caller's directory as a copy-on-write overlay at its own path: reads
+ * come from the directory (lower, staged at overlay_dir/lower, idmapped when
+ * the sandbox has a user namespace), every change lands in overlay_dir/upper
+ * on alcub3's size-capped tmpfs, so a full workspace is ENOSPC inside and
+ * never the host's disk, and nothing reaches the directory until alcub3
+ * applies the changes. redirect_dir and metacopy off: the upper holds whole
+ * files and plain whiteouts, which is all the applier reads.
+ */
+static void copy_on_write_view(const struct alcub3_spawn_config *c, int lower_fd, int report_fd) {
+    char lower[4096], options[4096 * 3 + 128];
+    int n = snprintf(lower, sizeof lower, "%s/lower", c->overlay_dir);
+    if (n < 0 || (size_t)n >= sizeof lower) { errno = ENAMETOOLONG; child_fail(report_fd, ALCUB3_STEP_OVERLAY); }
+    if (c->idmap_userns_fd >= 0) {
+        if (syscall(SYS_move_mount, lower_fd, "", AT_FDCWD, lower, ALCUB3_MOVE_MOUNT_F_EMPTY_PATH) != 0)
+            child_fail(report_fd, ALCUB3_STEP_IDMAP);
+    } else {
+        char source[32];
+        fd_path(lower_fd, source);
+        if (mount(source, lower, NULL, MS_BIND, NULL) != 0) child_fail(report_fd, ALCUB3_STEP_OVERLAY);
+    }
+    n = snprintf(options, sizeof options,
+                 "lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work,redirect_dir=off,metacopy=off,index=off",
+                 c->overlay_dir, c->overlay_dir, c->overlay_dir);
+    if (n < 0 || (size_t)n >= sizeof options) { errno = ENAMETOOLONG; child_fail(report_fd, ALCUB3_STEP_OVERLAY); }
+    const char *target = c->writable_paths[0];
+    if (make_path(target) != 0 || mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, options) != 0)
+        child_fail(report_fd, ALCUB3_STEP_OVERLAY);
+    /* The layers are the overlay's own clones now; the staging mount goes. */
+    umount2(lower, MNT_DETACH);
+}
+
 /*
  * The read-only system view: every mount read-only (the host's files, cgroupfs,
  * sysfs, /proc/sys), a private tmpfs at /tmp, and the writable paths bound
@@ -215,22 +286,40 @@ static int make_path(const char *path) {
 static void read_only_view(const struct alcub3_spawn_config *c, int report_fd) {
     int fds[8], count = 0;
     for (const char *const *p = c->writable_paths; p && *p && count < 8; p++) {
-        fds[count] = open(*p, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (fds[count] < 0) child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
+        /* Taken before /tmp is covered. With a user namespace, a detached copy
+           of the mount idmapped so the directory's owner is the agent's root. */
+        fds[count] = c->idmap_userns_fd >= 0 ? idmapped_tree(*p, c->idmap_userns_fd)
+                                             : open(*p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fds[count] < 0) child_fail(report_fd, c->idmap_userns_fd >= 0 ? ALCUB3_STEP_IDMAP : ALCUB3_STEP_READ_ONLY);
         count++;
     }
     if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0)
         child_fail(report_fd, ALCUB3_STEP_READ_ONLY);
     if (c->workspace) {
         /* The mount point is made on the host's filesystem if missing (an empty
-           directory), before the view turns read-only; the tmpfs is private. */
-        char options[64];
-        snprintf(options, sizeof options, "mode=0755,size=%llu", c->workspace_bytes);
+           directory), before the view turns read-only; the tmpfs is private,
+           and belongs to the agent's root. */
+        char options[96];
+        if (c->userns_fd >= 0)
+            snprintf(options, sizeof options, "mode=0755,uid=%u,gid=%u,size=%llu", c->userns_root, c->userns_root,
+                     c->workspace_bytes);
+        else
+            snprintf(options, sizeof options, "mode=0755,size=%llu", c->workspace_bytes);
         if (make_path(c->workspace) != 0 ||
             mount("tmpfs", c->workspace, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
             child_fail(report_fd, ALCUB3_STEP_WORKSPACE);
     }
-    for (int i = 0; i < count; i++) {
+    int first = 0;
+    if (c->overlay_dir && count > 0) {
+        copy_on_write_view(c, fds[0], report_fd);
+        first = 1;
+    }
+    for (int i = first; i < count && c->idmap_userns_fd >= 0; i++) {
+        if (make_path(c->writable_paths[i]) != 0 ||
+            syscall(SYS_move_mount, fds[i], "", AT_FDCWD, c->writable_paths[i], ALCUB3_MOVE_MOUNT_F_EMPTY_PATH) != 0)
+            child_fail(report_fd, ALCUB3_STEP_IDMAP);
+    }
+    for (int i = first; i < count && c->idmap_userns_fd < 0; i++) {
         const char *target = c->writable_paths[i];
         char source[64];
         int n = 0, v = fds[i];
@@ -437,10 +526,29 @@ static void drop_capabilities(uint64_t keep, int report_fd) {
     }
 }
 
+/* Joins the sandbox's user namespace and becomes its root: a host uid of
+   alcub3's range, owner of nothing on the host. setns (not unshare) because
+   alcub3 made and mapped the namespace beforehand; the mount, pid, network
+   and other namespaces stay owned by the initial one, so the agent's
+   capabilities in its own namespace reach none of them. */
+static void enter_user_namespace(const struct alcub3_spawn_config *c, int report_fd) {
+    if (c->userns_fd < 0) return;
+    if (setns(c->userns_fd, CLONE_NEWUSER) != 0) child_fail(report_fd, ALCUB3_STEP_USERNS);
+    close(c->userns_fd);
+    if (setgroups(0, NULL) != 0 || setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0)
+        child_fail(report_fd, ALCUB3_STEP_USERNS);
+    /* A change of credentials clears the parent-death signal and resets
+       dumpability: both are set again. */
+    prctl(PR_SET_DUMPABLE, 0);
+    if (c->die_with_parent) prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 /* Landlock while CAP_SYS_ADMIN still allows restrict_self without
-   no_new_privs (no_new_privs comes with the seccomp filter), then capabilities. */
+   no_new_privs (no_new_privs comes with the seccomp filter), then the user
+   namespace, then capabilities (in that namespace). */
 static void confine(const struct alcub3_spawn_config *c, int landlock_abi, int report_fd) {
     apply_landlock(c, landlock_abi, report_fd);
+    enter_user_namespace(c, report_fd);
     drop_capabilities(c->keep_capabilities, report_fd);
 }
 
@@ -490,8 +598,8 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlo
     prepare_stdio_and_signals(c, report_fd);
 
     {
-        int keep[] = { report_fd, c->status_fd };
-        close_other_fds(keep, 2);
+        int keep[] = { report_fd, c->status_fd, c->userns_fd, c->keep_fd };
+        close_other_fds(keep, 4);
     }
     /* The mounts are done: the init needs no privilege to reap and forward
        signals, so it is confined too, and its command inherits one domain. */
@@ -509,6 +617,7 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlo
             if (command < 0) child_fail(report_fd, ALCUB3_STEP_CLONE);
             if (command == 0) {
                 if (c->status_fd >= 0) close(c->status_fd);
+                if (c->keep_fd >= 0) close(c->keep_fd);
                 exec_command(c, report_fd);
             }
         }
@@ -624,8 +733,8 @@ static void relay_exec(const struct alcub3_spawn_config *c, int target_pidfd, in
     if (chdir(c->cwd ? c->cwd : "/") != 0) child_fail(report_fd, ALCUB3_STEP_CHDIR);
     prepare_stdio_and_signals(c, report_fd);
     {
-        int keep[] = { report_fd };
-        close_other_fds(keep, 1);
+        int keep[] = { report_fd, c->userns_fd };
+        close_other_fds(keep, 2);
     }
     /* Landlock has no way to join the init's domain: this is a new one with the same rules. */
     confine(c, landlock_abi, report_fd);
@@ -680,4 +789,82 @@ int alcub3_memfd_create(const char *name) {
 
 int alcub3_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int alcub3_userns_create(unsigned int uid_inside, unsigned int uid_outside, unsigned int gid_inside,
+                         unsigned int gid_outside, unsigned int count) {
+    int hold[2];
+    if (pipe2(hold, O_CLOEXEC) != 0) return -errno;
+    /* A raw clone, as in alcub3_spawn: the child only waits for EOF and exits. */
+    long child = syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (child < 0) {
+        int saved = errno;
+        close(hold[0]);
+        close(hold[1]);
+        return -saved;
+    }
+    if (child == 0) {
+        char byte;
+        close(hold[1]);
+        while (read(hold[0], &byte, 1) < 0 && errno == EINTR) {}
+        _exit(0);
+    }
+    close(hold[0]);
+    int rc = 0, fd = -1;
+    char path[64], line[64];
+    const char *files[] = { "uid_map", "gid_map" };
+    unsigned int inside[] = { uid_inside, gid_inside }, outside[] = { uid_outside, gid_outside };
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        snprintf(path, sizeof path, "/proc/%ld/%s", child, files[i]);
+        int n = snprintf(line, sizeof line, "%u %u %u\n", inside[i], outside[i], count);
+        int map = open(path, O_WRONLY | O_CLOEXEC);
+        if (map < 0 || write(map, line, (size_t)n) != n) rc = -errno;
+        if (map >= 0) close(map);
+    }
+    if (rc == 0) {
+        snprintf(path, sizeof path, "/proc/%ld/ns/user", child);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) rc = -errno;
+    }
+    close(hold[1]);
+    int status;
+    while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
+    return rc == 0 ? fd : rc;
+}
+
+int alcub3_overlay_opaque(int fd) {
+    char value[4];
+    ssize_t n = fgetxattr(fd, "trusted.overlay.opaque", value, sizeof value);
+    return n == 1 && value[0] == 'y';
+}
+
+int alcub3_open_pty(int *master, int *slave) {
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0) return -errno;
+    if (grantpt(m) != 0 || unlockpt(m) != 0) {
+        int saved = errno;
+        close(m);
+        return -saved;
+    }
+    char name[64];
+    if (ptsname_r(m, name, sizeof name) != 0) {
+        int saved = errno;
+        close(m);
+        return -saved;
+    }
+    int s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s < 0) {
+        int saved = errno;
+        close(m);
+        return -saved;
+    }
+    *master = m;
+    *slave = s;
+    return 0;
+}
+
+int alcub3_copy_window_size(int from, int to) {
+    struct winsize size;
+    if (ioctl(from, TIOCGWINSZ, &size) != 0 || ioctl(to, TIOCSWINSZ, &size) != 0) return -errno;
+    return 0;
 }

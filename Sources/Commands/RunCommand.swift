@@ -49,6 +49,9 @@ struct RunCommand: AsyncParsableCommand {
           help: "Work in a private workspace (the policy's, a tmpfs of workspace_size) instead of the current directory.")
     var privateWorkspace = false
 
+    @Option(help: "What becomes of the agent's changes to the current directory when the sandbox ends: apply (default), review (list them and ask on this terminal) or discard. The agent works on a copy-on-write view of it, bounded by workspace_size.")
+    var changes: WorkspaceChanges = .apply
+
     @Option(name: .customLong("policy-file"), help: "YAML overriding parts of the default policy (repeatable), as for sandbox create.")
     var policyFiles: [String] = []
 
@@ -134,6 +137,10 @@ struct RunCommand: AsyncParsableCommand {
             agentID: agent, policy: policy, executable: executable, arguments: argv,
             format: format, printSyscalls: syscalls, syscallEntry: syscallEntry)
         session.privateWorkspace = privateWorkspace
+        if changes == .review && !OperatorTerminal.available {
+            throw fail(Alcub3Exit.usage, "--changes review asks on the terminal, and alcub3 has none; use apply or discard")
+        }
+        session.changes = changes
         session.container = image.map { (image: $0, digest: digest) }
         if virtual {
             var options = VMOptions()

@@ -26,6 +26,8 @@ final class RunSession: @unchecked Sendable {
 
     /// Work in a private, size-capped workspace instead of the caller's directory.
     var privateWorkspace = false
+    /// What becomes of the agent's changes to the caller's directory (`--changes`).
+    var changes: WorkspaceChanges = .apply
     /// The container level's image (`--image`) and the manifest digest it must have.
     var container: (image: String, digest: ImageDigest?)?
     /// The vm level: QEMU with the guest agent (RunSession+VM.swift).
@@ -146,6 +148,35 @@ final class RunSession: @unchecked Sendable {
         spec.v1ProcsFiles = applied.v1ProcsFiles
         spec.minimalDev = spec.readOnlyRoot
         spec.denyWriteExecute = !policy.capabilities.contains(.jit)
+        if self.container == nil && self.vm == nil {
+            // The agent is never host root: its root is an unprivileged host uid of alcub3's range.
+            let (userNamespace, warning) = try kernelStep("making the sandbox's user namespace") {
+                try UserNamespace.forSandbox(writable: spec.writablePaths.first, required: policy.classification == .topSecret)
+            }
+            spec.userNamespace = userNamespace
+            if let warning, format == .table { Output.err("alcub3: warning: \(warning)\n") }
+        }
+        // The caller's directory as a copy-on-write view, bounded by workspace_size (applied after the run).
+        let copyOnWrite: CopyOnWriteWorkspace? = try spec.readOnlyRoot && self.container == nil && self.vm == nil
+            ? spec.writablePaths.first.map { directory in
+                try kernelStep("preparing the copy-on-write workspace") {
+                    try CopyOnWriteWorkspace(sandboxID: sandboxID, directory: directory, bytes: policy.filesystem.workspaceBytes,
+                                             agentRoot: spec.userNamespace?.hostRoot ?? 0)
+                }
+            } : nil
+        defer { copyOnWrite?.remove() }
+        spec.copyOnWrite = copyOnWrite
+        // The agent never holds the operator's terminal: its own pty, relayed (C1).
+        // With --format json, stdout carries alcub3's records only; the agent's output goes to stderr.
+        let terminal = self.container == nil && self.vm == nil
+            ? try kernelStep("making the agent's terminal") { try TerminalRelay.forOperator(output: format == .json ? 2 : 1) } : nil
+        if let terminal {
+            spec.stdio = terminal.stdio
+            spec.controllingTerminal = true
+        } else if format == .json {
+            spec.stdio = (0, 2, 2)
+        }
+        if copyOnWrite != nil { spec.hiddenPaths.append(CopyOnWriteWorkspace.parent) }
 
         // Container level: the image validated and unpacked, the bundle written; runc runs it below.
         let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }
@@ -183,6 +214,9 @@ final class RunSession: @unchecked Sendable {
         } catch {
             throw fail(Alcub3Exit.kernelRefused, "could not start the sandbox: \(error)")
         }
+        terminal?.releaseSlave()
+        terminal?.start()
+        defer { terminal?.finish() }
         if let container {
             try watchSandbox()
             do { try container.start() } catch { throw fail(Alcub3Exit.kernelRefused, "could not start the container: \(error)") }
@@ -204,7 +238,8 @@ final class RunSession: @unchecked Sendable {
         defer { supervisor?.stop() }
         let resources = ResourceWatcher(cgroup: cgroup, applied: applied, limits: limits,
                                         capped: spec.readOnlyRoot && container == nil ? ["/proc/\(process.pid)/root/tmp"]
-                                            + (privateWorkspace ? ["/proc/\(process.pid)/root" + policy.filesystem.workspace] : []) : []) { finding in
+                                            + (privateWorkspace ? ["/proc/\(process.pid)/root" + policy.filesystem.workspace] : [])
+                                            + (copyOnWrite.map { [$0.root] } ?? []) : []) { finding in
             renderer.render(finding)
         }
         resources.start()
@@ -225,6 +260,7 @@ final class RunSession: @unchecked Sendable {
         // but descendants in sub-cgroups or a sandbox without one would not).
         try? cgroup.destroy()
         cgroupRemoved = true
+        terminal?.finish()
         monitor.stop()
         let counters = monitor.counters()
         monitor.unwatch(sandboxCgroupID: cgroup.id)
@@ -234,6 +270,7 @@ final class RunSession: @unchecked Sendable {
             if format == .table { Output.err("alcub3: \(line)\n") }
         }
 
+        if let copyOnWrite { try settleWorkspace(copyOnWrite) }
         TelemetryStatistics.record(counters, streamDropped: subscription.dropped)
         let interrupted = interruptLock.withLock { interruptSignal }
         let code = interrupted.map { 128 + $0 } ?? status.shellCode
@@ -245,6 +282,51 @@ final class RunSession: @unchecked Sendable {
                             streamDropped: recording.subscription.dropped, initPID: process.pid)
         }
         return code
+    }
+
+    /// The agent's changes to the caller's directory, once every process of
+    /// the sandbox is gone: applied, shown and asked about, or discarded.
+    private func settleWorkspace(_ workspace: CopyOnWriteWorkspace) throws {
+        let found: [CopyOnWriteWorkspace.Change]
+        do {
+            found = try workspace.changes()
+        } catch {
+            throw fail(Alcub3Exit.kernelRefused, "reading the agent's changes in \(workspace.root)/upper: \(error)")
+        }
+        var mode = changes
+        if mode == .review && !found.isEmpty {
+            for change in found.prefix(200) {
+                Output.err("  \(change.kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(RunCommand.printable(change.path))"
+                           + (change.note.map { " (\($0))" } ?? "") + "\n")
+            }
+            if found.count > 200 { Output.err("  ... and \(found.count - 200) more\n") }
+            mode = OperatorTerminal.confirm("alcub3: apply these \(found.count) changes to \(workspace.directory)? [y/N] ") ? .apply : .discard
+        }
+        var applied = found
+        if mode == .apply && !found.isEmpty {
+            var st = stat()
+            _ = stat(workspace.directory, &st)
+            do {
+                applied = try workspace.apply(owner: (st.st_uid, st.st_gid))
+            } catch {
+                throw fail(Alcub3Exit.kernelRefused, "applying the agent's changes to \(workspace.directory): \(error); "
+                           + "what was not applied is lost with the sandbox")
+            }
+        }
+        let s = CopyOnWriteWorkspace.summary(applied)
+        let verb = found.isEmpty ? "no changes" : mode == .apply ? "applied" : "discarded"
+        switch format {
+        case .table:
+            Output.err("alcub3: workspace \(workspace.directory): \(verb)"
+                       + (found.isEmpty ? "" : ": \(s.added) added, \(s.modified) modified, \(s.deleted) deleted, \(s.bytes) bytes"
+                          + (s.skipped > 0 ? ", \(s.skipped) skipped (not files, directories or symlinks)" : "")) + "\n")
+        case .json:
+            Output.out(OCSFEncoder.jsonLine([
+                "record": "workspace_changes", "sandbox_id": sandboxID, "directory": workspace.directory, "outcome": verb,
+                "added": s.added, "modified": s.modified, "deleted": s.deleted, "skipped": s.skipped, "bytes": Int(s.bytes),
+                "paths": applied.prefix(1000).map { ["path": $0.path, "change": $0.kind.rawValue] },
+            ]) + "\n")
+        }
     }
 
     /// A data set must not be silently incomplete: with any record lost on

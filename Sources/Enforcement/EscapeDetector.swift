@@ -107,6 +107,8 @@ public enum EscapeDetector {
 
     public static func finding(for event: TelemetryEvent) -> EscapeFinding? {
         switch event {
+        case .file(let e) where e.operation == .read:
+            return refusedProcessRead(e)
         case .file(let e):
             guard isWriteAttempt(e), !isOwnTuning(e.path) else { return nil }
             let id = EscapeClassifier.technique(refusedWriteAt: e.path)
@@ -192,6 +194,25 @@ public enum EscapeDetector {
     /// /proc, but no attempt at anything outside.
     static func isOwnTuning(_ path: String) -> Bool {
         path.hasPrefix("/proc/self/oom_") || path.hasPrefix("/proc/thread-self/oom_")
+    }
+
+    /// Reading another process's namespaces (to setns into them) or memory,
+    /// refused by the kernel's ptrace access check: the sandbox's init is not
+    /// dumpable and the agent is nobody outside its user namespace.
+    static func refusedProcessRead(_ e: FileEvent) -> EscapeFinding? {
+        guard e.result == -Int64(EACCES) || e.result == -Int64(EPERM) else { return nil }
+        let parts = e.path.split(separator: "/")
+        guard parts.count >= 3, parts[0] == "proc", parts[1].allSatisfy(\.isNumber) else { return nil }
+        let id: String
+        switch parts[2] {
+        case "ns" where parts.count == 4: id = "setns-host"
+        case "mem", "environ": id = "proc-mem-outside"
+        default: return nil
+        }
+        return EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: e.origin.sandboxCgroupID, pid: e.origin.pid,
+                             evidence: "open \(e.path) for reading refused with \(SystemError.name(of: Int32(-e.result)))",
+                             refusedBy: "ptrace access check (a process that is not dumpable, or the agent's user namespace)",
+                             observedNanos: e.origin.bootNanos)
     }
 
     static func isWriteAttempt(_ e: FileEvent) -> Bool {

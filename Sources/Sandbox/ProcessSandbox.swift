@@ -85,6 +85,13 @@ public struct ProcessSpec: Sendable {
     public var controllingTerminal = false
     /// PR_SET_MDWE: writable memory never becomes executable (off for the `jit` capability).
     public var denyWriteExecute = false
+    /// The sandbox's user namespace (its root an unprivileged host uid); nil:
+    /// the agent is uid 0 without capabilities. A command joining a running
+    /// sandbox joins its init's namespace whatever this says.
+    public var userNamespace: UserNamespace?
+    /// `writablePaths[0]` as a copy-on-write overlay whose changes go to this
+    /// workspace's size-capped tmpfs (applied by the caller after the run).
+    public var copyOnWrite: CopyOnWriteWorkspace?
 
     public init(executable: String?, arguments: [String], environment: [String], workingDirectory: String?,
                 hostname: String, namespaces: NamespaceSet, seccomp: SeccompProgram?, dieWithParent: Bool) {
@@ -209,6 +216,8 @@ public final class SandboxedProcess: Sendable {
         15: "applying Landlock", 16: "dropping capabilities", 17: "mounting the private workspace",
         18: "making the private /dev", 19: "entering the user namespace", 20: "starting a new session",
         21: "refusing write-then-execute memory (PR_SET_MDWE)",
+        22: "idmapping the writable directory (its filesystem may not support idmapped mounts)",
+        23: "mounting the copy-on-write view of the working directory",
     ]
 
     /// Starts a new sandbox: its init (and the command, when there is one).
@@ -221,10 +230,24 @@ public final class SandboxedProcess: Sendable {
     public convenience init(spec: ProcessSpec, cgroup: SandboxCgroup, joining sandboxInit: SandboxedProcess) throws {
         var spec = spec
         sandboxInit.confinement?.apply(to: &spec)
-        try self.init(spec: spec, cgroup: cgroup, into: sandboxInit.pidfd.raw)
+        spec.userNamespace = nil
+        try self.init(spec: spec, cgroup: cgroup, into: sandboxInit.pidfd.raw,
+                      joiningUserNamespace: try Self.userNamespace(of: sandboxInit.pid))
     }
 
-    private init(spec: ProcessSpec, cgroup: SandboxCgroup, into target: Int32?) throws {
+    /// The user namespace of a running sandbox's init when it is not ours
+    /// (known from the kernel, so an adopted sandbox's too).
+    static func userNamespace(of pid: Int32) throws -> OwnedDescriptor? {
+        let theirs = try OwnedDescriptor(path: "/proc/\(pid)/ns/user", flags: O_RDONLY)
+        var a = stat(), b = stat()
+        guard fstat(theirs.raw, &a) == 0, stat("/proc/self/ns/user", &b) == 0 else {
+            throw SystemError(errno: errno, call: "stat", context: "/proc/\(pid)/ns/user")
+        }
+        return a.st_ino == b.st_ino && a.st_dev == b.st_dev ? nil : theirs
+    }
+
+    private init(spec: ProcessSpec, cgroup: SandboxCgroup, into target: Int32?,
+                 joiningUserNamespace: OwnedDescriptor? = nil) throws {
         let keepCapabilities = try LinuxCapabilities.mask(spec.keepCapabilities)
         let cgroupFD = try cgroup.openDirectory()
         let v1 = try spec.v1ProcsFiles.map { try OwnedDescriptor(path: $0, flags: O_WRONLY) }
@@ -279,6 +302,11 @@ public final class SandboxedProcess: Sendable {
             config.shm_bytes = spec.shmBytes
             config.controlling_tty = spec.controllingTerminal ? 1 : 0
             config.deny_write_execute = spec.denyWriteExecute ? 1 : 0
+            config.userns_fd = joiningUserNamespace?.raw ?? spec.userNamespace?.namespace.raw ?? -1
+            config.userns_root = spec.userNamespace?.hostRoot ?? 0
+            config.idmap_userns_fd = spec.userNamespace?.idmapDescriptor ?? -1
+            config.keep_fd = spec.userNamespace?.lock.raw ?? -1
+            config.overlay_dir = joiningUserNamespace == nil && target == nil ? cStrings.string(spec.copyOnWrite?.root) : nil
             config.landlock = spec.landlock ? 1 : 0
             if let ports = spec.landlockNetwork?.allowedConnectPorts {
                 config.landlock_connect = 1

@@ -429,6 +429,15 @@ public final class SandboxManager: @unchecked Sendable {
             spec.v1ProcsFiles = limits.v1ProcsFiles
             spec.minimalDev = spec.readOnlyRoot
             spec.denyWriteExecute = !request.policy.capabilities.contains(.jit)
+            if request.image == nil && !request.policy.isolation.isVirtualMachine {
+                // The agent is never host root: its root is an unprivileged host uid of alcub3's range.
+                let (userNamespace, warning) = try step("make the sandbox's user namespace") {
+                    try UserNamespace.forSandbox(writable: spec.writablePaths.first,
+                                                 required: request.policy.classification == .topSecret)
+                }
+                spec.userNamespace = userNamespace
+                if let warning { log.warning("\(warning)", metadata: ["sandbox": "\(sandboxID)"]) }
+            }
             spec.statusFile = directory + "/exit_status"
             spec.stdio = (devNull.raw, outputFD.raw, outputFD.raw)
             let initProcess = try request.image.map { image in

@@ -10,8 +10,10 @@ struct Result {
     let code: Int32
     let stdout: String
     let stderr: String
+    /// JSON objects on either stream: alcub3's records (stdout) and, with
+    /// --format json, the agent's own output (stderr), as the escape attacker prints.
     var jsonLines: [[String: Any]] {
-        stdout.split(separator: "\n").compactMap {
+        (stdout + "\n" + stderr).split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
         }
     }
@@ -231,7 +233,7 @@ struct RunCommandTests {
     @Test func hiddenPathsAreEmptyInside() throws {
         let r = try alcub3(["run", "--format", "json", "--", "sh", "-c", "echo shadow=$(cat /etc/shadow | wc -c) root=$(ls -A /root | wc -l)"])
         #expect(r.code == 0, "\(r.stderr)")
-        #expect(r.stdout.contains("shadow=0 root=0"), "\(r.stdout.prefix(300))")
+        #expect(r.stderr.contains("shadow=0 root=0"), "\(r.stderr.prefix(300))")
         let program = "/root/.alcub3-hidden-test-\(getpid())"
         try "#!/bin/sh\necho should-not-run\n".write(toFile: program, atomically: true, encoding: .utf8)
         chmod(program, 0o755)

@@ -37,6 +37,8 @@ enum alcub3_spawn_step {
     ALCUB3_STEP_USERNS = 19,
     ALCUB3_STEP_SESSION = 20,
     ALCUB3_STEP_MDWE = 21,
+    ALCUB3_STEP_IDMAP = 22,
+    ALCUB3_STEP_OVERLAY = 23,
 };
 
 struct alcub3_spawn_config {
@@ -87,6 +89,25 @@ struct alcub3_spawn_config {
     /* PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN) for the command: memory that was
        ever writable is never made executable. 0 for JIT runtimes. */
     int deny_write_execute;
+    /* The agent is never host root: after its mounts the init (or the relay)
+       joins this user namespace (setns) and becomes its uid/gid 0, a host uid
+       of alcub3's range (userns_root). -1: no user namespace. */
+    int userns_fd;
+    unsigned int userns_root;
+    /* With a user namespace: writable_paths are bound through mounts idmapped
+       with this namespace (their owner on disk is the agent's root inside),
+       so what the agent writes there belongs to the directory's owner. */
+    int idmap_userns_fd;
+    /* A descriptor the init keeps open for its whole life, never passed to
+       the command (the lock that reserves the sandbox's uid range); -1: none. */
+    int keep_fd;
+    /* A copy-on-write view of writable_paths[0] (the caller's directory): an
+       overlay whose lower layer is that directory (idmapped as above) and
+       whose upper and work directories are overlay_dir/upper and /work, on a
+       size-capped tmpfs alcub3 made on the host; overlay_dir/lower is where
+       the lower layer is staged. alcub3 applies the changes after the run.
+       NULL: the directory is bound writable as it is. */
+    const char *overlay_dir;
 };
 
 /*
@@ -111,6 +132,25 @@ int alcub3_spawn(const struct alcub3_spawn_config *config, pid_t *pid, int *pidf
  */
 int alcub3_spawn_into(const struct alcub3_spawn_config *config, int target_pidfd, pid_t *pid,
                       int *pidfd, int *failed_step, int *failed_errno, int *landlock_abi);
+
+/*
+ * A new user namespace mapping [inside, inside+count) to [outside, ...) for
+ * uids and gids alike, held by the returned descriptor (its short-lived
+ * holder process is gone when this returns). Returns the fd or -errno.
+ */
+int alcub3_userns_create(unsigned int uid_inside, unsigned int uid_outside, unsigned int gid_inside,
+                         unsigned int gid_outside, unsigned int count);
+
+/* A new pty pair (both close-on-exec, neither a controlling terminal of
+   ours); 0 or -errno. posix_openpt and friends need feature macros Swift's
+   Glibc module lacks. */
+int alcub3_open_pty(int *master, int *slave);
+/* The window size of terminal `from` given to terminal `to`; 0 or -errno. */
+int alcub3_copy_window_size(int from, int to);
+
+/* 1 when the directory open at fd is an opaque overlay directory (its
+   trusted.overlay.opaque xattr is "y"); <sys/xattr.h> is not in Swift's Glibc. */
+int alcub3_overlay_opaque(int fd);
 
 /* pidfd_send_signal has no glibc wrapper; memfd_create needs _GNU_SOURCE, which Swift's Glibc lacks. */
 int alcub3_pidfd_send_signal(int pidfd, int sig);
