@@ -71,12 +71,14 @@ struct ImageHardeningTests {
         let image = try image([layer], in: cache.dir)
         let rootfs = cache.images + "/.unpacking-test"
         try FileManager.default.createDirectory(atPath: rootfs, withIntermediateDirectories: false)
-        let error = try #require(imageError { try image.unpack(into: rootfs) }, "\(label): accepted")
+        let refusal = imageError { try image.unpack(into: rootfs) }
+        // The damage first: on a refusal of the wrong kind, say what changed too.
+        cache.expectIntact(besides: ".unpacking-test", "\(label)")
+        #expect(FileManager.default.fileExists(atPath: rootfs + "/ok"), "\(label): the root itself was emptied")
+        let error = try #require(refusal, "\(label): accepted")
         #expect(error.kind == .securityValidation, "\(label): \(error)")
         #expect(error.message.hasPrefix(ImageError.securityPrefix) && error.message.contains("layer 1") && error.message.contains(why),
                 "\(label): \(error.message)")
-        cache.expectIntact(besides: ".unpacking-test", "\(label)")
-        #expect(FileManager.default.fileExists(atPath: rootfs + "/ok"), "\(label): the root itself was emptied")
     }
 
     /// The same whiteout through the cache's own path: the failed tree goes, the other stays.
@@ -87,9 +89,10 @@ struct ImageHardeningTests {
         layer.add("bin/", type: "5", mode: 0o755)
         layer.add(".wh...")
         let image = try image([layer], in: cache.dir)
-        let error = try #require(imageError { _ = try ImageCache.tree(for: image, root: cache.images) })
-        #expect(error.kind == .securityValidation && error.message.contains("'.wh...'"), "\(error.message)")
+        let refusal = imageError { _ = try ImageCache.tree(for: image, root: cache.images) }
         cache.expectIntact()
+        let error = try #require(refusal)
+        #expect(error.kind == .securityValidation && error.message.contains("'.wh...'"), "\(error.message)")
     }
 
     /// H5 (c): the tar of a layout is unpacked before any digest is checked; a
@@ -112,13 +115,12 @@ struct ImageHardeningTests {
         let tar = bundle + "/../" + (bundle as NSString).lastPathComponent + ".tar"
         try outer.archive.write(to: URL(fileURLWithPath: tar))
         defer { try? FileManager.default.removeItem(atPath: tar) }
-        let error = try #require(imageError {
-            _ = try OCIImage.validate(path: tar, expected: nil, allowed: [], staging: bundle + "/layout")
-        }, "\(label): accepted")
-        #expect(error.kind == .securityValidation && error.message.contains(why), "\(label): \(error.message)")
+        let refusal = imageError { _ = try OCIImage.validate(path: tar, expected: nil, allowed: [], staging: bundle + "/layout") }
         #expect((try? String(contentsOfFile: bundle + "/owner", encoding: .utf8)) == "owner-pid\n", "\(label): the bundle's owner file went")
         var st = stat()
         #expect(stat(bundle, &st) == 0 && st.st_mode & 0o7777 == 0o700 && st.st_uid == 0, "\(label): the bundle's mode or owner changed")
+        let error = try #require(refusal, "\(label): accepted")
+        #expect(error.kind == .securityValidation && error.message.contains(why), "\(label): \(error.message)")
     }
 
     /// A layout tar as `docker save` writes it (manifest.json, repositories
@@ -150,12 +152,13 @@ struct ImageHardeningTests {
         let compressed = try TestImages.layerBlob(of: cache.dir + "/layout")
         #expect(TestImages.size(compressed) < 1 << 20, "the bomb should be small: \(TestImages.size(compressed)) bytes")
         let limits = ImageUnpackLimits(maxBytes: 8 << 20, maxEntries: 1000, maxRatio: 100_000)
-        let error = try #require(imageError { _ = try ImageCache.tree(for: image, root: cache.images, limits: limits) })
+        let refusal = imageError { _ = try ImageCache.tree(for: image, root: cache.images, limits: limits) }
+        cache.expectIntact()
+        let error = try #require(refusal)
         #expect(error.kind == .tooLarge, "\(error)")
         for part in ["layer 1", "bomb.bin", "\(8 << 20) bytes", "ALCUB3_IMAGE_MAX_BYTES"] {
             #expect(error.message.contains(part), "no '\(part)' in: \(error.message)")
         }
-        cache.expectIntact()
     }
 
     /// M5: the other limits, each named: the compression ratio of a gzip
