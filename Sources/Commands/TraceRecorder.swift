@@ -23,35 +23,37 @@ struct TraceRecorder {
 
     init(directory: String) { self.directory = directory }
 
-    /// Creates DIR when missing; refuses a path that is not a directory or one
-    /// alcub3 cannot create a file in (tried for real: a read-only or immutable
-    /// directory refuses root too). Returns the absolute path.
+    /// Creates DIR when missing; refuses a path that is not a directory, one
+    /// with a symlink anywhere in it (DIR is usually in the agent's workspace,
+    /// where it could plant one), or one alcub3 cannot create a file in (tried
+    /// for real: a read-only or immutable directory refuses root too).
+    /// Returns the absolute path.
     static func prepare(_ path: String) throws -> String {
         guard !path.isEmpty else { throw fail(Alcub3Exit.usage, "--record-traces needs a directory") }
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: absolute, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else {
-                throw fail(Alcub3Exit.usage, "--record-traces: \(path) exists and is not a directory")
-            }
-        } else {
-            // mkdir -p by hand: Foundation's error does not carry the errno.
-            var prefix = ""
-            for component in absolute.split(separator: "/") {
-                prefix += "/" + component
-                if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
-                    throw fail(Alcub3Exit.usage, "--record-traces: cannot create \(prefix): \(String(cString: strerror(errno)))")
-                }
-            }
-        }
-        let probe = absolute + "/.alcub3-write-check-\(getpid())"
-        let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let directory = try openDirectory(absolute, named: path, create: true, failing: Alcub3Exit.usage)
+        let probe = ".alcub3-write-check-\(getpid())"
+        let fd = openat(directory.raw, probe, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw fail(Alcub3Exit.usage, "--record-traces: \(path) is not writable: \(String(cString: strerror(errno)))")
         }
         close(fd)
-        unlink(probe)
+        unlinkat(directory.raw, probe, 0)
         return absolute
+    }
+
+    /// DIR without following a symlink at any component (see prepare).
+    private static func openDirectory(_ absolute: String, named path: String, create: Bool, failing code: Int32) throws -> OwnedDescriptor {
+        do {
+            return try OwnedDescriptor.directoryWithoutSymlinks(absolute, create: create)
+        } catch {
+            let why = switch error.errno {
+            case ELOOP: "\(error.context); give a path without symlinks (e.g. its realpath)"
+            case ENOTDIR: "\(error.context) exists and is not a directory"
+            default: error.description
+            }
+            throw fail(code, "--record-traces: \(path): \(why)")
+        }
     }
 
     /// One record per completed syscall: entry records (`--syscall-entry`)
@@ -75,13 +77,18 @@ struct TraceRecorder {
 
     /// Writes `<program>-<pid>-<tid>.trace` for each thread with at least
     /// `minimumSyscalls` syscalls, leaving out `excludedPID` (the sandbox's
-    /// init: alcub3's own code, the same in every run).
+    /// init: alcub3's own code, the same in every run). Each file is new,
+    /// made through DIR's descriptor: a name the agent took first (a symlink
+    /// to a host file, say) is never written through, and the run fails
+    /// naming it.
     func write(excludingPID excludedPID: Int32) throws -> (files: Int, syscalls: Int, skipped: Int) {
+        // Opened again now: during the run the agent could have swapped a component for a symlink.
+        let dir = try Self.openDirectory(directory, named: directory, create: false, failing: Alcub3Exit.tracesIncomplete)
         var files = 0, written = 0, skipped = 0
+        var taken: [String] = []
         for (tid, trace) in traces.sorted(by: { $0.key < $1.key }) where trace.pid != excludedPID {
             guard trace.numbers.count >= Self.minimumSyscalls else { skipped += 1; continue }
-            let name = Self.fileSafe(names[trace.pid] ?? "unknown")
-            let path = "\(directory)/\(name)-\(trace.pid)-\(tid).trace"
+            let name = "\(Self.fileSafe(names[trace.pid] ?? "unknown"))-\(trace.pid)-\(tid).trace"
             var text = ""
             text.reserveCapacity(trace.numbers.count * 4)
             for (i, number) in trace.numbers.enumerated() {
@@ -89,12 +96,21 @@ struct TraceRecorder {
                 text += (i + 1) % Self.numbersPerLine == 0 || i + 1 == trace.numbers.count ? "\n" : " "
             }
             do {
-                try FileIO.write(text, to: path, create: true)
+                try FileIO.writeNew(text, named: name, in: dir, mode: 0o644, context: "\(directory)/\(name)")
+            } catch where error.errno == EEXIST {
+                taken.append(name)
+                continue
             } catch {
-                throw fail(Alcub3Exit.internalError, "--record-traces: writing \(path): \(error)")
+                throw fail(Alcub3Exit.internalError, "--record-traces: writing \(directory)/\(name): \(error)")
             }
             files += 1
             written += trace.numbers.count
+        }
+        if !taken.isEmpty {
+            throw fail(Alcub3Exit.tracesIncomplete,
+                       "--record-traces: \(taken.count) of \(files + taken.count) traces not written: \(directory) already holds "
+                       + "\(taken.prefix(3).joined(separator: ", "))\(taken.count > 3 ? ", ..." : "") (made during the run?); "
+                       + "alcub3 never writes over an existing file or through a symlink")
         }
         return (files, written, skipped)
     }

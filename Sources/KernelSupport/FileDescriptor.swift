@@ -18,6 +18,40 @@ public final class OwnedDescriptor: Sendable {
     }
 
     deinit { close(raw) }
+
+    /// The directory at the absolute `path`, opened one component at a time
+    /// from "/" with O_NOFOLLOW: a symlink anywhere on the way (one a sandbox
+    /// planted in its workspace) is refused with ELOOP, never followed. With
+    /// `create`, missing directories are made with `mode`.
+    public static func directoryWithoutSymlinks(_ path: String, create: Bool = false,
+                                                mode: mode_t = 0o755) throws(SystemError) -> OwnedDescriptor {
+        guard path.hasPrefix("/") else { throw SystemError(errno: EINVAL, call: "open", context: "\(path): not an absolute path") }
+        var current = try OwnedDescriptor(path: "/", flags: O_RDONLY | O_DIRECTORY)
+        var walked = ""
+        for component in path.split(separator: "/") where component != "." {
+            let name = String(component)
+            walked += "/" + name
+            let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+            var fd = openat(current.raw, name, flags)
+            if fd < 0 && errno == ENOENT && create {
+                if mkdirat(current.raw, name, mode) != 0 && errno != EEXIST {
+                    throw SystemError(errno: errno, call: "mkdirat", context: walked)
+                }
+                fd = openat(current.raw, name, flags)
+            }
+            if fd < 0 {
+                let code = errno
+                // O_DIRECTORY can win over O_NOFOLLOW (ENOTDIR): say plainly it is a symlink.
+                var st = stat()
+                if fstatat(current.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
+                    throw SystemError(errno: ELOOP, call: "openat", context: "\(walked) is a symlink (not followed)")
+                }
+                throw SystemError(errno: code, call: "openat", context: walked)
+            }
+            current = OwnedDescriptor(fd)
+        }
+        return current
+    }
 }
 
 public enum FileIO {
@@ -42,6 +76,23 @@ public enum FileIO {
         let count = bytes.count
         let written = try syscallChecked("write", path) { bytes.withUnsafeMutableBytes { Glibc.write(fd.raw, $0.baseAddress, count) } }
         if written != count { throw SystemError(errno: EIO, call: "write", context: "\(path): short write") }
+    }
+
+    /// Writes `text` to a new file `name` in `directory`, `name` one path
+    /// component. O_CREAT|O_EXCL|O_NOFOLLOW: a file or a symlink already at
+    /// that name (planted by a sandbox) is never written through; EEXIST instead.
+    public static func writeNew(_ text: String, named name: String, in directory: OwnedDescriptor,
+                                mode: mode_t = 0o644, context: String = "") throws(SystemError) {
+        let subject = context.isEmpty ? name : context
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/") else {
+            throw SystemError(errno: EINVAL, call: "openat", context: "\(subject): not a file name")
+        }
+        let fd = OwnedDescriptor(try syscallChecked("openat", subject) {
+            openat(directory.raw, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        })
+        let bytes = Array(text.utf8)
+        let complete = bytes.withUnsafeBytes { writeAll(fd.raw, $0) }
+        if !complete { throw SystemError(errno: errno == 0 ? EIO : errno, call: "write", context: subject) }
     }
 
     /// Reads a small file (proc, sysfs, cgroupfs) as text.

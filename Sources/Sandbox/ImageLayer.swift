@@ -3,12 +3,17 @@ import Glibc
 #endif
 import CAlcub3
 import Crypto
+import Foundation
 import KernelSupport
 
 // Container image layers: a tar stream (plain or gzip) applied to a root
-// filesystem with OCI whiteouts. Every path is resolved inside the root
-// (openat2 RESOLVE_IN_ROOT), so neither `..` nor a symlink an earlier entry
-// made can send a write outside it.
+// filesystem with OCI whiteouts. Every parent directory is resolved inside
+// the root (openat2 RESOLVE_IN_ROOT), so neither `..` nor a symlink an earlier
+// entry made can send a write outside it; every final name (a whiteout's
+// target included) is one plain component, never "", ".", ".." or with a NUL,
+// and is acted on without following a symlink. The bytes and entries of a
+// whole image are counted as they stream (UnpackBudget): a decompression bomb
+// stops at the limit, not at a full disk.
 
 /// Bytes read in order.
 protocol ByteSource: AnyObject {
@@ -82,10 +87,106 @@ final class HashingByteSource: ByteSource {
     }
 
     /// Reads what is left (tar padding after the end blocks) and returns the digest.
-    func finish() -> ImageDigest {
+    func finish() throws -> ImageDigest {
         var scratch = [UInt8](repeating: 0, count: 1 << 16)
-        while let n = try? scratch.withUnsafeMutableBytes({ try read(into: $0) }), n > 0 {}
+        while try scratch.withUnsafeMutableBytes({ try read(into: $0) }) > 0 {}
         return ImageDigest(hasher.finalize())
+    }
+}
+
+/// Bounds on what unpacking one image may write: a small gzip layer can
+/// expand a thousandfold, and the cache's budget applies only afterwards.
+public struct ImageUnpackLimits: Sendable, Equatable {
+    /// Uncompressed tar bytes of all the image's layers together.
+    public var maxBytes: UInt64
+    /// Tar entries of all the image's layers together (each is an inode).
+    public var maxEntries: Int
+    /// A gzip layer may expand at most this many times its compressed size,
+    /// once past `ratioFloor` bytes (small layers are mostly tar padding).
+    public var maxRatio: UInt64
+    public var ratioFloor: UInt64 = 64 << 20
+
+    public init(maxBytes: UInt64, maxEntries: Int, maxRatio: UInt64) {
+        (self.maxBytes, self.maxEntries, self.maxRatio) = (maxBytes, maxEntries, maxRatio)
+    }
+
+    public static let defaultMaxBytes: UInt64 = 4 << 30
+    public static let defaultMaxEntries = 500_000
+    public static let defaultMaxRatio: UInt64 = 100
+
+    /// $ALCUB3_IMAGE_MAX_BYTES (else 4 GiB, never more than the cache's budget),
+    /// $ALCUB3_IMAGE_MAX_ENTRIES (else 500,000), $ALCUB3_IMAGE_MAX_RATIO (else 100).
+    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> ImageUnpackLimits {
+        let bytes = environment["ALCUB3_IMAGE_MAX_BYTES"].flatMap { UInt64($0) } ?? defaultMaxBytes
+        return ImageUnpackLimits(maxBytes: min(bytes, ImageCache.budget(environment)),
+                                 maxEntries: environment["ALCUB3_IMAGE_MAX_ENTRIES"].flatMap { Int($0) } ?? defaultMaxEntries,
+                                 maxRatio: environment["ALCUB3_IMAGE_MAX_RATIO"].flatMap { UInt64($0) } ?? defaultMaxRatio)
+    }
+}
+
+/// What one image has used of its limits so far, across its layers.
+final class UnpackBudget {
+    let limits: ImageUnpackLimits
+    private(set) var bytes: UInt64 = 0
+    private(set) var entries = 0
+
+    init(_ limits: ImageUnpackLimits) { self.limits = limits }
+
+    private func refusal(_ layer: String, _ what: String) -> ImageError {
+        ImageError(.tooLarge, "\(layer): \(what); refused as a possible decompression bomb (the limits are "
+                   + "$ALCUB3_IMAGE_MAX_BYTES, $ALCUB3_IMAGE_MAX_ENTRIES, $ALCUB3_IMAGE_MAX_RATIO)")
+    }
+
+    /// `count` more uncompressed bytes read from `layer`.
+    func consume(_ count: Int, layer: String) throws {
+        bytes += UInt64(count)
+        if bytes > limits.maxBytes {
+            throw refusal(layer, "the image unpacks to more than its limit of \(limits.maxBytes) bytes")
+        }
+    }
+
+    /// One more entry; and, for a file, its size checked before a byte of it is written.
+    func admit(_ entry: TarEntry, layer: String) throws {
+        entries += 1
+        if entries > limits.maxEntries {
+            throw refusal(layer, "the image has more than its limit of \(limits.maxEntries) entries")
+        }
+        if entry.kind.isFile && entry.size > limits.maxBytes - min(bytes, limits.maxBytes) {
+            throw refusal(layer, "entry '\(entry.printablePath)' (\(entry.size) bytes) takes the image past its limit of "
+                          + "\(limits.maxBytes) bytes")
+        }
+    }
+
+    /// The uncompressed stream of `layer` (`compressedSize` bytes of gzip, or nil for a plain tar).
+    func meter(_ input: ByteSource, layer: String, compressedSize: UInt64?) -> ByteSource {
+        MeteredByteSource(input, budget: self, layer: layer, compressedSize: compressedSize)
+    }
+
+    func checkRatio(_ produced: UInt64, compressedSize: UInt64, layer: String) throws {
+        if produced > limits.ratioFloor && produced / max(compressedSize, 1) >= limits.maxRatio {
+            throw refusal(layer, "it expands more than \(limits.maxRatio) times its compressed size of \(compressedSize) bytes")
+        }
+    }
+}
+
+/// Counts the bytes a layer's tar stream yields against the image's budget.
+private final class MeteredByteSource: ByteSource {
+    private let input: ByteSource
+    private let budget: UnpackBudget
+    private let layer: String
+    private let compressedSize: UInt64?
+    private var produced: UInt64 = 0
+
+    init(_ input: ByteSource, budget: UnpackBudget, layer: String, compressedSize: UInt64?) {
+        (self.input, self.budget, self.layer, self.compressedSize) = (input, budget, layer, compressedSize)
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = try input.read(into: buffer)
+        produced += UInt64(n)
+        try budget.consume(n, layer: layer)
+        if let compressedSize { try budget.checkRatio(produced, compressedSize: compressedSize, layer: layer) }
+        return n
     }
 }
 
@@ -99,6 +200,9 @@ struct TarEntry {
     var mode: UInt32
     var uid: UInt32
     var gid: UInt32
+
+    /// The path for a message: a NUL (possible only through PAX) shown as \\0.
+    var printablePath: String { path.replacingOccurrences(of: "\0", with: "\\0") }
 }
 
 /// Reads ustar, GNU (long names) and PAX tar streams.
@@ -265,41 +369,59 @@ extension TarEntry.Kind {
 struct LayerUnpacker {
     let root: OwnedDescriptor
     let layerName: String
-    /// For a tar of an image layout: anything but a file or a directory is refused.
-    var onlyFilesAndDirectories = false
+    /// For the tar of an image layout: only its files and directories (oci-layout,
+    /// index.json, blobs/<algorithm>/<hex>) are written, root's and private;
+    /// anything else is skipped, a whiteout or a link refused.
+    let layout: Bool
+    let budget: UnpackBudget
 
-    init(root: OwnedDescriptor, layerName: String, onlyFilesAndDirectories: Bool = false) {
+    init(root: OwnedDescriptor, layerName: String, layout: Bool = false, budget: UnpackBudget) {
         self.root = root
         self.layerName = layerName
-        self.onlyFilesAndDirectories = onlyFilesAndDirectories
+        self.layout = layout
+        self.budget = budget
     }
 
     private func unsafe(_ path: String, _ why: String) -> ImageError {
-        ImageError(.securityValidation, "\(layerName): entry '\(path)' \(why)")
+        ImageError(.securityValidation, "\(layerName): entry '\(path.replacingOccurrences(of: "\0", with: "\\0"))' \(why)")
     }
 
-    /// "a/./b/" -> ["a", "b"]; absolute paths and ".." are refused.
+    /// "a/./b/" -> ["a", "b"]; absolute paths, ".." and NUL bytes are refused.
     func components(_ path: String) throws -> [String] {
+        // Swift keeps a PAX name's NUL; C would stop there ("..\0x" is "..").
+        if path.utf8.contains(0) { throw unsafe(path, "has a NUL byte in its name, which would cut it short") }
         if path.hasPrefix("/") { throw unsafe(path, "is an absolute path") }
         let parts = path.split(separator: "/").map(String.init).filter { $0 != "." }
         if parts.contains("..") { throw unsafe(path, "has a '..' component, which could reach outside the root filesystem") }
         return parts
     }
 
+    /// A name acted on inside a parent directory must be one component: "..",
+    /// "." or "" would make the parent (or its parent) the target.
+    private func checkedName(_ name: String, of path: String) throws -> String {
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.utf8.contains(0) else {
+            throw unsafe(path, "names '\(name.replacingOccurrences(of: "\0", with: "\\0"))', which is not a file in its directory")
+        }
+        return name
+    }
+
     func apply(_ reader: TarReader) throws {
         var created = Set<String>()
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while let entry = try reader.next() {
+            try budget.admit(entry, layer: layerName)
             let parts = try components(entry.path)
-            guard let name = parts.last else { continue }  // "./": the root itself
+            guard let last = parts.last else { continue }  // "./": the root itself
+            let name = try checkedName(last, of: entry.path)
             if case .device(let what) = entry.kind { throw unsafe(entry.path, "is a \(what); images may not create device nodes") }
             if case .other(let type) = entry.kind {
-                throw ImageError(.unsupported, "\(layerName): entry '\(entry.path)' has tar type '\(Character(Unicode.Scalar(type)))', which alcub3 does not unpack")
+                throw ImageError(.unsupported, "\(layerName): entry '\(entry.printablePath)' has tar type '\(Character(Unicode.Scalar(type)))', which alcub3 does not unpack")
             }
-            if onlyFilesAndDirectories {
-                switch entry.kind {
-                case .file, .directory: break
-                default: throw ImageError(.malformed, "entry '\(entry.path)' is neither a file nor a directory")
+            if layout {
+                if name.hasPrefix(".wh.") { throw unsafe(entry.path, "is a whiteout, which an image layout never holds") }
+                guard let wanted = Self.layoutEntryIsDirectory(parts) else { continue }  // not part of the layout (docker's manifest.json)
+                guard entry.kind.isFile || entry.kind.isDirectory, entry.kind.isDirectory == wanted else {
+                    throw ImageError(.malformed, "entry '\(entry.printablePath)' is not a \(wanted ? "directory" : "file")")
                 }
             }
             let parent = try directory(Array(parts.dropLast()), entry: entry.path)
@@ -311,7 +433,8 @@ struct LayerUnpacker {
                 continue
             }
             if name.hasPrefix(".wh.") {
-                try removeTree(String(name.dropFirst(4)), in: parent)
+                // ".wh..." would name the parent's parent: the target must be a name of its own.
+                try removeTree(try checkedName(String(name.dropFirst(4)), of: entry.path), in: parent)
                 continue
             }
             // A lower layer's entry of another kind (or any file) is replaced.
@@ -340,14 +463,15 @@ struct LayerUnpacker {
                         written += w
                     }
                 }
-                try syscallChecked("fchown", entry.path) { fchown(fd.raw, entry.uid, entry.gid) }
-                try syscallChecked("fchmod", entry.path) { fchmod(fd.raw, mode_t(entry.mode)) }
+                try setOwnerAndMode(fd, entry)
             case .symlink:
+                if entry.linkTarget.utf8.contains(0) { throw unsafe(entry.path, "is a symlink whose target has a NUL byte") }
                 _ = try noSpace(entry.path) { try syscallChecked("symlinkat", entry.path) { symlinkat(entry.linkTarget, parent.raw, name) } }
                 try syscallChecked("fchownat", entry.path) { fchownat(parent.raw, name, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
             case .hardLink:
                 let targetParts = try components(entry.linkTarget)
-                guard let targetName = targetParts.last else { throw unsafe(entry.path, "is a hard link to the root directory") }
+                guard let last = targetParts.last else { throw unsafe(entry.path, "is a hard link to the root directory") }
+                let targetName = try checkedName(last, of: entry.linkTarget)
                 let targetParent = try directory(Array(targetParts.dropLast()), entry: entry.linkTarget, create: false)
                 try syscallChecked("linkat", "\(entry.path) -> \(entry.linkTarget)") { linkat(targetParent.raw, targetName, parent.raw, name, 0) }
             case .fifo:
@@ -357,6 +481,20 @@ struct LayerUnpacker {
                 break  // refused above
             }
             created.insert(key)
+        }
+    }
+
+    /// In an image layout: true for a directory it has, false for a file, nil for anything else.
+    static func layoutEntryIsDirectory(_ parts: [String]) -> Bool? {
+        func word(_ s: String, _ allowed: (UInt8) -> Bool) -> Bool { !s.isEmpty && s.utf8.allSatisfy(allowed) }
+        let algorithm = { (s: String) in word(s) { (97...122).contains($0) || (48...57).contains($0) } }
+        switch parts.count {
+        case 1 where parts[0] == "oci-layout" || parts[0] == "index.json": return false
+        case 1 where parts[0] == "blobs": return true
+        case 2 where parts[0] == "blobs" && algorithm(parts[1]): return true
+        case 3 where parts[0] == "blobs" && algorithm(parts[1]) && word(parts[2], { (97...102).contains($0) || (48...57).contains($0) }):
+            return false
+        default: return nil
         }
     }
 
@@ -379,13 +517,28 @@ struct LayerUnpacker {
         })
     }
 
+    /// Owner and mode of `name`, just made in `parent`, set through a descriptor
+    /// of it (O_NOFOLLOW: fchmodat would follow a symlink put there).
     private func setOwnerAndMode(_ parent: OwnedDescriptor, _ name: String, _ entry: TarEntry) throws {
-        try syscallChecked("fchownat", entry.path) { fchownat(parent.raw, name, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
-        try syscallChecked("fchmodat", entry.path) { fchmodat(parent.raw, name, mode_t(entry.mode), 0) }
+        if layout { return }
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        let fd = OwnedDescriptor(try syscallChecked("openat", entry.path) {
+            openat(parent.raw, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
+        })
+        try setOwnerAndMode(fd, entry)
+    }
+
+    /// An image layout's files stay root's and private (0600, directories 0700).
+    private func setOwnerAndMode(_ fd: OwnedDescriptor, _ entry: TarEntry) throws {
+        if layout { return }
+        try syscallChecked("fchown", entry.path) { fchown(fd.raw, entry.uid, entry.gid) }
+        try syscallChecked("fchmod", entry.path) { fchmod(fd.raw, mode_t(entry.mode)) }
     }
 
     /// Removes `name` in `parent`, a directory with everything beneath it.
+    /// `name` is one component (checkedName or readdir's), never "." or "..".
     private func removeTree(_ name: String, in parent: OwnedDescriptor) throws {
+        precondition(!name.isEmpty && name != "." && name != ".." && !name.contains("/"), "removeTree('\(name)'): our bug")
         var st = stat()
         guard fstatat(parent.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return }
         if (st.st_mode & S_IFMT) == S_IFDIR {
@@ -420,4 +573,3 @@ struct LayerUnpacker {
         }
     }
 }
-

@@ -9,10 +9,11 @@ import KernelSupport
 /// Why an image cannot be used. A `.securityValidation` failure (a digest or
 /// size that does not match, an unpinned manifest, an entry that would land
 /// outside the root filesystem or make a device) means the image may have been
-/// tampered with: it never starts.
+/// tampered with: it never starts. `.tooLarge`: it would unpack past its
+/// limits (ImageUnpackLimits), as a decompression bomb does.
 public struct ImageError: Error, CustomStringConvertible, Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
-        case notFound, notAnImage, malformed, missingBlob, securityValidation, unsupportedArchitecture, unsupported, noSpace
+        case notFound, notAnImage, malformed, missingBlob, securityValidation, unsupportedArchitecture, unsupported, noSpace, tooLarge
     }
 
     public static let securityPrefix = "Container image failed security validation: "
@@ -137,16 +138,16 @@ public enum OCIImage {
     static let jsonLimit = 4 << 20
 
     /// Checks the image at `path`: a root filesystem directory, an OCI image
-    /// layout directory, or a tar of one (unpacked into `staging`, which the
-    /// caller removes). The manifest must be `expected` or in `allowed`.
+    /// layout directory, or a tar of one (its layout files alone unpacked into
+    /// `staging`, which the caller removes). The manifest must be `expected` or in `allowed`.
     public static func validate(path: String, expected: ImageDigest?, allowed: Set<ImageDigest>,
-                                staging: String) throws -> ValidatedImage {
+                                staging: String, limits: ImageUnpackLimits = .fromEnvironment()) throws -> ValidatedImage {
         var st = stat()
         guard stat(path, &st) == 0 else {
             throw ImageError(.notFound, "container image not found: \(path) (\(String(cString: strerror(errno))))")
         }
         if (st.st_mode & S_IFMT) == S_IFREG {
-            try unpackLayoutTar(path, into: staging)
+            try unpackLayoutTar(path, into: staging, limits: limits)
             guard FileIO.exists(staging + "/oci-layout") else {
                 throw ImageError(.notAnImage, "\(path) is not an OCI image layout: the tar has no oci-layout file")
             }
@@ -315,13 +316,15 @@ public enum OCIImage {
         return object
     }
 
-    /// A tar of an image layout: directories and regular files only.
-    static func unpackLayoutTar(_ path: String, into staging: String) throws {
+    /// A tar of an image layout, before any digest is checked: its layout files
+    /// and directories alone, through the same confined unpacker as a layer.
+    static func unpackLayoutTar(_ path: String, into staging: String, limits: ImageUnpackLimits) throws {
         try AgentLock.makeDirectories(staging)
         let root = try OwnedDescriptor(path: staging, flags: O_RDONLY | O_DIRECTORY)
-        let source = try FileByteSource(path: path)
+        let budget = UnpackBudget(limits)
+        let source = budget.meter(try FileByteSource(path: path), layer: path, compressedSize: nil)
         do {
-            try LayerUnpacker(root: root, layerName: path, onlyFilesAndDirectories: true).apply(TarReader(source))
+            try LayerUnpacker(root: root, layerName: path, layout: true, budget: budget).apply(TarReader(source))
         } catch let error as ImageError where error.kind == .malformed {
             throw ImageError(.notAnImage, "\(path) is not an OCI image layout: \(error.message)")
         }
@@ -331,19 +334,24 @@ public enum OCIImage {
 extension ValidatedImage {
     /// Writes the image's root filesystem into the directory `rootfs` (empty):
     /// each layer in order, with its whiteouts, each checked as it streams
-    /// (its uncompressed sha256 against the config's diff_id too). Whoever
-    /// made `rootfs` removes it when this throws.
-    public func unpack(into rootfs: String) throws {
+    /// (its uncompressed sha256 against the config's diff_id too), all of
+    /// them together within `limits`. Whoever made `rootfs` removes it when this throws.
+    public func unpack(into rootfs: String, limits: ImageUnpackLimits = .fromEnvironment()) throws {
         guard case .layout(_, let layers) = source else {
             throw ImageError(.unsupported, "a root filesystem directory is used as it is, not unpacked")
         }
         let root = try OwnedDescriptor(path: rootfs, flags: O_RDONLY | O_DIRECTORY)
+        let budget = UnpackBudget(limits)
         for (i, layer) in layers.enumerated() {
-            let file = try FileByteSource(path: layer.path)
-            let hashing = HashingByteSource(layer.gzip ? try GzipByteSource(file, name: layer.digest.description) : file)
             let name = "layer \(i + 1) (\(layer.digest))"
-            try LayerUnpacker(root: root, layerName: name).apply(TarReader(hashing))
-            let diffID = hashing.finish()
+            let file = try FileByteSource(path: layer.path)
+            var st = stat()
+            try syscallChecked("fstat", layer.path) { fstat(file.fd.raw, &st) }
+            let tar = layer.gzip ? budget.meter(try GzipByteSource(file, name: layer.digest.description), layer: name, compressedSize: UInt64(st.st_size))
+                : budget.meter(file, layer: name, compressedSize: nil)
+            let hashing = HashingByteSource(tar)
+            try LayerUnpacker(root: root, layerName: name, budget: budget).apply(TarReader(hashing))
+            let diffID = try hashing.finish()
             if let expected = layer.diffID, expected != diffID {
                 throw ImageError(.securityValidation, "\(name): uncompressed content expected \(expected) (the config's diff_id), got \(diffID)")
             }
@@ -362,15 +370,18 @@ public enum ImageCache {
     public static let root = "/var/cache/alcub3/images"
 
     /// $ALCUB3_IMAGE_CACHE_BYTES, else 8 GiB.
-    public static var budgetBytes: UInt64 {
-        ProcessInfo.processInfo.environment["ALCUB3_IMAGE_CACHE_BYTES"].flatMap { UInt64($0) } ?? 8 << 30
+    public static var budgetBytes: UInt64 { budget(ProcessInfo.processInfo.environment) }
+
+    static func budget(_ environment: [String: String]) -> UInt64 {
+        environment["ALCUB3_IMAGE_CACHE_BYTES"].flatMap { UInt64($0) } ?? 8 << 30
     }
 
     /// The directory holding the image's root filesystem: the directory itself
     /// for a root filesystem, else the cache's tree, unpacked now if missing
     /// (into a temporary directory renamed into place, so a failure or a
-    /// concurrent start leaves no half tree).
-    public static func tree(for image: ValidatedImage) throws -> String {
+    /// concurrent start leaves no half tree). `root` and `limits`: for tests.
+    public static func tree(for image: ValidatedImage, root: String = ImageCache.root,
+                            limits: ImageUnpackLimits = .fromEnvironment()) throws -> String {
         switch image.source {
         case .rootfs(let directory):
             return directory
@@ -385,7 +396,7 @@ public enum ImageCache {
             let temporary = root + "/.unpacking-\(manifest.hex.prefix(12))-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             try syscallChecked("mkdir", temporary) { mkdir(temporary, 0o755) }
             do {
-                try image.unpack(into: temporary)
+                try image.unpack(into: temporary, limits: limits)
                 if rename(temporary, final) != 0 {
                     guard errno == EEXIST || errno == ENOTEMPTY else { throw SystemError(errno: errno, call: "rename", context: final) }
                     try? FileManager.default.removeItem(atPath: temporary)  // another start unpacked it first

@@ -54,4 +54,64 @@ struct TraceRecordingTests {
             #expect(!FileManager.default.fileExists(atPath: dir + "/ran"))
         }
     }
+
+    /// H6: the agent plants `python3-<pid>-<pid>.trace` symlinks to a root-only
+    /// file outside for every pid the host can hand out (it cannot know its
+    /// host pid from inside its pid namespace); alcub3 writes no trace through
+    /// them, leaves the file as it was and fails naming the planted names.
+    @Test func symlinksPlantedWhereTracesGoAreNeverWrittenThrough() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-traces-" + UUID().uuidString
+        let outside = NSTemporaryDirectory() + "alcub3-trace-canary-" + UUID().uuidString
+        for d in [dir + "/traces", outside] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        defer { for d in [dir, outside] { try? FileManager.default.removeItem(atPath: d) } }
+        let canary = outside + "/clobber.txt"
+        try "original content of a root-owned file\n".write(toFile: canary, atomically: false, encoding: .utf8)
+        chmod(canary, 0o600)
+        let pidMax = Int((try String(contentsOfFile: "/proc/sys/kernel/pid_max", encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 32768
+        // Past 32768 the spray would take long; the pids here are the ones just handed out.
+        let last = min(pidMax - 1, 32767)
+        let script = """
+            import os
+            for n in range(300, \(last) + 1):
+                os.symlink("\(canary)", "traces/python3-%d-%d.trace" % (n, n))
+            print("planted", \(last) - 299)
+            """
+        let r = try alcub3(["run", "--record-traces", "traces", "--", "/usr/bin/python3", "-c", script], in: dir)
+        #expect(r.stdout.contains("planted"), "stdout: \(r.stdout) stderr: \(r.stderr)")
+        #expect(try String(contentsOfFile: canary, encoding: .utf8) == "original content of a root-owned file\n")
+        var st = stat()
+        #expect(lstat(canary, &st) == 0 && st.st_mode & 0o7777 == 0o600 && st.st_uid == 0)
+        // The python trace's name was taken (the spray covers every pid), so the run says so.
+        #expect(r.code == 75, "exit \(r.code): \(r.stderr)")
+        #expect(r.stderr.contains("never writes over an existing file or through a symlink") && r.stderr.contains("python3-"),
+                "stderr: \(r.stderr)")
+        let planted = try FileManager.default.contentsOfDirectory(atPath: dir + "/traces")
+        #expect(planted.allSatisfy { (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/traces/" + $0)) == canary },
+                "a planted link was replaced: every entry in traces/ should still be the agent's link")
+    }
+
+    /// H6: during the run the agent swaps DIR itself for a symlink to a host
+    /// directory; no trace lands there and the run says why.
+    @Test func aTraceDirectorySwappedForASymlinkIsRefused() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-traces-" + UUID().uuidString
+        let outside = NSTemporaryDirectory() + "alcub3-trace-target-" + UUID().uuidString
+        for d in [dir, outside] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        defer { for d in [dir, outside] { try? FileManager.default.removeItem(atPath: d) } }
+        let script = """
+            import os
+            os.rename("traces", "traces.old")
+            os.symlink("\(outside)", "traces")
+            for _ in range(100): os.getppid()
+            """
+        let r = try alcub3(["run", "--record-traces", "traces", "--", "/usr/bin/python3", "-c", script], in: dir)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty, "traces were written through the symlink")
+        #expect(r.code == 75, "exit \(r.code): \(r.stderr)")
+        #expect(r.stderr.contains("is a symlink (not followed)"), "stderr: \(r.stderr)")
+        // Given as a symlink before the run, it is refused before anything runs.
+        let before = try alcub3(["run", "--record-traces", "traces", "--", "/bin/sh", "-c", "touch ran"], in: dir)
+        #expect(before.code == 64 && before.stderr.contains("is a symlink (not followed)"), "\(before.code): \(before.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/ran"))
+    }
 }
+
