@@ -109,6 +109,12 @@ public struct AgentProfile: Codable, Sendable {
         } catch {
             throw ProfileError.unreadable(path: path, reason: (error as NSError).localizedFailureReason ?? "\(error)")
         }
+        return try load(data, path: path, agentID: agentID)
+    }
+
+    /// The profile in `data`, read by the caller (through a descriptor it
+    /// checked, say); `path` names it in the refusals.
+    public static func load(_ data: Data, path: String, agentID: String) throws(ProfileError) -> AgentProfile {
         let profile: AgentProfile
         do {
             profile = try JSONDecoder().decode(AgentProfile.self, from: data)

@@ -97,6 +97,7 @@ public enum DefaultConfiguration {
       retention:
         max_age: "7d"
         max_size: "1GB"
+      output_limit: "16MiB"   # of each sandbox's stdout and stderr kept in output.log; the rest is discarded, with a finding
 
     """#
 }

@@ -176,6 +176,8 @@ public struct ServiceConfiguration: Sendable, Equatable {
     public internal(set) var stateDir = ""
     public internal(set) var metricsAddress = ListenAddress(host: "", port: 0)
     public internal(set) var retention = Retention()
+    /// The first bytes of a service sandbox's stdout and stderr kept in its output.log.
+    public internal(set) var outputLimitBytes: UInt64 = 16 << 20
 }
 
 public struct Retention: Sendable, Equatable {
@@ -380,6 +382,7 @@ extension ServiceConfiguration {
                 .value("max_age", \.maxAge, YAMLValue.duration),
                 .value("max_size", \.maxSizeBytes) { try Quantity.bytes(YAMLValue.text($0)) },
             ]),
+            .value("output_limit", \.outputLimitBytes) { try Quantity.bytes(YAMLValue.text($0)) },
         ]
     }
 }

@@ -1,4 +1,7 @@
 import Analysis
+#if canImport(Glibc)
+import Glibc
+#endif
 import Enforcement
 import Foundation
 import KernelSupport
@@ -38,11 +41,54 @@ public struct BehaviourSettings: Sendable {
 /// agent: no observation window), and where to save the one it learns.
 public struct ProfileChoice: Sendable {
     public var loaded: AgentProfile?
-    public var path: String?
+    public var target: ProfileTarget?
 
-    public init(loaded: AgentProfile?, path: String?) {
+    public init(loaded: AgentProfile?, target: ProfileTarget?) {
         self.loaded = loaded
+        self.target = target
+    }
+}
+
+/// Where a learned profile is saved: a directory held open since the request
+/// (so the path cannot be swapped for another directory meanwhile) and a new
+/// file in it, made with O_EXCL and O_NOFOLLOW so that nothing planted there
+/// is followed. For a peer that is not root, the directory must still be
+/// writable by it, an existing file is never replaced and the file is its own.
+public final class ProfileTarget: Sendable {
+    let directory: OwnedDescriptor
+    let name: String
+    public let path: String
+    let peer: PeerCredentials?
+
+    init(directory: OwnedDescriptor, name: String, path: String, peer: PeerCredentials?) {
+        self.directory = directory
+        self.name = name
         self.path = path
+        self.peer = peer
+    }
+
+    func save(_ profile: AgentProfile) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = try encoder.encode(profile)
+        if let peer {
+            var st = stat()
+            guard fstat(directory.raw, &st) == 0, PeerAccess(peer: peer).allows(st, PeerAccess.write | PeerAccess.search) else {
+                throw SystemError(errno: EACCES, call: "save profile", context: "\(path): uid \(peer.uid) may no longer write its directory")
+            }
+        }
+        let temporary = ".\(name).tmp-\(UInt32.random(in: 0...UInt32.max))"
+        let file = OwnedDescriptor(try syscallChecked("openat", path) {
+            openat(directory.raw, temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        })
+        defer { unlinkat(directory.raw, temporary, 0) }
+        guard data.withUnsafeBytes({ FileIO.writeAll(file.raw, $0) }) else { throw SystemError(errno: errno, call: "write", context: path) }
+        if let peer { try syscallChecked("fchown", path) { fchown(file.raw, peer.uid, peer.gid) } }
+        if linkat(directory.raw, temporary, directory.raw, name, 0) != 0 {
+            // Root's profile replaces an older one, as before; a member's never replaces a file.
+            guard errno == EEXIST, peer == nil else { throw SystemError(errno: errno, call: "linkat", context: path) }
+            try syscallChecked("renameat", path) { renameat(directory.raw, temporary, directory.raw, name) }
+        }
     }
 }
 
@@ -80,10 +126,10 @@ extension SandboxManager {
 
     private func learned(_ profile: AgentProfile, in sandbox: LiveSandbox) {
         var saved: String?
-        if let path = sandbox.profilePath {
+        if let target = sandbox.profileTarget {
             do {
-                try profile.save(to: path)
-                saved = path
+                try target.save(profile)
+                saved = target.path
             } catch {
                 log.error("could not save the behaviour profile of \(sandbox.record.agentID): \(error)")
             }

@@ -65,7 +65,7 @@ public final class Daemon: @unchecked Sendable {
         if !adopted.isEmpty { log.info("re-adopted sandboxes: \(adopted.joined(separator: ", "))") }
         _ = try? store.appendAudit(actor: "service", action: "service.start", subject: "alcub3",
                                details: ServiceJSON.encode(["pid": String(getpid()), "adopted": adopted.joined(separator: ",")]))
-        server = try ControlServer(path: configuration.socketPath, allowedGroup: configuration.allowedGroup)
+        server = try ControlServer(path: configuration.socketPath, allowedGroup: configuration.allowedGroup, layout: layout)
         if let address = configuration.metricsAddress {
             do {
                 metrics = try MetricsServer(address: address, daemon: self)

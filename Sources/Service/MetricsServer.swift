@@ -3,15 +3,21 @@ import Glibc
 #endif
 import Foundation
 import KernelSupport
+import Synchronization
 import Store
 import Telemetry
 
 /// Prometheus text format on a local TCP address (GET /metrics). Loopback
-/// only unless configured otherwise; one short-lived thread per scrape.
+/// only unless configured otherwise. Each scrape runs on its own short-lived
+/// thread, at most `maxScrapes` at once, and a client gets `requestSeconds` to
+/// send its request line: an idle or slow client cannot stall the others.
 final class MetricsServer: @unchecked Sendable {
     // @unchecked: `listener` is set once; `stopped` guarded by the kernel (shutdown).
     private let listener: OwnedDescriptor
     private weak var daemon: Daemon?
+    static let maxScrapes = 8
+    static let requestSeconds = 2.0
+    private let scrapes = Mutex(0)
 
     init(address: String, daemon: Daemon) throws {
         let parts = address.split(separator: ":")
@@ -42,18 +48,55 @@ final class MetricsServer: @unchecked Sendable {
         while true {
             let client = accept(listener.raw, nil, nil)
             if client < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
             let fd = OwnedDescriptor(client)
-            var request = [UInt8](repeating: 0, count: 4096)
-            _ = request.withUnsafeMutableBytes { recv(fd.raw, $0.baseAddress, $0.count, 0) }
-            let isMetrics = String(decoding: request.prefix(while: { $0 != 0 }), as: UTF8.self).hasPrefix("GET /metrics")
-            let body = isMetrics ? render() : "not found: alcub3 serves /metrics\n"
-            let head = "HTTP/1.1 \(isMetrics ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
-            var bytes = Array((head + body).utf8)
-            _ = bytes.withUnsafeMutableBytes { Glibc.send(fd.raw, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            // The answer too gets a deadline: a client that never reads cannot hold a thread.
+            var timeout = timeval(tv_sec: Int(Self.requestSeconds), tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let admitted = scrapes.withLock { count in
+                guard count < Self.maxScrapes else { return false }
+                count += 1
+                return true
+            }
+            guard admitted else { continue }  // closed at once; a scraper retries
+            Thread.detachNewThread { [self] in
+                defer { scrapes.withLock { $0 -= 1 } }
+                answer(fd)
+            }
+        }
+    }
+
+    /// Reads the request line (within `requestSeconds` in all) and answers it.
+    private func answer(_ fd: OwnedDescriptor) {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(Self.requestSeconds * 1e9)
+        var request = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while request.count < 4096 && !request.contains(UInt8(ascii: "\n")) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            guard now < deadline else { return }
+            var p = pollfd(fd: fd.raw, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32((deadline - now) / 1_000_000) + 1)
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return }
+            let n = chunk.withUnsafeMutableBytes { recv(fd.raw, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            request.append(contentsOf: chunk[0..<n])
+        }
+        let isMetrics = String(decoding: request, as: UTF8.self).hasPrefix("GET /metrics")
+        let body = isMetrics ? render() : "not found: alcub3 serves /metrics\n"
+        let head = "HTTP/1.1 \(isMetrics ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        let bytes = Array((head + body).utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd.raw, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }  // gone, or not reading within the deadline
+            offset += n
         }
     }
 
@@ -79,8 +122,8 @@ final class MetricsServer: @unchecked Sendable {
                    [("", stats.lastBatchSeconds)])
             metric("alcub3_store_errors_total", "Batches the store refused.", "counter", [("", Double(stats.storeErrors))])
         }
-        let alerts = (try? manager.store.alerts(AlertFilter(limit: 100_000)).count) ?? 0
-        metric("alcub3_alerts", "Alerts in the store (up to 100,000).", "gauge", [("", Double(alerts))])
+        let alerts = (try? manager.store.alertCount()) ?? 0
+        metric("alcub3_alerts", "Alerts in the store.", "gauge", [("", Double(alerts))])
         let counters = manager.monitor.counters()
         metric("alcub3_kernel_records_seen_total", "Records the BPF programs wanted to send.", "counter", [("", Double(counters.seen))])
         metric("alcub3_kernel_records_dropped_total", "Records lost because a ring buffer was full.", "counter", [("", Double(counters.dropped))])

@@ -1,4 +1,5 @@
 import Analysis
+import CAlcub3
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -63,6 +64,7 @@ struct RequestHandler: Sendable {
                                                force: request.force ?? false)
             connection.send(.result(record))
         case .policySet:
+            try rootOnly(connection.peer, "may not change a running sandbox's network policy")
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
                                                            ports: request.ports ?? [])))
         case .baseline where request.list == true:
@@ -85,6 +87,7 @@ struct RequestHandler: Sendable {
             }
             connection.send(.result(try SandboxExport(record: record)))
         case .importPolicy:
+            try rootOnly(connection.peer, "may not import a policy (sandbox import)")
             try importPolicy(request, connection)
         case .events:
             try events(request, connection)
@@ -106,20 +109,74 @@ struct RequestHandler: Sendable {
 
     /// `--profile FILE`: an existing file is the profile to start from (it must
     /// be this agent's and intact); a new one is where the learned profile goes.
-    private func profileChoice(_ request: ServiceRequest, agent: String) throws -> ProfileChoice? {
+    /// A peer that is not root must be able to read the file, or write and
+    /// search its directory, itself (PeerAccess); the file is read, and the new
+    /// one later written, through descriptors opened now.
+    private func profileChoice(_ request: ServiceRequest, agent: String, peer: PeerCredentials) throws -> ProfileChoice? {
         guard let path = request.profilePath else { return nil }
         guard path.hasPrefix("/") else { throw ServiceFailure(ExitCodes.usage, "--profile needs an absolute path, got '\(path)'") }
-        guard FileManager.default.fileExists(atPath: path) else {
-            let directory = (path as NSString).deletingLastPathComponent
-            guard access(directory, W_OK) == 0 else {
-                throw ServiceFailure(ExitCodes.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
-            }
-            return ProfileChoice(loaded: nil, path: path)
-        }
+        let directory = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
+        guard !name.isEmpty, name != ".", name != ".." else { throw ServiceFailure(ExitCodes.usage, "--profile \(path) names no file") }
+        var st = stat()
+        let exists = lstat(path, &st) == 0
         do {
-            return ProfileChoice(loaded: try AgentProfile.load(from: path, agentID: agent), path: path)
-        } catch {
+            if peer.isRoot {
+                guard exists else {
+                    guard access(directory, W_OK) == 0 else {
+                        throw ServiceFailure(ExitCodes.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
+                    }
+                    let held = try OwnedDescriptor(path: directory, flags: ALCUB3_O_PATH | O_DIRECTORY)
+                    return ProfileChoice(loaded: nil, target: ProfileTarget(directory: held, name: name, path: path, peer: nil))
+                }
+                return ProfileChoice(loaded: try AgentProfile.load(from: path, agentID: agent), target: nil)
+            }
+            let access = PeerAccess(peer: peer)
+            guard exists else {
+                let walk = try access.walk(directory, want: PeerAccess.write | PeerAccess.search, what: "--profile: the directory")
+                return ProfileChoice(loaded: nil, target: ProfileTarget(directory: walk.descriptor, name: name, path: path, peer: peer))
+            }
+            let walk = try access.walk(path, want: PeerAccess.read, what: "--profile")
+            guard walk.status.st_mode & S_IFMT == S_IFREG else { throw ServiceFailure(ExitCodes.usage, "--profile \(path) is not a file") }
+            // Read through the descriptor the walk checked (its magic link), not the path again.
+            let data = Data(try FileIO.read("/proc/self/fd/\(walk.descriptor.raw)", limit: 64 << 20).utf8)
+            return ProfileChoice(loaded: try AgentProfile.load(data, path: path, agentID: agent), target: nil)
+        } catch let refusal as PeerAccess.Refusal {
+            throw ServiceFailure(ExitCodes.notAllowed, refusal.description)
+        } catch let error as ProfileError {
             throw ServiceFailure(ExitCodes.invalidPolicy, "\(error)")
+        }
+    }
+
+    /// Requests only root may make. Root is trusted with every request (it is
+    /// root on the host anyway); members of service.socket_group are not.
+    private func rootOnly(_ peer: PeerCredentials, _ what: String) throws {
+        guard !peer.isRoot else { return }
+        throw ServiceFailure(ExitCodes.notAllowed, "uid \(peer.uid) (a member of the service's socket group, not root) \(what): only root may")
+    }
+
+    /// A member of the socket group gets the operator's configured policy for
+    /// the classification it chooses, or a stricter isolation level; it may
+    /// not bring policy of its own. Refused outright rather than "tighten
+    /// only": the policy has many fields (paths, network, seccomp,
+    /// capabilities, limits, responses) and grows, and a comparison that
+    /// missed one would silently give a member a weaker sandbox.
+    private func checkMemberRequest(_ request: ServiceRequest, peer: PeerCredentials) throws {
+        guard !peer.isRoot else { return }
+        if !(request.policyYAML ?? []).isEmpty { try rootOnly(peer, "may not give policy files (--policy-file)") }
+        if request.seccompProfile != nil { try rootOnly(peer, "may not give a seccomp profile (--seccomp-profile)") }
+        if request.capabilities != nil { try rootOnly(peer, "may not grant capabilities (--capability)") }
+        if request.imageDigest != nil { try rootOnly(peer, "may not give --image-digest, which stands in for the image allow-list") }
+    }
+
+    /// The isolation level a member asks for may be stronger than the configured one, never weaker.
+    private func checkMemberIsolation(_ request: ServiceRequest, resolved: ResolvedPolicy, peer: PeerCredentials) throws {
+        if !peer.isRoot && request.isolation != nil {
+            let configured = try PolicyResolver.resolve(base: daemon.policyConfiguration, classification: request.classification, isolation: nil,
+                                                        capabilities: nil, policyFiles: []).policy.isolation
+            let order = IsolationLevel.allCases
+            if order.firstIndex(of: resolved.policy.isolation)! < order.firstIndex(of: configured)! {
+                try rootOnly(peer, "may not lower the isolation level below the configured \(configured.rawValue)")
+            }
         }
     }
 
@@ -137,8 +194,10 @@ struct RequestHandler: Sendable {
         let files = (request.policyYAML ?? []).enumerated().map { (i, text) in
             (name: i < names.count ? names[i] : "policy file \(i + 1)", text: text)
         }
+        try checkMemberRequest(request, peer: connection.peer)
         var resolved = try PolicyResolver.resolve(base: daemon.policyConfiguration, classification: request.classification, isolation: request.isolation,
                                                   capabilities: request.capabilities, policyFiles: files)
+        try checkMemberIsolation(request, resolved: resolved, peer: connection.peer)
         if let profile = request.seccompProfile {
             resolved.policy.seccompProfile = profile
             _ = try SandboxManager.seccompProgram(for: resolved.policy)
@@ -172,12 +231,41 @@ struct RequestHandler: Sendable {
         create.shareWorkingDirectory = request.shareWorkingDirectory ?? false
         create.image = isolation == .container ? request.image : nil
         create.imageDigest = imageDigest
-        create.profile = try profileChoice(request, agent: agent)
-        let record = try manager.create(create,
-            steps: request.verbose == true ? { step in
-                connection.send(ServiceMessage(type: .step, json: ServiceJSON.encode(step), message: step.step))
-            } : nil)
+        create.profile = try profileChoice(request, agent: agent, peer: connection.peer)
+        let image = try memberPaths(&create, peer: connection.peer)
+        let record = try withExtendedLifetime(image) {
+            try manager.create(create,
+                steps: request.verbose == true ? { step in
+                    connection.send(ServiceMessage(type: .step, json: ServiceJSON.encode(step), message: step.step))
+                } : nil)
+        }
         connection.send(.result(record))
+    }
+
+    /// A member of the socket group shares only a directory it may write
+    /// itself whose place it cannot change (PeerAccess.shareableDirectory),
+    /// and runs only an image tar it may read itself, read by the service
+    /// through the descriptor returned here (hold it until the creation is
+    /// done). Root's paths are taken as given.
+    private func memberPaths(_ create: inout CreateRequest, peer: PeerCredentials) throws -> OwnedDescriptor? {
+        guard !peer.isRoot else { return nil }
+        let access = PeerAccess(peer: peer)
+        do {
+            if create.shareWorkingDirectory {
+                create.workingDirectory = try access.shareableDirectory(create.workingDirectory).path
+            }
+            guard let image = create.image else { return nil }
+            let walk = try access.walk(image, want: PeerAccess.read, what: "--image")
+            guard walk.status.st_mode & S_IFMT == S_IFREG else {
+                throw PeerAccess.Refusal(description: "--image \(image): a member of the socket group gives an image as a tar of an OCI "
+                                         + "image layout; a directory (a root filesystem or a layout) only root may give")
+            }
+            let held = try PeerAccess.reopen(walk, flags: O_RDONLY)
+            create.image = "/proc/self/fd/\(held.raw)"
+            return held
+        } catch let refusal as PeerAccess.Refusal {
+            throw ServiceFailure(ExitCodes.notAllowed, refusal.description)
+        }
     }
 
     private func importPolicy(_ request: ServiceRequest, _ connection: ControlConnection) throws {

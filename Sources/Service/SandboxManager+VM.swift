@@ -217,7 +217,7 @@ extension SandboxManager {
         let listener = try VMSandbox.listenAgain(sandboxID: id)
         let channel = try VMSandbox.acceptAgain(on: listener, timeout: 10)
         let directory = configuration.sandboxDirectory(id)
-        let out = open(directory + "/output.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        let out = OutputCopier.writer(directory: directory)
         let guest = GuestChannel(descriptor: channel, hub: monitor.hub, sandboxCgroupID: sandbox.cgroup.id, object: [],
                                  run: GuestChannel.Run(arguments: [], environment: [], syscalls: false)) { _, bytes in
             FileIO.writeAll(out, bytes)

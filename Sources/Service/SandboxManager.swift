@@ -37,7 +37,9 @@ final class LiveSandbox: @unchecked Sendable {
     /// file its learned profile is saved to, and the syscalls the event
     /// pipeline gathers for it during one batch.
     var analyzer: BehavioralAnalyzer?
-    var profilePath: String?
+    var profileTarget: ProfileTarget?
+    /// Copies the agent's stdout and stderr into output.log under the quota (nil for an older sandbox).
+    var output: OutputCopier?
     var pendingRecords: [SyscallRecord] = []
     private let responded = NSLock()
     private var hasResponded = false
@@ -122,7 +124,15 @@ public final class SandboxManager: @unchecked Sendable {
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()
-    private var live: [String: LiveSandbox] = [:]      // by agent id
+    /// By agent id: reserved while its sandbox is created (a second create of
+    /// the id fails at once), live once it runs.
+    private var agents: [String: Registration] = [:]
+    private enum Registration {
+        case reserved
+        case live(LiveSandbox)
+
+        var sandbox: LiveSandbox? { if case .live(let sandbox) = self { sandbox } else { nil } }
+    }
     private var byCgroup: [UInt64: LiveSandbox] = [:]
     /// Cgroups watched by the BPF programs whose sandbox is not registered yet.
     private var creating: Set<UInt64> = []
@@ -336,11 +346,20 @@ public final class SandboxManager: @unchecked Sendable {
         }
         resources.start()
         sandbox.resources = resources
+        let output = OutputCopier(directory: configuration.sandboxDirectory(sandbox.record.sandboxID),
+                                  quota: configuration.outputLimitBytes) { [weak self, weak sandbox] evidence in
+            guard let self, let sandbox else { return }
+            self.raise(EscapeFinding(technique: EscapeTechnique.named("disk-filler")!, sandboxCgroupID: sandbox.cgroup.id, pid: 0,
+                                     evidence: evidence, refusedBy: "output quota (service.output_limit)", observedNanos: bootClockNanos()),
+                       in: sandbox, processes: ProcessTable())
+        }
+        output?.start()
+        sandbox.output = output
     }
 
-    var liveSandboxes: [LiveSandbox] { lock.withLock { Array(live.values) } }
+    var liveSandboxes: [LiveSandbox] { lock.withLock { agents.values.compactMap(\.sandbox) } }
 
-    func sandbox(agentID: String) -> LiveSandbox? { lock.withLock { live[agentID] } }
+    func sandbox(agentID: String) -> LiveSandbox? { lock.withLock { agents[agentID]?.sandbox } }
     func sandbox(cgroupID: UInt64) -> LiveSandbox? { lock.withLock { byCgroup[cgroupID] } }
 
     // MARK: create
@@ -361,13 +380,14 @@ public final class SandboxManager: @unchecked Sendable {
             }
         }
         do {
-            // The agent id is claimed in memory first: two creates cannot race past each other.
+            // The agent id is reserved first: a concurrent create of it fails here, before any slow work.
             try lock.withLock {
-                if live[request.agentID] != nil {
+                if agents[request.agentID] != nil {
                     throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by a running sandbox")
                 }
-                live[request.agentID] = nil
+                agents[request.agentID] = .reserved
             }
+            undo.append { [self] in lock.withLock { _ = agents.removeValue(forKey: request.agentID) } }  // undone last
             if let existing = try store.sandbox(agentID: request.agentID), existing.state.isActive {
                 throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
             }
@@ -408,8 +428,8 @@ public final class SandboxManager: @unchecked Sendable {
             // The agent works in its private workspace unless the client shares its directory.
             let workingDirectory = request.shareWorkingDirectory || !request.policy.filesystem.readOnlySystem
                 ? request.workingDirectory : request.policy.filesystem.workspace
-            let output = directory + "/output.log"
-            let outputFD = try OwnedDescriptor(path: output, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+            // stdout and stderr: a FIFO the service copies into output.log under a quota (OutputCopier).
+            let outputFD = try OutputCopier.agentEnd(directory: directory)
             let devNull = try OwnedDescriptor(path: "/dev/null", flags: O_RDONLY)
             var spec = ProcessSpec(
                 executable: executable, arguments: request.command, environment: request.environment,
@@ -467,9 +487,9 @@ public final class SandboxManager: @unchecked Sendable {
             sandbox.analyzer = makeAnalyzer(agentID: request.agentID,
                                             workspace: request.shareWorkingDirectory ? request.workingDirectory : request.policy.filesystem.workspace,
                                             profile: request.profile)
-            sandbox.profilePath = request.profile?.loaded == nil ? request.profile?.path : nil
+            sandbox.profileTarget = request.profile?.loaded == nil ? request.profile?.target : nil
             lock.withLock {
-                live[request.agentID] = sandbox
+                agents[request.agentID] = .live(sandbox)
                 byCgroup[cgroup.id] = sandbox
                 creating.remove(cgroup.id)
             }
@@ -617,8 +637,8 @@ public final class SandboxManager: @unchecked Sendable {
     @discardableResult
     func finish(_ sandbox: LiveSandbox, reason: String) throws -> SandboxRecord {
         let removed = lock.withLock { () -> Bool in
-            guard live[sandbox.record.agentID] === sandbox else { return false }
-            live[sandbox.record.agentID] = nil
+            guard agents[sandbox.record.agentID]?.sandbox === sandbox else { return false }
+            agents[sandbox.record.agentID] = nil
             byCgroup[sandbox.record.cgroupID ?? 0] = nil
             return true
         }
@@ -630,10 +650,10 @@ public final class SandboxManager: @unchecked Sendable {
         try? sandbox.cgroup.destroy()
         if Self.isContainer(sandbox.record) { finishContainer(sandbox) }
         if Self.isVM(sandbox.record) { finishVM(sandbox) }
+        sandbox.output?.stop()  // after the cgroup and the guest: their last output is kept
         sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)
         network.remove(sandbox.cgroup)
-        if !sandbox.initProcess.isRunning { reap(sandbox.initProcess.pid) }
         monitor.unwatch(sandboxCgroupID: sandbox.cgroup.id)
         var record = sandbox.record
         record.state = .stopped
@@ -647,17 +667,23 @@ public final class SandboxManager: @unchecked Sendable {
         return record
     }
 
-    private func reap(_ pid: Int32) {
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, WNOHANG)  // ECHILD for an adopted init: nothing to reap
+    /// Reaps an init that has exited, through its pidfd (P_PIDFD): never
+    /// another child that reused the pid. ECHILD for an adopted init (not our
+    /// child) or a container's init finishContainer already reaped.
+    private static func reap(_ process: SandboxedProcess) {
+        var info = siginfo_t()
+        while waitid(idtype_t(rawValue: 3) /* P_PIDFD */, id_t(process.descriptor), &info, WEXITED) < 0 && errno == EINTR {}
     }
 
-    /// A sandbox whose init ends on its own (its command finished) is finished too.
+    /// A sandbox whose init ends on its own (its command finished) is finished
+    /// too. This thread is the one place an init is reaped, whether the sandbox
+    /// ended by itself or by terminate (whose finish may see the init still dying).
     func watchForExit(_ sandbox: LiveSandbox) {
         Thread.detachNewThread { [self] in
             var p = pollfd(fd: sandbox.initProcess.descriptor, events: Int16(POLLIN), revents: 0)
             while poll(&p, 1, -1) < 0 && errno == EINTR {}
             _ = try? finish(sandbox, reason: "its init exited")
+            Self.reap(sandbox.initProcess)
         }
     }
 
@@ -690,7 +716,7 @@ public final class SandboxManager: @unchecked Sendable {
                                       limits: details?.applied ?? AppliedLimits())
             try monitor.watch(sandboxCgroupID: cgroupID, options: .init(syscalls: policy.traceSyscalls))
             lock.withLock {
-                live[record.agentID] = sandbox
+                agents[record.agentID] = .live(sandbox)
                 byCgroup[cgroupID] = sandbox
             }
             startWatchers(sandbox)  // limits only: the seccomp listener ended with the old service

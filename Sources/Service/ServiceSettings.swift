@@ -18,6 +18,8 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
     public var retentionMaxBytes: UInt64?
     /// service.baseline_key: the operator's signing key; nil: STATE_DIR/baseline.key.
     public var baselineKeyPath: String?
+    /// service.output_limit: how much of a sandbox's stdout and stderr output.log keeps.
+    public var outputLimitBytes: UInt64 = 16 << 20
 
     public init(socketPath: String = "/run/alcub3/alcub3.sock", stateDirectory: String = "/var/lib/alcub3",
                 pinDirectory: String = "/sys/fs/bpf/alcub3", allowedGroup: UInt32? = nil,
@@ -45,6 +47,7 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
         c.socketPath = section.socketPath
         c.stateDirectory = section.stateDir
         c.baselineKeyPath = section.baselineKey
+        c.outputLimitBytes = section.outputLimitBytes
         c.metricsAddress = section.metricsAddress.port == 0 ? nil : "\(section.metricsAddress.host):\(section.metricsAddress.port)"
         c.retentionMaxAgeSeconds = section.retention.maxAge == .zero ? nil
             : Double(section.retention.maxAge.components.seconds) + Double(section.retention.maxAge.components.attoseconds) / 1e18

@@ -161,6 +161,14 @@ extension EventStore {
             }
         }
     }
+
+    /// How many alerts the store holds (the metrics endpoint's gauge): counted
+    /// by SQLite, not by reading every row.
+    public func alertCount() throws(StoreError) -> Int {
+        try withDatabase { database throws(StoreError) in
+            try database.queryFirst("SELECT COUNT(*) FROM alerts", operation: "count alerts") { $0.int(0) } ?? 0
+        }
+    }
 }
 
 // MARK: - Baselines
