@@ -868,3 +868,48 @@ int alcub3_copy_window_size(int from, int to) {
     if (ioctl(from, TIOCGWINSZ, &size) != 0 || ioctl(to, TIOCSWINSZ, &size) != 0) return -errno;
     return 0;
 }
+
+int alcub3_mount_idmapped(const char *source, const char *target, int userns_fd) {
+    int fd = idmapped_tree(source, userns_fd);
+    if (fd < 0) return -errno;
+    int rc = (int)syscall(SYS_move_mount, fd, "", AT_FDCWD, target, ALCUB3_MOVE_MOUNT_F_EMPTY_PATH);
+    int saved = errno;
+    close(fd);
+    return rc == 0 ? 0 : -saved;
+}
+
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
+#endif
+#define ALCUB3_FSCONFIG_CMD_CREATE 6
+#define ALCUB3_MOUNT_ATTR_NOSUID 0x2
+#define ALCUB3_MOUNT_ATTR_NODEV 0x4
+#define ALCUB3_MOUNT_ATTR_NOEXEC 0x8
+
+int alcub3_mount_sysfs_of(const char *netns_path, const char *target) {
+    int netns = open(netns_path, O_RDONLY | O_CLOEXEC);
+    if (netns < 0) return -errno;
+    long child = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (child < 0) {
+        int saved = errno;
+        close(netns);
+        return -saved;
+    }
+    if (child == 0) {
+        /* Single-threaded: may join the namespace; shares the parent's mount namespace. */
+        if (setns(netns, CLONE_NEWNET) != 0) _exit(errno);
+        int fs = (int)syscall(SYS_fsopen, "sysfs", 1 /* FSOPEN_CLOEXEC */);
+        if (fs < 0 || syscall(SYS_fsconfig, fs, ALCUB3_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) _exit(errno);
+        int m = (int)syscall(SYS_fsmount, fs, 1 /* FSMOUNT_CLOEXEC */,
+                             ALCUB3_MOUNT_ATTR_RDONLY | ALCUB3_MOUNT_ATTR_NOSUID | ALCUB3_MOUNT_ATTR_NODEV | ALCUB3_MOUNT_ATTR_NOEXEC);
+        if (m < 0 || syscall(SYS_move_mount, m, "", AT_FDCWD, target, ALCUB3_MOVE_MOUNT_F_EMPTY_PATH) != 0) _exit(errno);
+        _exit(0);
+    }
+    close(netns);
+    int status;
+    while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(status)) return -ECHILD;
+    return -WEXITSTATUS(status);
+}

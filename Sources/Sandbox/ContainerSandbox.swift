@@ -71,6 +71,8 @@ public final class ContainerSandbox: Sendable {
     let runc: String
     let stdio: (Int32, Int32, Int32)
     let statusFile: String?
+    /// The container's user namespace slot (its lock held while this object lives); nil without one.
+    public let userNamespace: UserNamespace?
 
     /// runc from Debian's package, or the first on PATH.
     public static func locateRuntime() throws -> String {
@@ -103,7 +105,7 @@ public final class ContainerSandbox: Sendable {
         let rootfs = bundle + "/rootfs"
         let runc = try Self.locateRuntime()
         try AgentLock.makeDirectories(Self.stateRoot)
-        chmod(Self.stateRoot, 0o700)  // the unpacked images of every sandbox: root's alone
+        chmod(Self.stateRoot, 0o711)  // root's alone, but traversable: a container's root (an unprivileged uid) reaches its rootfs
         Self.removeOrphans(layout: cgroup.layout)
         try syscallChecked("mkdir", bundle) { mkdir(bundle, 0o700) }
         do {
@@ -118,8 +120,14 @@ public final class ContainerSandbox: Sendable {
             let tree = try step("the image's tree (unpacked into \(ImageCache.root) on first use)") { try ImageCache.tree(for: image) }
             // The container's own storage: an overlay whose writable layer is a tmpfs of
             // the workspace's size over the shared image. Full means ENOSPC, never the host's disk.
+            // The container's root is an unprivileged host uid, as at the process level; the
+            // image's tree is idmapped alike so its files are the container's own.
+            let userNamespace = try step("make the user namespace (a uid range of alcub3's)") {
+                try UserNamespace.forSandbox(writable: nil, required: policy.classification == .topSecret).0
+            }
+            self.userNamespace = userNamespace
             try step("mount an overlay on a tmpfs of \(policy.filesystem.workspaceBytes) bytes at \(rootfs)") {
-                try Self.mountStorage(bundle: bundle, lower: tree, bytes: policy.filesystem.workspaceBytes)
+                try Self.mountStorage(bundle: bundle, lower: tree, bytes: policy.filesystem.workspaceBytes, userNamespace: userNamespace)
             }
             try? FileManager.default.removeItem(atPath: staging)
             var environment = image.run.environment
@@ -151,9 +159,21 @@ public final class ContainerSandbox: Sendable {
             var config = OCIRuntimeConfig(sandboxID: id, policy: policy, arguments: arguments, environment: environment,
                                           workingDirectory: policy.filesystem.workspace, cgroupsPath: relative,
                                           networkNamespacePath: network?.namespacePath, seccomp: seccomp)
+            config.userNamespaceRoot = userNamespace?.hostRoot
+            if userNamespace != nil, let network {
+                try step("mount the network namespace's sysfs at \(bundle)/sys") {
+                    try syscallChecked("mkdir", bundle + "/sys") { mkdir(bundle + "/sys", 0o755) }
+                    let rc = alcub3_mount_sysfs_of(network.namespacePath, bundle + "/sys")
+                    if rc != 0 { throw SystemError(errno: -rc, call: "mounting sysfs for", context: network.namespacePath) }
+                }
+                config.sysfs = bundle + "/sys"
+            }
             // Names resolve through the host's resolvers the veth and NAT reach (the policy decides which).
             if network != nil, let text = try? FileIO.read("/etc/resolv.conf"), let resolv = OCIRuntimeConfig.containerResolvConf(fromHost: text) {
-                try step("write \(bundle)/resolv.conf") { try FileIO.write(resolv, to: bundle + "/resolv.conf", create: true) }
+                try step("write \(bundle)/resolv.conf") {
+                    try FileIO.write(resolv, to: bundle + "/resolv.conf", create: true)
+                    chmod(bundle + "/resolv.conf", 0o644)  // the container's root is an unprivileged uid
+                }
                 config.resolvConf = bundle + "/resolv.conf"
             }
             try step("write \(bundle)/config.json") {
@@ -176,7 +196,7 @@ public final class ContainerSandbox: Sendable {
 
     /// bundle/storage: a tmpfs with the overlay's upper and work directories;
     /// bundle/rootfs: the overlay of them over the image's tree.
-    static func mountStorage(bundle: String, lower: String, bytes: UInt64) throws {
+    static func mountStorage(bundle: String, lower: String, bytes: UInt64, userNamespace: UserNamespace? = nil) throws {
         guard !lower.contains(where: { $0 == "," || $0 == ":" || $0 == "\\" }) else {
             throw ImageError(.unsupported, "\(lower): a root filesystem path with ',', ':' or '\\' cannot be an overlay layer")
         }
@@ -186,9 +206,22 @@ public final class ContainerSandbox: Sendable {
             mount("tmpfs", storage, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=700,size=\(bytes)")
         }
         for dir in ["upper", "work"] { try syscallChecked("mkdir", dir) { mkdir(storage + "/" + dir, 0o755) } }
+        var layer = lower
+        if let userNamespace {
+            // The image's tree seen through the container's ids (on-disk 0 is its root), staged
+            // in the storage tmpfs; the overlay keeps its own copy of the mount, the staging one goes.
+            layer = storage + "/lower"
+            try syscallChecked("mkdir", layer) { mkdir(layer, 0o700) }
+            let rc = alcub3_mount_idmapped(lower, layer, userNamespace.namespace.raw)
+            if rc != 0 { throw SystemError(errno: -rc, call: "idmapped mount of the image's tree", context: lower) }
+            try syscallChecked("chown", storage + "/upper") { chown(storage + "/upper", userNamespace.hostRoot, userNamespace.hostRoot) }
+            // The container's root (an unprivileged uid) must reach its rootfs: traverse only.
+            chmod(bundle, 0o711)
+        }
+        defer { if userNamespace != nil { umount2(layer, Int32(MNT_DETACH)) } }
         try syscallChecked("mount", rootfs) {
             mount("overlay", rootfs, "overlay", UInt(MS_NOSUID | MS_NODEV),
-                  "lowerdir=\(lower),upperdir=\(storage)/upper,workdir=\(storage)/work")
+                  "lowerdir=\(layer),upperdir=\(storage)/upper,workdir=\(storage)/work")
         }
     }
 
@@ -321,6 +354,7 @@ public final class ContainerSandbox: Sendable {
         if FileIO.exists(bundle) {
             // Detached: a process still inside keeps nothing of the host busy.
             umount2(bundle + "/rootfs", Int32(MNT_DETACH))
+            umount2(bundle + "/sys", Int32(MNT_DETACH))
             umount2(bundle + "/storage", Int32(MNT_DETACH))
             try? FileManager.default.removeItem(atPath: bundle)
         }

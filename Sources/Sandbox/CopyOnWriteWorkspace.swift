@@ -33,6 +33,7 @@ public final class CopyOnWriteWorkspace: Sendable {
         guard lstat(Self.parent, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == 0, st.st_mode & 0o077 == 0 else {
             throw SystemError(errno: EPERM, call: "checking the workspace directory (root's, mode 0700)", context: Self.parent)
         }
+        Self.removeAbandoned()
         try syscallChecked("mkdir", root) { mkdir(root, 0o700) }
         do {
             try syscallChecked("mount tmpfs", root) {
@@ -59,6 +60,29 @@ public final class CopyOnWriteWorkspace: Sendable {
             _ = rmdir(root)
             throw error
         }
+    }
+
+    /// Workspaces of runs that died (killed before they could apply or
+    /// discard): their lock is free. Their changes are discarded, with a line
+    /// on stderr naming the directory each belonged to; returns their paths.
+    @discardableResult
+    public static func removeAbandoned() -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: parent) else { return [] }
+        var removed: [String] = []
+        for name in names where name.hasPrefix("sb-") {
+            let root = parent + "/" + name
+            guard let lock = try? OwnedDescriptor(path: root + "/owner.lock", flags: O_RDWR | O_NOFOLLOW) else {
+                // Not mounted yet (a run between mkdir and mount) or already half removed: only an empty directory goes.
+                if (try? FileManager.default.contentsOfDirectory(atPath: root))?.isEmpty == true, rmdir(root) == 0 { removed.append(root) }
+                continue
+            }
+            guard flock(lock.raw, LOCK_EX | LOCK_NB) == 0 else { continue }
+            _ = umount2(root, Int32(MNT_DETACH))
+            _ = rmdir(root)
+            FileHandle.standardError.write(Data("alcub3: removed the workspace of an ended run (\(name)); its changes were never applied\n".utf8))
+            removed.append(root)
+        }
+        return removed
     }
 
     /// Unmounts the tmpfs (what was not applied is gone) and removes its directory.

@@ -21,6 +21,13 @@ public struct OCIRuntimeConfig: Sendable {
     /// A resolv.conf in the bundle, shown read-only at /etc/resolv.conf (a
     /// container with a network: the host's resolvers it can reach); nil: the image's.
     public var resolvConf: String?
+    /// The host uid (and gid) of the container's root: runc makes a user
+    /// namespace mapping 0-65535 inside to it and the 65,535 after it. nil:
+    /// no user namespace (root without capabilities).
+    public var userNamespaceRoot: UInt32?
+    /// A sysfs of the container's network namespace that alcub3 mounted (with
+    /// a user namespace and a veth); nil: runc mounts one.
+    public var sysfs: String?
 
     public init(sandboxID: String, policy: SandboxPolicy, arguments: [String], environment: [String], workingDirectory: String,
                 cgroupsPath: String, networkNamespacePath: String?, seccomp: Data) {
@@ -70,6 +77,7 @@ public struct OCIRuntimeConfig: Sendable {
         let seccompObject = try JSONSerialization.jsonObject(with: seccomp)
         var namespaces: [[String: Any]] = [["type": "pid"], ["type": "ipc"], ["type": "uts"], ["type": "mount"], ["type": "cgroup"]]
         namespaces.append(networkNamespacePath.map { ["type": "network", "path": $0] } ?? ["type": "network"])
+        if userNamespaceRoot != nil { namespaces.append(["type": "user"]) }
         let noCapabilities: [String] = []
         let limits = ResourceLimits(cpuCores: policy.cpuLimit, memoryBytes: policy.memoryLimitBytes, pids: policy.pidsLimit)
         var mounts: [[String: Any]] = [
@@ -79,7 +87,10 @@ public struct OCIRuntimeConfig: Sendable {
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]],
             ["destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]],
             ["destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]],
-            ["destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]],
+            // sysfs can be mounted in a user namespace only with a network namespace it owns;
+            // alcub3's veth namespace is the host's, so alcub3 mounts that namespace's sysfs in the bundle.
+            sysfs.map { ["destination": "/sys", "type": "bind", "source": $0, "options": ["bind", "nosuid", "noexec", "nodev", "ro"]] }
+                ?? ["destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]],
             ["destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]],
             // The writable areas: size-capped tmpfs, so a full one is ENOSPC inside and never the host's disk.
             ["destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", "size=\(Self.tmpBytes)"]],
@@ -125,7 +136,10 @@ public struct OCIRuntimeConfig: Sendable {
                 "maskedPaths": Self.maskedPaths,
                 "readonlyPaths": Self.readonlyPaths,
                 "rootfsPropagation": "private",
-            ] as [String: Any],
+            ].merging(userNamespaceRoot.map { root -> [String: Any] in
+                let mapping: [[String: Any]] = [["containerID": 0, "hostID": Int(root), "size": Int(UserNamespace.slotSize)]]
+                return ["uidMappings": mapping, "gidMappings": mapping]
+            } ?? [:]) { a, _ in a } as [String: Any],
         ]
     }
 

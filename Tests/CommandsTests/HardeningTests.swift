@@ -219,7 +219,9 @@ import Testing
         let record = r.jsonLines.first { $0["record"] as? String == "workspace_changes" }
         #expect(record?["outcome"] as? String == "applied" && record?["deleted"] as? Int == 1, "\(String(describing: record))")
         // Nothing of the workspace is left on the host.
-        #expect(!((try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? "").contains("alcub3-workspaces/"))
+        let sandbox = try #require(summary?["sandbox_id"] as? String)
+        #expect(!((try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? "").contains("alcub3-workspaces/\(sandbox) "))
+        #expect(!FileManager.default.fileExists(atPath: "/run/alcub3-workspaces/\(sandbox)"))
 
         let discarded = try alcub3(["run", "--changes", "discard", "--agent-id", "hard-ws2-\(getpid())", "--",
                                     "/bin/sh", "-c", "echo again > kept.txt; rm -rf new"], in: dir)

@@ -120,9 +120,18 @@ struct ServiceHardeningTests {
         // `alcub3 run` with the plain environment: the socket is reachable only as part of the sandbox's working directory.
         var environment = ProcessInfo.processInfo.environment
         for name in ["ALCUB3_SOCKET", "ALCUB3_STATE_DIR", "ALCUB3_PIN_DIR", "ALCUB3_CONFIG"] { environment[name] = nil }
+        // The sandbox's own defences already keep the socket out of reach (the agent is not host
+        // root; a socket inside its copy-on-write working directory does not connect). This test
+        // is of the service's check alone: the socket is made reachable, as a lax mode or a
+        // misconfigured path would, bound at a path the sandbox sees and open to every uid.
+        let exposed = "/run/alcub3-h1-\(getpid()).sock"
+        FileManager.default.createFile(atPath: exposed, contents: nil)
+        defer { _ = umount2(exposed, Int32(MNT_DETACH)); unlink(exposed) }
+        try #require(mount(service.root + "/run/alcub3.sock", exposed, nil, UInt(MS_BIND), nil) == 0, "bind: errno \(errno)")
+        chmod(exposed, 0o666)
         let tries = 40
         let r = try Self.command(["/usr/bin/timeout", "120", binary, "run", "--agent-id", Self.agent("h1-race"), "--",
-                                  "/usr/bin/python3", service.root + "/race.py", "run/alcub3.sock", String(tries)],
+                                  "/usr/bin/python3", service.root + "/race.py", exposed, String(tries)],
                                  environment: environment, in: service.root)
         let lines = r.stdout.split(separator: "\n").filter { $0.hasPrefix("ALLOWED") || $0.hasPrefix("REFUSED") }
         #expect(lines.count == tries, "\(r.code) \(r.stdout.suffix(600)) \(r.stderr.suffix(600))")

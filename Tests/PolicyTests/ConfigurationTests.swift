@@ -158,7 +158,7 @@ struct BadInput: Sendable, CustomTestStringConvertible {
         BadInput(levelFile("SECRET", "network_access: [intranet, internt]"), at: "internt",
                  "network_access: unknown network class 'internt'; did you mean 'internet'? (valid: internet, intranet, classified_network, air_gapped_only)", .unknownName),
         BadInput(levelFile("SECRET", "capabilities: [python, netwrok]"), at: "netwrok",
-                 "capabilities: unknown capability 'netwrok'; did you mean 'network'? (valid: network, filesystem_write, subprocess, python)", .unknownName),
+                 "capabilities: unknown capability 'netwrok'; did you mean 'network'? (valid: network, filesystem_write, subprocess, python, jit)", .unknownName),
         .section("behavioral_analysis", "sensitivity", "hgih", "unknown sensitivity 'hgih'; did you mean 'high'? (valid: low, medium, high)", .unknownName),
         // Wrong types
         .secret("memory_limit", "[4GB]", "expected a single value, found a list", .wrongType),

@@ -148,6 +148,16 @@ int alcub3_open_pty(int *master, int *slave);
 /* The window size of terminal `from` given to terminal `to`; 0 or -errno. */
 int alcub3_copy_window_size(int from, int to);
 
+/* Mounts at target a copy of the mount at source (not its submounts),
+   idmapped with userns_fd; 0 or -errno. */
+int alcub3_mount_idmapped(const char *source, const char *target, int userns_fd);
+
+/* Mounts at target a new read-only sysfs of the network namespace at
+   netns_path (sysfs shows the namespace of whoever makes it): a child joins
+   the namespace, makes the mount with the new mount API and attaches it in
+   the shared mount namespace. 0 or -errno. */
+int alcub3_mount_sysfs_of(const char *netns_path, const char *target);
+
 /* 1 when the directory open at fd is an opaque overlay directory (its
    trusted.overlay.opaque xattr is "y"); <sys/xattr.h> is not in Swift's Glibc. */
 int alcub3_overlay_opaque(int fd);
