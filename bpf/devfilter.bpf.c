@@ -99,7 +99,11 @@ int alcub3_device_filter(struct bpf_cgroup_dev_ctx *ctx)
 	e->access = access;
 	e->major = ctx->major;
 	e->minor = ctx->minor;
-	/* The consumer drains every millisecond or so: no wakeup, as the telemetry's records. */
+	/*
+	 * The consumer drains every millisecond or so: no wakeup, as the
+	 * telemetry's records. (The thread's staged syscall batch is not flushed
+	 * first: this record may come before syscalls the thread made just before.)
+	 */
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }

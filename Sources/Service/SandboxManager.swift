@@ -680,7 +680,7 @@ public final class SandboxManager: @unchecked Sendable {
                 ended.exitCode = (try? FileIO.read(configuration.sandboxDirectory(record.sandboxID) + "/exit_status"))
                     .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
                 try store.upsertSandbox(ended)
-                if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy() }
+                if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy(); devices?.remove(cgroup) }
                 if Self.isContainer(record) { ContainerSandbox.remove(sandboxID: record.sandboxID, layout: layout) }
                 if Self.isVM(record) { VMSandbox.remove(sandboxID: record.sandboxID) }
                 continue
