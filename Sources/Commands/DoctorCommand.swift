@@ -1,4 +1,5 @@
 import ArgumentParser
+import Enforcement
 import Foundation
 import KernelSupport
 import Service
@@ -16,6 +17,7 @@ struct DoctorCommand: ParsableCommand {
     func run() throws {
         var results: [KernelProbe.Result] = [KernelProbe.btf()]
         results += KernelProbe.bpfProgramTypes()
+        results.append(DeviceFilter.probe())
         results.append(KernelProbe.ringBuffer())
         results.append(Self.telemetrySelfTest())
         results.append(Self.telemetryDrops())

@@ -250,6 +250,7 @@ struct RunSummary {
             }
         case .file: byKind["file", default: 0] += 1
         case .network: byKind["network", default: 0] += 1
+        case .device: byKind["device", default: 0] += 1
         case .writeVolume(let w): bytesWritten += w.newBytes
         case .drops(_, let n): kernelDropped += n
         }

@@ -82,6 +82,13 @@ final class RunSession: @unchecked Sendable {
             try kernelStep("attaching the network policy to the sandbox cgroup") { try network.apply(policy.network, to: cgroup) }
         }
         defer { network?.remove(cgroup) }
+        // Only a minimal /dev's devices open, whatever node the sandbox reaches (a host disk: EPERM, reported).
+        let devices = try kernelStep("attaching the device filter to the sandbox cgroup") {
+            let filter = try DeviceFilter(rootLevel: layout.alcub3RootLevel, eventsRingFD: monitor.eventsRingFD)
+            try filter.apply(to: cgroup, allowKVM: policy.isolation.isVirtualMachine)
+            return filter
+        }
+        defer { devices.remove(cgroup) }
         func watchSandbox() throws {
             try kernelStep("watching the sandbox cgroup") {
                 try monitor.watch(sandboxCgroupID: cgroup.id,

@@ -101,6 +101,9 @@ public struct EscapeTechnique: Sendable, Hashable {
         .init("sysrq", "Write sysrq", mitre: "T1529", .container, .high, confidence: 0.9),
         .init("double-chroot", "chroot escape", mitre: "T1611", .container, .high, confidence: 0.9),
         .init("runtime-socket", "Container runtime or alcub3 socket", mitre: "T1610", .container, .critical, confidence: 0.9),
+        // T1006 Direct Volume Access (a host disk or loop device read raw, past hidden paths); a console or VT read is T1611's.
+        .init("device-access", "Open or create a host device (disk, loop, console, kmsg)", mitre: "T1006", .container, .high,
+              confidence: 0.8),
         .init("write-outside-workspace", "Write outside the workspace", mitre: "T1565.001", .container, .medium, confidence: 0.5),
         .init("ld-preload", "Write /etc/ld.so.preload", mitre: "T1574.006", .container, .high, confidence: 0.9),
         .init("cloud-metadata", "Cloud metadata address", mitre: "T1552.005", .container, .high, confidence: 0.9,

@@ -150,6 +150,10 @@ public enum EscapeDetector {
                                  refusedBy: "cgroup BPF network policy", observedNanos: e.origin.bootNanos)
         case .process(let e):
             return processLayer(e)
+        case .device(let d):
+            return EscapeFinding(technique: EscapeTechnique.named("device-access")!, sandboxCgroupID: d.origin.sandboxCgroupID,
+                                 pid: d.origin.pid, evidence: "\(d.access.joined(separator: "+")) of \(d.device) refused with EPERM",
+                                 refusedBy: "cgroup BPF device filter", observedNanos: d.origin.bootNanos)
         case .syscall(let s) where !s.isEntry && (s.returnValue == -Int64(ENOSPC) || s.returnValue == -Int64(EDQUOT)):
             // A write refused for want of space: a size cap (tmpfs workspace, /tmp) holding.
             let name = SyscallNames.name(Int(s.number))

@@ -47,6 +47,8 @@ public final class Daemon: @unchecked Sendable {
         let network = try NetworkEnforcer(rootLevel: layout.alcub3RootLevel, pinDirectory: configuration.pinDirectory + "/net")
         manager = try SandboxManager(configuration: configuration, store: store, monitor: monitor, network: network,
                                      layout: layout, log: log)
+        manager.devices = try DeviceFilter(rootLevel: layout.alcub3RootLevel, eventsRingFD: monitor.eventsRingFD,
+                                           pinDirectory: configuration.pinDirectory + "/dev")
         manager.anomalyThreshold = policyConfiguration.integrityMonitoring.anomalyThreshold
         manager.integrityWatch.fullRescanEvery = policyConfiguration.integrityMonitoring.fullRescanEvery
         manager.behaviourSettings = BehaviourSettings(policyConfiguration.behavioralAnalysis)
@@ -134,6 +136,7 @@ public final class Daemon: @unchecked Sendable {
         }
         if let manager, manager.liveSandboxes.isEmpty {
             NetworkEnforcer.removePins(configuration.pinDirectory + "/net")
+            DeviceFilter.removePins(configuration.pinDirectory + "/dev")
             TelemetryMonitor.removePins(configuration.pinDirectory, versionFile: configuration.pinVersionFile)
         }
         _ = try? manager?.store.appendAudit(actor: "service", action: "service.stop", subject: "alcub3",

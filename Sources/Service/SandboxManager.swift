@@ -121,6 +121,8 @@ public final class SandboxManager: @unchecked Sendable {
     var anomalyThreshold = 0.8
     /// The BPF-LSM programs, where the kernel allows them (set by the daemon at start; nil when refused).
     var lsm: LSMEnforcer?
+    /// The cgroup device filter (set by the daemon at start, pinned with the network programs' links).
+    var devices: DeviceFilter?
     let layout: CgroupLayout
     let log: Logger
     private let lock = NSLock()
@@ -414,6 +416,12 @@ public final class SandboxManager: @unchecked Sendable {
                 }
                 undo.append { [network] in network.remove(cgroup) }
             }
+            if let devices {
+                try step("attach cgroup/dev: only null, zero, full, random, urandom, tty, ptmx, pts") {
+                    try devices.apply(to: cgroup, allowKVM: request.policy.isolation.isVirtualMachine)
+                }
+                undo.append { devices.remove(cgroup) }
+            }
             // Its records are held by the pipeline until the sandbox is registered below.
             lock.withLock { _ = creating.insert(cgroup.id) }
             undo.append { [self] in lock.withLock { _ = creating.remove(cgroup.id) }; monitor.hub.wake() }
@@ -654,6 +662,7 @@ public final class SandboxManager: @unchecked Sendable {
         sandbox.supervisor?.stop()
         SandboxCgroup.removeV1(sandbox.limits)
         network.remove(sandbox.cgroup)
+        devices?.remove(sandbox.cgroup)
         monitor.unwatch(sandboxCgroupID: sandbox.cgroup.id)
         var record = sandbox.record
         record.state = .stopped
@@ -706,7 +715,7 @@ public final class SandboxManager: @unchecked Sendable {
                 ended.exitCode = (try? FileIO.read(configuration.sandboxDirectory(record.sandboxID) + "/exit_status"))
                     .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
                 try store.upsertSandbox(ended)
-                if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy() }
+                if let cgroup = try? SandboxCgroup(existing: record.sandboxID, layout: layout) { try? cgroup.destroy(); devices?.remove(cgroup) }
                 if Self.isContainer(record) { ContainerSandbox.remove(sandboxID: record.sandboxID, layout: layout) }
                 if Self.isVM(record) { VMSandbox.remove(sandboxID: record.sandboxID) }
                 continue

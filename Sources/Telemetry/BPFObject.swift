@@ -152,6 +152,16 @@ public final class BPFObject: @unchecked Sendable {
         }
     }
 
+    /// A loaded program's fd, owned by the object (for bpf_link_update).
+    public func programFD(_ programName: String) throws -> Int32 {
+        guard let program = bpf_object__find_program_by_name(object, programName) else {
+            throw BPFError(errno: ENOENT, operation: "find program", subject: programName)
+        }
+        let fd = bpf_program__fd(program)
+        if fd < 0 { throw BPFError(errno: -fd, operation: "bpf_program__fd", subject: programName) }
+        return fd
+    }
+
     /// Makes the object use an existing map (for instance a pinned one) instead
     /// of creating its own; only before `load`.
     public func reuseMap(_ mapName: String, fd: Int32) throws {

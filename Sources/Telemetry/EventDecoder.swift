@@ -134,6 +134,18 @@ public enum EventDecoder {
                                    result: e.ret, openFlags: e.open_flags, mode: e.mode, ownerUID: e.owner_uid,
                                    ownerGID: e.owner_gid, fileID: e.file_id, path: path,
                                    secondPath: second.isEmpty ? nil : second))
+
+        case Int32(ALCUB3_KIND_DEVICE.rawValue):
+            guard let e = load(alcub3_device_event.self) else { return nil }
+            let kind: DeviceEvent.Kind
+            switch e.type {
+            case UInt32(ALCUB3_DEVICE_BLOCK): kind = .block
+            case UInt32(ALCUB3_DEVICE_CHAR): kind = .character
+            default: return nil
+            }
+            let access = [(ALCUB3_DEVICE_MKNOD, "mknod"), (ALCUB3_DEVICE_READ, "read"), (ALCUB3_DEVICE_WRITE, "write")]
+                .filter { e.access & UInt32($0.0) != 0 }.map(\.1)
+            return .device(DeviceEvent(origin: origin, kind: kind, major: e.major, minor: e.minor, access: access))
         default:
             return nil
         }

@@ -168,6 +168,30 @@ public struct WriteVolumeEvent: Sendable, Hashable {
     public var newBytes: UInt64
 }
 
+/// A device open or mknod the cgroup device filter refused (EPERM).
+public struct DeviceEvent: Sendable, Hashable {
+    public enum Kind: String, Sendable, Hashable {
+        case block, character
+    }
+    public var origin: EventOrigin
+    public var kind: Kind
+    public var major: UInt32
+    public var minor: UInt32
+    /// What was asked: any of "mknod", "read", "write".
+    public var access: [String]
+
+    public init(origin: EventOrigin, kind: Kind, major: UInt32, minor: UInt32, access: [String]) {
+        self.origin = origin
+        self.kind = kind
+        self.major = major
+        self.minor = minor
+        self.access = access
+    }
+
+    /// As ls -l shows it: "block 7:0".
+    public var device: String { "\(kind == .block ? "block" : "char") \(major):\(minor)" }
+}
+
 /// The kernel side's counters, summed over CPUs.
 public struct KernelCounters: Sendable, Hashable, Codable {
     public var seen: UInt64
@@ -189,6 +213,8 @@ public enum TelemetryEvent: Sendable, Hashable {
     case network(NetworkEvent)
     case file(FileEvent)
     case writeVolume(WriteVolumeEvent)
+    /// A device access refused by the cgroup device filter.
+    case device(DeviceEvent)
     /// The kernel dropped records (ring buffer full) since the last report: never silent.
     case drops(KernelCounters, newlyDropped: UInt64)
 
@@ -199,6 +225,7 @@ public enum TelemetryEvent: Sendable, Hashable {
         case .network(let e): return e.origin.sandboxCgroupID
         case .file(let e): return e.origin.sandboxCgroupID
         case .writeVolume(let e): return e.sandboxCgroupID
+        case .device(let e): return e.origin.sandboxCgroupID
         case .drops: return nil
         }
     }

@@ -186,6 +186,10 @@ public final class TelemetryMonitor: Sendable {
 
     public var watchedSandboxes: [UInt64] { sandboxes.keys(UInt64.self) }
 
+    /// The ring buffer of process, file and network records: other programs
+    /// (the device filter's) send their refusals there, into the same stream.
+    public var eventsRingFD: Int32 { ringFDs.events }
+
     /// The kernel side's counters summed over CPUs.
     public func counters() -> KernelCounters {
         countersMap.perCPUValues(as: alcub3_counters.self).reduce(into: KernelCounters()) { sum, c in

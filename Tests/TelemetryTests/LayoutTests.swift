@@ -47,14 +47,18 @@ import Testing
     ]
 
     @Test func swiftLayoutsMatchTheObjectsBTF() throws {
-        let image = BPFObjectBytes.decoded(BPFObjectBytes.telemetry)
+        try Self.compare(Self.swiftLayouts, withTheBTFOf: BPFObjectBytes.decoded(BPFObjectBytes.telemetry))
+    }
+
+    /// Each layout against the struct of that name in the object's BTF.
+    static func compare(_ layouts: [Layout], withTheBTFOf image: [UInt8]) throws {
         var opts = bpf_object_open_opts()
         opts.sz = MemoryLayout<bpf_object_open_opts>.size
         let object = try #require(image.withUnsafeBytes { bpf_object__open_mem($0.baseAddress, $0.count, &opts) })
         defer { bpf_object__close(object) }
         let btf = try #require(bpf_object__btf(object))
 
-        for layout in Self.swiftLayouts {
+        for layout in layouts {
             let id = btf__find_by_name_kind(btf, layout.name, 4 /* BTF_KIND_STRUCT */)
             try #require(id > 0, "struct \(layout.name) is not in the object's BTF")
             let type = try #require(btf__type_by_id(btf, UInt32(id)))

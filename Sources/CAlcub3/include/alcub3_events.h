@@ -32,6 +32,7 @@ enum alcub3_kind {
     ALCUB3_KIND_FILE = 9,
     ALCUB3_KIND_SYSCALL_BATCH = 10,/* several syscalls of one thread: struct alcub3_syscall_batch */
     ALCUB3_KIND_LSM = 11,         /* a BPF-LSM refusal: struct alcub3_lsm_event (alcub3_lsm.h) */
+    ALCUB3_KIND_DEVICE = 12,      /* a device access the cgroup device filter refused: struct alcub3_device_event */
 };
 
 /* hdr.flags */
@@ -203,6 +204,41 @@ struct alcub3_file_event {
     char dir2[ALCUB3_PATH_LEN]; /* rename/link/symlink: the second path */
     char name2[ALCUB3_PATH_LEN];
 };
+
+/*
+ * A device access refused by the cgroup device filter (bpf/devfilter.bpf.c),
+ * sent on the telemetry's events ring buffer. hdr.pid/tid: the refused task.
+ * access and type are the kernel's (bpf_cgroup_dev_ctx): access is a mask of
+ * ALCUB3_DEVICE_MKNOD, _READ, _WRITE; type is ALCUB3_DEVICE_BLOCK or _CHAR.
+ * 48 bytes.
+ */
+#define ALCUB3_DEVICE_MKNOD 1
+#define ALCUB3_DEVICE_READ  2
+#define ALCUB3_DEVICE_WRITE 4
+#define ALCUB3_DEVICE_BLOCK 1
+#define ALCUB3_DEVICE_CHAR  2
+
+struct alcub3_device_event {
+    struct alcub3_header hdr;
+    __u32 type;
+    __u32 access;
+    __u32 major;
+    __u32 minor;
+};
+
+/*
+ * Value of the device filter's per-sandbox map (key: sandbox cgroup id):
+ * which extra devices it may use, and its refusals, counted in the kernel so
+ * a refusal whose record found the ring buffer full is still known.
+ */
+struct alcub3_device_sandbox {
+    __u32 flags;                /* ALCUB3_DEVICE_ALLOW_* */
+    __u32 _pad;
+    __u64 refused;
+    __u64 unreported;           /* refusals whose record found the ring buffer full */
+};
+
+#define ALCUB3_DEVICE_ALLOW_KVM 0x1 /* /dev/kvm (10:232): the vm level's QEMU */
 
 /*
  * Write volume, aggregated in the kernel: one entry per open file description
