@@ -8,7 +8,9 @@ import KernelSupport
 /// The hardware level's virtual TPM: one swtpm (Debian's) per sandbox, its
 /// state in a directory of the sandbox's own, reached by QEMU through a Unix
 /// control socket. swtpm runs with `--terminate`, so it ends when QEMU lets
-/// go of it; `stop` ends it in any case and removes its files.
+/// go of it; `stop` ends it in any case and removes its files. Before that,
+/// the host has its own swtpm on the fresh state derive the attestation key
+/// that the guest's quotes must be signed with (`attestationKey`).
 public final class VirtualTPM: @unchecked Sendable {
     // @unchecked: `pid` is cleared only by `stop`, which its owner calls once.
     public let directory: String
@@ -190,7 +192,7 @@ public final class TPMConnection {
         guard size >= 10, size <= Int(ALCUB3_TPM2_RESPONSE_MAX) else { throw VirtualTPMError("\(name): a response of \(size) bytes") }
         response += try read(size - 10, name)
         let rc = alcub3_tpm2_response_code(response, response.count)
-        guard rc == 0 else { throw VirtualTPMError(String(format: "%@ answered 0x%x", name, rc)) }
+        guard rc == 0 else { throw VirtualTPMError("\(name) answered 0x\(String(rc, radix: 16))") }
         return response
     }
 
@@ -213,7 +215,7 @@ public final class TPMConnection {
         let response = try transact("TPM2_CreatePrimary") { alcub3_tpm2_create_attestation_key($0) }
         var key = alcub3_tpm2_key()
         let rc = alcub3_tpm2_parse_attestation_key(response, response.count, &key)
-        guard rc == 0 else { throw VirtualTPMError(String(format: "TPM2_CreatePrimary: the attestation key was refused (0x%x)", rc)) }
+        guard rc == 0 else { throw VirtualTPMError("TPM2_CreatePrimary: the attestation key was refused (0x\(String(rc, radix: 16)))") }
         return (key.handle, AttestationKey(key))
     }
 
@@ -230,7 +232,7 @@ public final class TPMConnection {
         var attestLength = 0, signatureLength = 0
         return try response.withUnsafeBufferPointer { buffer in
             let rc = alcub3_tpm2_parse_quote(buffer.baseAddress, buffer.count, &attest, &attestLength, &signature, &signatureLength)
-            guard rc == 0, let attest, let signature else { throw VirtualTPMError(String(format: "TPM2_Quote: a malformed response (0x%x)", rc)) }
+            guard rc == 0, let attest, let signature else { throw VirtualTPMError("TPM2_Quote: a malformed response (0x\(String(rc, radix: 16)))") }
             var header = alcub3_guest_quote()
             header.attest_size = UInt32(attestLength)
             header.signature_size = UInt32(signatureLength)
