@@ -338,19 +338,35 @@ static unsigned char *receive_any(__u32 *type, __u32 *length)
 	return data;
 }
 
-/* MEASURE: extends the three digests into PCR 9 and answers with the PCR. */
-static void measure(const unsigned char *digests, __u32 length)
+/* MEASURE: extends the three digests into PCR 9 and answers with the TPM's
+ * quote of it over the host's nonce (the host trusts the signature, not us). */
+static void measure(const unsigned char *payload, __u32 length)
 {
-	char why[256], hex[65];
+	struct alcub3_guest_measure m;
+	char why[256];
+	unsigned char attest[ALCUB3_GUEST_QUOTE_MAX], signature[ALCUB3_GUEST_QUOTE_MAX];
+	size_t attest_len, signature_len;
 
-	if (length != 96)
-		fail("MEASURE frame of %u bytes, not 96", length);
-	for (int i = 0; i < 3; i++)
-		if (alcub3_tpm_extend(ALCUB3_TPM_PCR, digests + 32 * i, why, sizeof(why)) < 0)
-			fail("measured boot: %s", why);
-	if (alcub3_tpm_read(ALCUB3_TPM_PCR, hex, why, sizeof(why)) < 0)
+	if (length != sizeof(m))
+		fail("MEASURE frame of %u bytes, not %zu", length, sizeof(m));
+	memcpy(&m, payload, sizeof(m));
+	int tpm = alcub3_tpm_open(why, sizeof(why));
+	if (tpm < 0)
 		fail("measured boot: %s", why);
-	send_frame(ALCUB3_FRAME_PCR, hex, 64, NULL, 0);
+	for (int i = 0; i < 3; i++)
+		if (alcub3_tpm_extend(tpm, ALCUB3_TPM_PCR, m.digests[i], why, sizeof(why)) < 0)
+			fail("measured boot: %s", why);
+	if (alcub3_tpm_quote(tpm, ALCUB3_TPM_PCR, m.nonce, attest, &attest_len, signature, &signature_len,
+			     sizeof(attest), why, sizeof(why)) < 0)
+		fail("measured boot: %s", why);
+	close(tpm);
+	if (sizeof(struct alcub3_guest_quote) + attest_len + signature_len > ALCUB3_GUEST_QUOTE_MAX)
+		fail("measured boot: a quote of %zu bytes", attest_len + signature_len);
+	struct alcub3_guest_quote q = { .attest_size = (__u32)attest_len, .signature_size = (__u32)signature_len };
+	unsigned char body[ALCUB3_GUEST_QUOTE_MAX];
+	memcpy(body, attest, attest_len);
+	memcpy(body + attest_len, signature, signature_len);
+	send_frame(ALCUB3_FRAME_QUOTE, &q, sizeof(q), body, attest_len + signature_len);
 	flush_out();
 }
 

@@ -75,7 +75,7 @@ python_debs=$(for p in $PYTHON_PACKAGES; do package "$p"; done)
 
 # Everything the image is made from; a change to any rebuilds it.
 inputs=$({ sha256sum "$kernel_deb" "$busybox_deb" $python_debs guest/alcub3-guest.c guest/alcub3-tpm.c guest/alcub3-tpm.h guest/alcub3-scan.c guest/alcub3-scan.h scripts/build-guest.sh \
-             Sources/CAlcub3/include/alcub3_guest.h Sources/CAlcub3/include/alcub3_events.h \
+             Sources/CAlcub3/include/alcub3_guest.h Sources/CAlcub3/include/alcub3_events.h Sources/CAlcub3/include/alcub3_tpm2.h Sources/CAlcub3/alcub3_tpm2.c \
              /usr/lib/x86_64-linux-gnu/libbpf.a | cut -d' ' -f1; "$CC" --version | head -n 1; } | sha256sum | cut -d' ' -f1)
 if [ -f "$DIR/MANIFEST" ] && grep -q "^inputs $inputs\$" "$DIR/MANIFEST" &&
    (cd "$DIR" && grep -E '^[0-9a-f]{64}  ' MANIFEST | sha256sum -c --status); then
@@ -92,7 +92,7 @@ dpkg-deb --fsys-tarfile "$kernel_deb" | tar -x -C "$work/k" --wildcards './boot/
 dpkg-deb --fsys-tarfile "$busybox_deb" | tar -x -C "$work/b" ./bin/busybox
 
 $CC -static -O2 -Wall -Wextra -Werror -ISources/CAlcub3/include \
-    -o "$work/root/init" guest/alcub3-guest.c guest/alcub3-tpm.c guest/alcub3-scan.c -lbpf -lelf -lz
+    -o "$work/root/init" guest/alcub3-guest.c guest/alcub3-tpm.c guest/alcub3-scan.c Sources/CAlcub3/alcub3_tpm2.c -lbpf -lelf -lz
 strip "$work/root/init"
 
 cp "$work/b/bin/busybox" "$work/root/bin/busybox"

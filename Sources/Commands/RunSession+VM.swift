@@ -164,6 +164,10 @@ extension RunSession {
             guest.serve(bootTimeout: timeout) { started in
                 // Said when it happens: the guest is up and the command runs.
                 guard table, let hello = started.helloNanos, let exec = started.startedNanos else { return }
+                if let pcr = started.pcr {
+                    Output.err("alcub3: measured boot attested: the guest's TPM quoted PCR 9 = \(pcr.prefix(16))... over this boot's nonce, "
+                               + "signed by the key the host derived from the sandbox's swtpm\n")
+                }
                 Output.err(String(format: "alcub3: guest %@ up in %.2f s (%@), command exec'ed at %.2f s\n", started.kernelRelease ?? "?",
                                   Double(hello &- spawned) / 1e9, accelerator, Double(exec &- spawned) / 1e9))
             }
@@ -190,9 +194,9 @@ extension RunSession {
             let signal = status & 0x7f
             return signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
         case .failed(let message):
-            // The hardware layer: what the guest's TPM answered was not what the host measured, or it had no TPM.
-            if message.hasPrefix("measured boot") {
-                let id = message.contains("PCR") ? "measured-boot-mismatch" : "tpm-failure"
+            // The hardware layer: the guest's quote was refused (forged, replayed, another PCR), or its TPM failed.
+            if result.attestationRefused || message.hasPrefix("measured boot") {
+                let id = result.attestationRefused ? "measured-boot-mismatch" : "tpm-failure"
                 onFinding(EscapeFinding(technique: EscapeTechnique.named(id)!, sandboxCgroupID: cgroup.id, pid: process.pid,
                                         evidence: message, refusedBy: "measured boot (the command was not started)",
                                         observedNanos: bootClockNanos()))

@@ -46,12 +46,15 @@ public struct BootMeasurement: Codable, Sendable, Equatable {
 
     /// The PCR's value after the three extends from its reset value (32 zero
     /// bytes): PCR = SHA-256(PCR || digest), once per component.
-    public var expectedPCR: String {
+    public var expectedPCR: String { Hex.string(expectedPCRValue) }
+
+    /// The same, as the 32 bytes a TPM quote digests.
+    public var expectedPCRValue: [UInt8] {
         var value = [UInt8](repeating: 0, count: 32)
         for digest in [kernel, initramfs, commandLine] {
             value = Array(SHA256.hash(data: value + Hex.bytes(digest)))
         }
-        return Hex.string(value)
+        return value
     }
 
     /// What differs from `baseline`, by component (empty when it matches).
@@ -71,7 +74,7 @@ public struct BootRecord: Codable, Sendable, Equatable {
     public var initramfsPath: String
     /// The kernel command line itself (its hash is in `measurement`).
     public var commandLine: String
-    /// The hardware level: PCR 9 as the guest's TPM reported it (it equalled `measurement.expectedPCR`, or nothing ran).
+    /// The hardware level: PCR 9 as the guest's TPM quoted it (signed, fresh, equal to `measurement.expectedPCR`, or nothing ran).
     public var pcr: String?
 
     public init(measurement: BootMeasurement, kernelPath: String, initramfsPath: String, commandLine: String, pcr: String?) {

@@ -9,8 +9,9 @@ import Telemetry
 /// measures the kernel, the initramfs and the command line, refuses an image
 /// whose hashes are not the ones its manifest recorded when it was built, and
 /// has the guest extend the measurements into PCR 9 before anything runs;
-/// the command starts only when the guest's TPM reports the PCR value the
-/// host's replay gives (GuestChannel.Measurement).
+/// the command starts only when the guest's TPM quotes the PCR value the
+/// host's replay gives, over a fresh nonce, signed by the attestation key the
+/// host derived from the sandbox's swtpm itself (GuestChannel.Measurement).
 public final class HardwareBoot: Sendable {
     /// The sandbox's swtpm; a new one for each boot (swtpm ends with the QEMU that held it).
     private let current: Mutex<VirtualTPM>
@@ -57,9 +58,14 @@ public final class HardwareBoot: Sendable {
         }
     }
 
-    /// What the guest channel sends and checks.
+    /// What the guest channel sends and checks: the quote must be signed by
+    /// the attestation key of the TPM this boot uses, derived by the host.
     public var channelMeasurement: GuestChannel.Measurement {
-        GuestChannel.Measurement(digests: measurement.digestBytes, expectedPCR: measurement.expectedPCR)
+        let key = tpm.attestationKey
+        let pcr9 = measurement.expectedPCRValue
+        return GuestChannel.Measurement(digests: measurement.digestBytes, expectedPCR: measurement.expectedPCR) { quote, nonce in
+            key.refusal(ofQuote: quote, nonce: nonce, pcr9: pcr9)?.description
+        }
     }
 
     public func stop() { current.withLock { $0.stop() } }

@@ -51,21 +51,28 @@ public final class GuestChannel: Sendable {
         public var malformed: Int = 0
         /// Guest boot-clock time + this = host boot-clock time (set at HELLO).
         public var clockOffset: UInt64?
-        /// The hardware level: PCR 9 as the guest's TPM reported it (it matched, or the outcome says it did not).
+        /// The hardware level: PCR 9 as the guest's TPM quoted it, signed and fresh (nil: not attested).
         public var pcr: String?
+        /// The hardware level: the host refused the guest's quote (set by the host alone, never from a guest's words).
+        public var attestationRefused = false
         public var events: Int = 0
     }
 
     public enum Stream: Sendable { case stdout, stderr }
 
     /// The hardware level's measured boot: the digests the guest extends into
-    /// its TPM's PCR 9 before anything runs, and the PCR value they must give.
+    /// its TPM's PCR 9 before anything runs, the PCR value they must give, and
+    /// the check of the TPM's quote of it (the guest's word is never taken).
     public struct Measurement: Sendable {
         public var digests: [UInt8]     // kernel, initramfs, command line: 3 x 32 bytes
         public var expectedPCR: String  // 64 lower-case hex digits
-        public init(digests: [UInt8], expectedPCR: String) {
+        /// A QUOTE frame's payload and the nonce this boot sent: nil when the
+        /// quote is the sandbox's TPM's, fresh, and of `expectedPCR`; else why not.
+        public var verifyQuote: @Sendable (_ payload: [UInt8], _ nonce: [UInt8]) -> String?
+        public init(digests: [UInt8], expectedPCR: String, verifyQuote: @escaping @Sendable ([UInt8], [UInt8]) -> String?) {
             self.digests = digests
             self.expectedPCR = expectedPCR
+            self.verifyQuote = verifyQuote
         }
     }
 
@@ -149,17 +156,25 @@ public final class GuestChannel: Sendable {
         result.helloNanos = now
         result.kernelRelease = String(decoding: hello.payload.dropFirst(MemoryLayout<alcub3_guest_hello>.size), as: UTF8.self)
         if let measurement {
-            // Nothing runs until the guest's TPM holds what the host measured.
-            guard send(type: ALCUB3_FRAME_MEASURE, measurement.digests), reader.waitReadable(until: deadline + 10_000_000_000),
+            // Nothing runs until the guest's TPM has signed, over a nonce of this boot's, what the host measured.
+            var nonce = [UInt8](repeating: 0, count: 32)
+            var generator = SystemRandomNumberGenerator()  // getrandom(2)
+            for i in nonce.indices { nonce[i] = UInt8.random(in: 0...255, using: &generator) }
+            guard send(type: ALCUB3_FRAME_MEASURE, measurement.digests + nonce), reader.waitReadable(until: deadline + 10_000_000_000),
                   let answer = reader.next() else { return result }
             switch Int32(bitPattern: answer.type) {
-            case Int32(ALCUB3_FRAME_PCR.rawValue) where answer.payload.count == 64:
-                let reported = String(decoding: answer.payload, as: UTF8.self)
-                result.pcr = reported
-                guard reported == measurement.expectedPCR else {
-                    result.outcome = .failed("measured boot: the guest's TPM reports PCR 9 = \(reported), the measurements give \(measurement.expectedPCR)")
+            case Int32(ALCUB3_FRAME_QUOTE.rawValue):
+                if let refused = measurement.verifyQuote(answer.payload, nonce) {
+                    result.attestationRefused = true
+                    result.outcome = .failed("measured boot: PCR 9 attestation refused: \(refused)")
                     return result
                 }
+                result.pcr = measurement.expectedPCR
+            case Int32(ALCUB3_FRAME_PCR.rawValue):
+                // What the guest says its PCR holds proves nothing: it can compute the value itself.
+                result.attestationRefused = true
+                result.outcome = .failed("measured boot: PCR 9 attestation refused: the guest reported PCR 9 without a TPM quote")
+                return result
             case Int32(ALCUB3_FRAME_ERROR.rawValue):
                 result.outcome = .failed(String(decoding: answer.payload.prefix(512), as: UTF8.self))
                 return result

@@ -27,6 +27,35 @@ struct HardwareRunTests {
                                      "\(r.stderr.prefix(600))")
         let inGuest = r.stdout.split(separator: "\n").first { $0.count == 64 }.map { $0.lowercased() }
         #expect(inGuest?.hasPrefix(announced) == true, "guest PCR \(inGuest ?? "none") vs announced \(announced)")
+        // M8: believed from the TPM's signed quote over a fresh nonce, not from the guest's word.
+        #expect(r.stderr.contains("measured boot attested: the guest's TPM quoted PCR 9 = \(announced)"), "\(r.stderr.prefix(800))")
+        #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers() + swtpmLeftovers())")
+    }
+
+    /// M8 end to end: the TPM the guest talks to is not the one whose key the host derived (its
+    /// state replaced between the host's derivation and QEMU's start: another TPM's seeds). The guest
+    /// extends and quotes honestly, and the PCR is right, but the signature is not the sandbox TPM's:
+    /// refused before OBJECT and RUN, a measured-boot-mismatch finding, the command never runs.
+    @Test func aQuoteByAnotherTPMThanTheHostProvisionedIsRefused() throws {
+        let dir = NSTemporaryDirectory() + "alcub3-swtpm-swap-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let wrapper = dir + "/swtpm"
+        try """
+            #!/bin/sh
+            # QEMU's swtpm (--ctrl) starts on an emptied state: a newly manufactured TPM.
+            case "$*" in *--ctrl*) for a; do case "$a" in dir=*) rm -f "${a#dir=}"/tpm2-00.permall ;; esac; done ;; esac
+            exec /usr/bin/swtpm "$@"
+
+            """.write(toFile: wrapper, atomically: true, encoding: .utf8)
+        chmod(wrapper, 0o755)
+        let before = HostState.baseline()
+        let r = try alcub3(["run", "--isolation-level", "hardware", "--guest-image", VMGuest.directory, "--", "sh", "-c", "echo THE-COMMAND-RAN"],
+                           environment: ["ALCUB3_SWTPM": wrapper])
+        #expect(r.code == 76, "\(r.stderr)")
+        #expect(r.stderr.contains("attestation refused") && r.stderr.contains("not signed by the attestation key"), "\(r.stderr)")
+        #expect(r.stdout.contains("measured-boot-mismatch"), "the hardware layer's finding: \(r.stdout)")
+        #expect(!r.stdout.contains("THE-COMMAND-RAN"), "the command ran: \(r.stdout)")
         #expect(vmLeftovers().isEmpty && swtpmLeftovers().isEmpty && HostState.settled(like: before), "\(vmLeftovers() + swtpmLeftovers())")
     }
 

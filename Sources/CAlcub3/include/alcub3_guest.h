@@ -19,9 +19,16 @@
  *   guest -> host  ERROR        a message: the guest agent could not go on; it powers off
  *
  * The hardware level adds, between HELLO and OBJECT:
- *   host -> guest  MEASURE      three SHA-256 digests (kernel, initramfs, command line), 96 bytes
- *   guest -> host  PCR          PCR 9 of the guest's TPM after extending them, 64 hex digits
- * and the host sends OBJECT and RUN only when PCR is what its own replay gives.
+ *   host -> guest  MEASURE      struct alcub3_guest_measure: three SHA-256 digests (kernel,
+ *                               initramfs, command line) and a fresh nonce of the host's
+ *   guest -> host  QUOTE        struct alcub3_guest_quote, then a TPMS_ATTEST and a TPMT_SIGNATURE:
+ *                               TPM2_Quote of PCR 9 (SHA-256 bank) after extending the digests,
+ *                               qualifyingData = the nonce, signed by the attestation key
+ *                               (alcub3_tpm2.h), which the host derived itself from the
+ *                               sandbox's swtpm before the guest booted
+ * and the host sends OBJECT and RUN only when the quote's signature is by that key, its
+ * nonce is this boot's, and its PCR digest is what the host's own replay gives. (PCR,
+ * the guest's own word for the PCR, is no longer accepted.)
  *
  * While the command runs, for integrity baselines of the guest's files:
  *   host -> guest  SCAN         a directory's path (NUL-terminated)
@@ -71,6 +78,7 @@ enum alcub3_frame_type {
     ALCUB3_FRAME_EXEC = 19,
     ALCUB3_FRAME_EXEC_OUTPUT = 20,
     ALCUB3_FRAME_EXEC_EXIT = 21,
+    ALCUB3_FRAME_QUOTE = 22,
 };
 
 struct alcub3_frame_header {
@@ -84,6 +92,18 @@ struct alcub3_guest_hello {
     __u32 _pad;
 };
 #define ALCUB3_GUEST_VERSION 1
+
+struct alcub3_guest_measure {
+    __u8 digests[3][32];        /* extended into PCR 9 in this order */
+    __u8 nonce[32];             /* the quote's qualifyingData */
+};
+
+struct alcub3_guest_quote {
+    __u32 attest_size;          /* the TPMS_ATTEST's bytes after this header */
+    __u32 signature_size;       /* then the TPMT_SIGNATURE's */
+};
+/* The most a QUOTE's payload may hold (a P-256 quote of PCR 9 is about 250 bytes). */
+#define ALCUB3_GUEST_QUOTE_MAX 2048u
 
 struct alcub3_guest_run {
     __u32 flags;                /* ALCUB3_SANDBOX_* of alcub3_events.h for the agent's cgroup */
