@@ -130,7 +130,7 @@ extension SandboxManager {
                     steps?(CreationStep(step: "hardware: measured boot", microseconds: 0,
                                         result: "PCR 9 = \(m.expectedPCR) in the guest's TPM (swtpm), from kernel \(m.kernel.prefix(16)), "
                                             + "initramfs \(m.initramfs.prefix(16)), command line \(m.commandLine.prefix(16))"))
-                    try? store.appendAudit(actor: "service", action: "sandbox.measured_boot", subject: sandboxID,
+                    try? store.appendAudit(.service, action: "sandbox.measured_boot", subject: sandboxID,
                                            details: ServiceJSON.encode(["kernel": m.kernel, "initramfs": m.initramfs,
                                                                         "command_line": m.commandLine, "pcr9": m.expectedPCR]))
                 }
