@@ -15,8 +15,7 @@ enum AgentEnvironment {
     /// The minimal environment from the caller's, then each `--env` in order:
     /// `NAME=VALUE` sets NAME, `NAME` copies the operator's value. Sorted.
     static func make(_ options: [String], from caller: [String: String] = ProcessInfo.processInfo.environment) throws -> [String] {
-        var chosen = caller.filter { copied.contains($0.key) || $0.key.hasPrefix("LC_") }
-        if chosen["PATH"] == nil { chosen["PATH"] = defaultPath }
+        var chosen = minimal(caller)
         for option in options {
             let name = String(option.prefix { $0 != "=" })
             guard isName(name) else {
@@ -30,8 +29,19 @@ enum AgentEnvironment {
                 throw fail(Alcub3Exit.usage, "--env \(name): \(name) is not set in your environment; write \(name)=VALUE to give a value")
             }
         }
-        return chosen.map { "\($0.key)=\($0.value)" }.sorted()
+        return lines(chosen)
     }
+
+    /// The caller's variables an agent gets without `--env`, as NAME=VALUE lines.
+    static func minimal(from caller: [String: String] = ProcessInfo.processInfo.environment) -> [String] { lines(minimal(caller)) }
+
+    private static func minimal(_ caller: [String: String]) -> [String: String] {
+        var chosen = caller.filter { copied.contains($0.key) || $0.key.hasPrefix("LC_") }
+        if chosen["PATH"] == nil { chosen["PATH"] = defaultPath }
+        return chosen
+    }
+
+    private static func lines(_ variables: [String: String]) -> [String] { variables.map { "\($0.key)=\($0.value)" }.sorted() }
 
     private static func isName(_ name: String) -> Bool {
         guard let first = name.unicodeScalars.first, !("0"..."9").contains(first) else { return false }

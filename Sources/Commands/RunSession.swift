@@ -35,7 +35,7 @@ final class RunSession: @unchecked Sendable {
     /// `--profile`: the behavioural analyzer, learning or scoring (RunBehaviour).
     var behaviour: RunBehaviour?
     /// The agent's environment (AgentEnvironment: a minimal one, plus `--env`).
-    var environment = (try? AgentEnvironment.make([])) ?? []
+    var environment = AgentEnvironment.minimal()
 
     init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
          format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
