@@ -1,4 +1,5 @@
 import Foundation
+import KernelSupport
 
 /// Syscall numbers the models accept: 10 bits, enough for every x86_64 and
 /// arm64 syscall, so six of them pack exactly into one UInt64 (PackedSequence).
@@ -135,15 +136,5 @@ public struct SyscallTrace: Sendable, Equatable {
     }
 
     /// Control characters shown escaped, so a binary file's token stays on one line.
-    static func printable(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value == 0x7f {
-                out += String(format: "\\x%02X", scalar.value)
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    static func printable(_ text: String) -> String { TerminalText.escaped(text) }
 }

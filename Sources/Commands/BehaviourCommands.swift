@@ -4,6 +4,7 @@ import ArgumentParser
 import Glibc
 #endif
 import Foundation
+import KernelSupport
 import Service
 
 extension IntegrityCommand {
@@ -150,7 +151,8 @@ struct BehaviourView {
             "alerts": newAlerts.map { ["window": $0.0.index, "anomaly": $0.anomaly, "risk": $0.0.risk, "reasons": $0.0.reasons,
                                        "maestro_layer": $0.0.maestroLayer] as [String: Any] },
         ]
-        return Frame(text: lines.joined(separator: "\n") + "\n", json: json)
+        // Destinations, files and reasons are the agent's choice: each line escaped for the terminal.
+        return Frame(text: lines.map(TerminalText.escaped).joined(separator: "\n") + "\n", json: json)
     }
 
     static func sparkline(_ values: ArraySlice<Double>) -> String {
@@ -182,7 +184,7 @@ struct BehaviourView {
             for reason in window.reasons.prefix(detailed ? 20 : 3) { lines.append("  " + reason) }
             if detailed, !window.rareSequences.isEmpty { lines.append("  rare: " + window.rareSequences.joined(separator: ", ")) }
         }
-        return lines.joined(separator: "\n") + "\n"
+        return lines.map(TerminalText.escaped).joined(separator: "\n") + "\n"
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import KernelSupport
 import Policy
 import Sandbox
 import Service
@@ -34,9 +35,12 @@ enum SinceParser {
     }
 }
 
-/// One stored event as a readable line.
+/// One stored event as a readable line. Paths, argv and names in it are the
+/// agent's choice: the line is escaped for the terminal (TerminalText).
 enum EventLine {
-    static func render(_ json: String) -> String {
+    static func render(_ json: String) -> String { TerminalText.escaped(fields(json)) }
+
+    private static func fields(_ json: String) -> String {
         guard let o = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return json }
         let time = (o["time_dt"] as? String).map { String($0.dropFirst(11).prefix(15)) } ?? "?"
         let agent = o["agent_id"] as? String ?? "?"

@@ -1,5 +1,6 @@
 import Enforcement
 import Foundation
+import KernelSupport
 import Sandbox
 import Synchronization
 import Telemetry
@@ -124,6 +125,10 @@ final class EventRenderer: @unchecked Sendable {
 
     private func findingLine(_ finding: EscapeFinding, _ processes: ProcessTable) -> String {
         if format == .json { return OCSFEncoder.jsonLine(finding.ocsf(encoder: encoder, processes: processes)) }
+        return TerminalText.escaped(findingTableLine(finding, processes))
+    }
+
+    private func findingTableLine(_ finding: EscapeFinding, _ processes: ProcessTable) -> String {
         let time = encoder.clock.iso8601(boot: finding.observedNanos)
         let clock = String(time.dropFirst(11).prefix(15))
         let name = processes[finding.pid]?.name ?? "?"
@@ -145,7 +150,8 @@ final class EventRenderer: @unchecked Sendable {
             if let object = encoder.encode(event, processes: processes) { return OCSFEncoder.jsonLine(object) }
             return alcub3Record(event).map(OCSFEncoder.jsonLine)
         case .table:
-            return tableLine(event)
+            // Paths, argv and names are the agent's choice: escaped before they reach the terminal.
+            return tableLine(event).map(TerminalText.escaped)
         }
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KernelSupport
 import Service
 import Store
 import Telemetry
@@ -158,9 +159,10 @@ struct IntegrityCommand: ParsableCommand {
             for dimension in report.dimensions {
                 Output.out("  \(dimension.name): \(dimension.status) (\(dimension.checkedEntries) entries checked)\n")
                 for finding in dimension.findings {
-                    Output.out("    \(finding.change.rawValue) \(finding.path)"
+                    // The path (and a link target) is the agent's choice: escaped for the terminal.
+                    Output.out(TerminalText.escaped("    \(finding.change.rawValue) \(finding.path)"
                                + (finding.old.map { " was \($0)" } ?? "") + (finding.new.map { " now \($0)" } ?? "")
-                               + " [\(finding.foundBy)\(finding.cause.map { ": \($0)" } ?? "")]\n")
+                               + " [\(finding.foundBy)\(finding.cause.map { ": \($0)" } ?? "")]") + "\n")
                 }
             }
         }

@@ -86,9 +86,10 @@ final class RunBehaviour: @unchecked Sendable {
         if format == .json {
             Output.out(OCSFEncoder.jsonLine(finding.ocsf) + "\n")
         } else {
+            // Reasons name the agent's programs, files and destinations: escaped for the terminal.
             Output.out(String(format: "%@ BEHAVIOUR anomaly %.2f risk %.2f [%@]: ", ISO8601DateFormatter().string(from: Date()),
                               window.anomaly, window.risk, window.maestroLayer)
-                       + window.reasons.prefix(4).joined(separator: "; ") + "\n")
+                       + TerminalText.escaped(window.reasons.prefix(4).joined(separator: "; ")) + "\n")
         }
     }
 

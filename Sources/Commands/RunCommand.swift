@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import KernelSupport
 import Policy
 import Sandbox
+import Service
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,6 +67,8 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "A behaviour profile: an existing file is scored against (alerts in the stream); a new one receives the profile learned from this run.")
     var profile: String?
 
+    @OptionGroup var environment: EnvironmentOptions
+
     @Argument(parsing: .captureForPassthrough, help: "The command, after --.")
     var command: [String] = []
 
@@ -80,6 +84,10 @@ struct RunCommand: AsyncParsableCommand {
                        "unknown classification '\(classification)': use one of \(Classification.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var policy = try Self.policy(for: level, files: policyFiles)
+        // No sandbox sees any alcub3 service's socket, state (database, keys), pins or baseline key: the
+        // configured service's and the one the environment (ALCUB3_SOCKET, _STATE_DIR, _PIN_DIR) points at.
+        policy.filesystem.hiddenPaths = Array(Set(policy.filesystem.hiddenPaths
+            + ServiceSettings.hiddenPaths(of: try Self.configuration(files: policyFiles)))).sorted()
         if let isolation {
             guard let chosen = IsolationLevel(rawValue: isolation.lowercased()) else {
                 throw fail(Alcub3Exit.usage, "unknown isolation level '\(isolation)': use process, container, vm or hardware")
@@ -109,6 +117,11 @@ struct RunCommand: AsyncParsableCommand {
         if let bootTimeout, !(bootTimeout > 0 && bootTimeout <= 3600) {
             throw fail(Alcub3Exit.usage, "--boot-timeout must be between 0 and 3600 seconds")
         }
+        // A container gets its image's environment, a vm guest its own: --env would be silently lost there.
+        if !environment.variables.isEmpty && (policy.isolation == .container || virtual) {
+            throw fail(Alcub3Exit.usage, "--env applies to --isolation-level process; a container has its image's environment, a vm its guest's")
+        }
+        let agentEnvironment = try environment.environment()
         if let seccompProfile {
             policy.seccompProfile = try SeccompProfileFile.read(seccompProfile)
         }
@@ -141,6 +154,7 @@ struct RunCommand: AsyncParsableCommand {
             throw fail(Alcub3Exit.usage, "--changes review asks on the terminal, and alcub3 has none; use apply or discard")
         }
         session.changes = changes
+        session.environment = agentEnvironment
         session.container = image.map { (image: $0, digest: digest) }
         if virtual {
             var options = VMOptions()
@@ -169,10 +183,8 @@ struct RunCommand: AsyncParsableCommand {
         return (trimmed.isEmpty ? "agent" : trimmed) + (unique ? "-" + String(getpid()) : "")
     }
 
-    /// Control characters shown escaped, so the error line stays one line.
-    static func printable(_ s: String) -> String {
-        s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? String(format: "\\x%02X", $0.value) : String($0) }.joined()
-    }
+    /// Control characters shown escaped, so the error line stays one line (TerminalText).
+    static func printable(_ s: String) -> String { TerminalText.escaped(s) }
 
     /// The shipped policy of `level` with each --policy-file merged over it, in order.
     static func policy(for level: Classification, files: [String]) throws -> SandboxPolicy {

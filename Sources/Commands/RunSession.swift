@@ -36,6 +36,8 @@ final class RunSession: @unchecked Sendable {
     var traceDirectory: String?
     /// `--profile`: the behavioural analyzer, learning or scoring (RunBehaviour).
     var behaviour: RunBehaviour?
+    /// The agent's environment (AgentEnvironment: a minimal one, plus `--env`).
+    var environment = AgentEnvironment.minimal()
 
     init(agentID: String, policy: SandboxPolicy, executable: String, arguments: [String],
          format: OutputFormat, printSyscalls: Bool, syscallEntry: Bool) {
@@ -140,7 +142,7 @@ final class RunSession: @unchecked Sendable {
             try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: KernelProbe.seccompUserNotify().available))
         }
         var spec = ProcessSpec(
-            executable: executable, arguments: arguments, environment: Self.sandboxEnvironment(),
+            executable: executable, arguments: arguments, environment: environment,
             workingDirectory: privateWorkspace ? policy.filesystem.workspace : FileManager.default.currentDirectoryPath,
             hostname: sandboxID,
             namespaces: namespaces, seccomp: seccomp, dieWithParent: true)
@@ -439,16 +441,6 @@ final class RunSession: @unchecked Sendable {
                 """
             Output.err(text)
         }
-    }
-
-    /// The caller's environment, minus variables that point into the host's
-    /// sessions and agents (sockets the sandbox must not find).
-    static func sandboxEnvironment() -> [String] {
-        let blocked: Set<String> = ["SSH_AUTH_SOCK", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "GPG_AGENT_INFO"]
-        return ProcessInfo.processInfo.environment
-            .filter { !blocked.contains($0.key) }
-            .map { "\($0.key)=\($0.value)" }
-            .sorted()
     }
 
     static func randomHex(_ bytes: Int) -> String {

@@ -33,6 +33,7 @@ struct SandboxCommand: ParsableCommand {
         var imageDigest: String?
         @Option(help: "A behaviour profile: an existing file is the agent's learned behaviour (no observation window); a new one receives the profile learned.")
         var profile: String?
+        @OptionGroup var environment: EnvironmentOptions
         @Argument(parsing: .captureForPassthrough, help: "The agent's command, after --; none: the sandbox waits for exec.")
         var command: [String] = []
 
@@ -59,7 +60,7 @@ struct SandboxCommand: ParsableCommand {
             request.profilePath = profile.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
             request.command = command.first == "--" ? Array(command.dropFirst()) : command
             request.workingDirectory = FileManager.default.currentDirectoryPath
-            request.environment = RunSession.sandboxEnvironment()
+            request.environment = try environment.environment()
             request.dryRun = dryRun
             request.verbose = verbose
             return request
@@ -115,6 +116,7 @@ struct SandboxCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run a command inside a running sandbox; its exit code passes through.")
         @Option(name: .customLong("agent-id")) var agentID: String
         @Option(help: "table or json (accepted; the command's own output is passed as is).") var format: OutputFormat = .table
+        @OptionGroup var environment: EnvironmentOptions
         @Argument(parsing: .captureForPassthrough) var command: [String] = []
 
         func run() throws {
@@ -123,7 +125,7 @@ struct SandboxCommand: ParsableCommand {
             var request = ServiceRequest(op: .exec)
             request.agentID = agentID
             request.command = argv
-            request.environment = RunSession.sandboxEnvironment()
+            request.environment = try environment.environment()
             let result = try ServiceAccess.call(request)
             let code = (try? JSONSerialization.jsonObject(with: Data(result.utf8)) as? [String: Any])?["exitCode"] as? Int ?? 0
             throw ExitCode(Int32(code))
@@ -212,6 +214,7 @@ struct SandboxCommand: ParsableCommand {
         @Option(help: "A file written by sandbox export.") var config: String
         @Option(name: .customLong("agent-id"), help: "The new agent id.") var agentID: String
         @Option(help: "table or json.") var format: OutputFormat = .table
+        @OptionGroup var environment: EnvironmentOptions
 
         func run() throws {
             if let problem = Identifier.validate(agentID) {
@@ -224,7 +227,7 @@ struct SandboxCommand: ParsableCommand {
             var request = ServiceRequest(op: .importPolicy)
             request.agentID = agentID
             request.policyJSON = text
-            request.environment = RunSession.sandboxEnvironment()
+            request.environment = try environment.environment()
             let result = try ServiceAccess.call(request)
             if format == .json { ServiceAccess.printJSON(result); return }
             let record = try ServiceAccess.decode(SandboxRecord.self, result)

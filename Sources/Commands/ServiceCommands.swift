@@ -165,14 +165,15 @@ struct DaemonCommand: ParsableCommand {
 
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "audit", abstract: "The hash-chained audit log.", subcommands: [Verify.self])
+        commandName: "audit", abstract: "The hash-chained, MAC'd audit log.", subcommands: [Verify.self])
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check the audit chain; name the first broken record. Exit 0 intact, 1 broken.")
+            abstract: "Check the audit chain and MACs; name the first broken record. Exit 0 intact, 1 broken.")
 
         @Option(help: "table or json.") var format: OutputFormat = .table
         @Option(help: "Check this database file directly instead of asking the service.") var database: String?
+        @Option(help: "With --database: the audit key (default: audit.key beside the database).") var key: String?
 
         func run() throws {
             let verification: AuditVerification
@@ -180,12 +181,22 @@ struct AuditCommand: ParsableCommand {
                 guard FileManager.default.fileExists(atPath: database) else {
                     throw fail(ExitCodes.notFound, "no such database: \(database)")
                 }
+                // Without a key file, keyed records cannot be checked: verification says so at the first one.
+                let directory = PathText.parent(of: database)
+                let keyPath = key ?? (directory.isEmpty || directory.hasSuffix("/") ? directory : directory + "/") + AuditKey.fileName
+                let auditKey: AuditKey?
                 do {
-                    verification = try EventStore(path: database, readOnly: true).verifyAudit()
+                    auditKey = key != nil || FileManager.default.fileExists(atPath: keyPath) ? try AuditKey.load(at: keyPath) : nil
+                } catch {
+                    throw fail(ExitCodes.notAllowed, "cannot use the audit key: \(error)")
+                }
+                do {
+                    verification = try EventStore(path: database, readOnly: true, auditKey: auditKey).verifyAudit()
                 } catch {
                     throw fail(ExitCodes.internalError, "cannot read \(database): \(error)")
                 }
             } else {
+                if key != nil { throw fail(ExitCodes.usage, "--key applies with --database; the service checks with its own key") }
                 verification = try ServiceAccess.decode(AuditVerification.self, ServiceAccess.call(ServiceRequest(op: .auditVerify)))
             }
             switch format {
@@ -194,11 +205,7 @@ struct AuditCommand: ParsableCommand {
                 encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
                 Output.out(String(decoding: try encoder.encode(verification), as: UTF8.self) + "\n")
             case .table:
-                if verification.ok {
-                    Output.out("audit log intact: \(verification.records) records, chain verified\n")
-                } else {
-                    Output.out("audit log BROKEN at record \(verification.firstBroken.map(String.init) ?? "?"): \(verification.reason ?? "")\n")
-                }
+                Output.out(verification.summary + "\n")
             }
             if !verification.ok { throw ExitCode(1) }
         }

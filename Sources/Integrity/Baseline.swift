@@ -112,28 +112,22 @@ public struct SignedBaseline: Codable, Sendable {
 }
 
 /// The key baselines are signed with: generated once by the service and kept
-/// with mode 0600 (root only), or given by the operator.
+/// with mode 0600 (root only), or given by the operator. The file's checks are
+/// SecretFile's (a regular file, not a link, the owner's alone).
 public enum BaselineKey {
     public static func loadOrCreate(at path: String) throws -> Curve25519.Signing.PrivateKey {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFREG else { throw BaselineError("\(path): the signing key is not a regular file") }
-            guard st.st_mode & 0o077 == 0, st.st_uid == geteuid() else {
-                throw BaselineError("\(path): the signing key is readable by others (mode \(String(st.st_mode & 0o777, radix: 8)), owner \(st.st_uid)); make it 0600 and owned by the service's user")
+        let bytes: [UInt8]
+        do {
+            bytes = try SecretFile.readOrCreate(path, what: "the signing key") {
+                Array((Curve25519.Signing.PrivateKey().rawRepresentation.base64EncodedString() + "\n").utf8)
             }
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8),
-                  let raw = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)),
-                  let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw) else {
-                throw BaselineError("\(path): not an Ed25519 signing key (base64 of 32 bytes)")
-            }
-            return key
+        } catch let refused as SecretFile.Refused {
+            throw BaselineError(refused.description)
         }
-        let key = Curve25519.Signing.PrivateKey()
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SystemError(errno: errno, call: "open", context: path) }
-        defer { close(fd) }
-        let text = key.rawRepresentation.base64EncodedString() + "\n"
-        guard write(fd, text, text.utf8.count) == text.utf8.count else { throw SystemError(errno: errno, call: "write", context: path) }
+        guard let raw = Data(base64Encoded: String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)),
+              let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw) else {
+            throw BaselineError("\(path): not an Ed25519 signing key (base64 of 32 bytes)")
+        }
         return key
     }
 }

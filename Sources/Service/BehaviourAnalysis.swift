@@ -141,7 +141,7 @@ extension SandboxManager {
             "programs": profile.programs.count, "destinations": profile.destinations.count, "saved_to": saved ?? "",
         ]
         append(summary, kind: "alcub3", classUID: nil, to: sandbox)
-        try? store.appendAudit(actor: "service", action: "behaviour.learned", subject: sandbox.record.sandboxID,
+        try? store.appendAudit(.service, action: "behaviour.learned", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["agent_id": sandbox.record.agentID, "saved_to": saved ?? "",
                                                             "trained_syscalls": String(profile.model.trainedSyscalls)]))
         log.info("learned the behaviour of \(sandbox.record.agentID)",

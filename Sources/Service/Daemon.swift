@@ -37,7 +37,20 @@ public final class Daemon: @unchecked Sendable {
         guard geteuid() == 0 else { throw ServiceFailure(ExitCodes.notAllowed, "alcub3 daemon needs root (BPF, cgroups, namespaces)") }
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
-        let store = try EventStore(path: configuration.databasePath)
+        // The audit key is made before the store opens: an existing unkeyed log
+        // gets its `audit.keyed` record now, and every later record a MAC.
+        let auditKey: AuditKey
+        do {
+            auditKey = try AuditKey.loadOrCreate(at: configuration.auditKeyPath)
+        } catch let refused as SecretFile.Refused {
+            throw ServiceFailure(ExitCodes.notAllowed, refused.description)
+        }
+        let log = self.log
+        // Each append's head (seq, MAC) goes to the log, the journal under systemd: a
+        // copy outside the database that a truncated or rewritten tail can be checked against.
+        let store = try EventStore(path: configuration.databasePath, auditKey: auditKey) { record in
+            log.notice("audit head", metadata: ["seq": "\(record.seq)", "mac": "\(record.mac ?? "none")", "action": "\(record.action)"])
+        }
         let layout = try CgroupLayout.detect()
         parentLock = try CgroupParentLock(layout: layout)
         let monitor = try TelemetryMonitor(rootCgroupID: try FileIO.inode(of: layout.alcub3Root),
@@ -65,7 +78,7 @@ public final class Daemon: @unchecked Sendable {
         try monitor.start()
         let adopted = try manager.adoptRunningSandboxes(serviceStartNs: startedNs)
         if !adopted.isEmpty { log.info("re-adopted sandboxes: \(adopted.joined(separator: ", "))") }
-        _ = try? store.appendAudit(actor: "service", action: "service.start", subject: "alcub3",
+        _ = try? store.appendAudit(.service, action: "service.start", subject: "alcub3",
                                details: ServiceJSON.encode(["pid": String(getpid()), "adopted": adopted.joined(separator: ",")]))
         server = try ControlServer(path: configuration.socketPath, allowedGroup: configuration.allowedGroup, layout: layout)
         if let address = configuration.metricsAddress {
@@ -106,7 +119,7 @@ public final class Daemon: @unchecked Sendable {
         Thread.detachNewThread {
             while true {
                 do {
-                    let result = try store.applyRetention(maxAgeNs: maxAge, maxBytes: maxBytes, actor: "service")
+                    let result = try store.applyRetention(maxAgeNs: maxAge, maxBytes: maxBytes, requester: .service)
                     if result.deletedEvents > 0 { log.info("retention removed \(result.deletedEvents) events") }
                 } catch {
                     log.error("retention failed: \(error)")
@@ -139,7 +152,7 @@ public final class Daemon: @unchecked Sendable {
             DeviceFilter.removePins(configuration.pinDirectory + "/dev")
             TelemetryMonitor.removePins(configuration.pinDirectory, versionFile: configuration.pinVersionFile)
         }
-        _ = try? manager?.store.appendAudit(actor: "service", action: "service.stop", subject: "alcub3",
+        _ = try? manager?.store.appendAudit(.service, action: "service.stop", subject: "alcub3",
                                         details: ServiceJSON.encode(["sandboxes_left_running": String(manager?.liveSandboxes.count ?? 0)]))
         parentLock?.releaseAndRemoveParentIfUnused()
         log.info("stopped")

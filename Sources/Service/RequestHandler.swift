@@ -32,6 +32,7 @@ struct RequestHandler: Sendable {
     }
 
     private func dispatch(_ request: ServiceRequest, _ connection: ControlConnection) throws {
+        let requester = Requester(peer: connection.peer)
         switch request.op {
         case .ping:
             connection.send(.result(["pid": String(getpid()), "sandboxes": String(manager.liveSandboxes.count)]))
@@ -40,7 +41,7 @@ struct RequestHandler: Sendable {
         case .exec:
             let agent = try agentID(request)
             let code = try manager.exec(agentID: agent, command: request.command ?? [], workingDirectory: request.workingDirectory,
-                                        environment: request.environment ?? [], output: { stream, bytes in
+                                        environment: request.environment ?? [], requester: requester, output: { stream, bytes in
                 connection.send(ServiceMessage(type: .output, stream: stream, data: Data(bytes).base64EncodedString()))
             })
             connection.send(.result(ExecResult(exitCode: code)))
@@ -61,25 +62,26 @@ struct RequestHandler: Sendable {
             connection.send(.result(record))
         case .terminate:
             let record = try manager.terminate(agentID: try agentID(request), grace: request.graceSeconds ?? 10,
-                                               force: request.force ?? false)
+                                               force: request.force ?? false, requester: requester)
             connection.send(.result(record))
         case .policySet:
             try rootOnly(connection.peer, "may not change a running sandbox's network policy")
             connection.send(.result(try manager.setNetwork(agentID: try agentID(request), destinations: request.destinations ?? [],
-                                                           ports: request.ports ?? [])))
+                                                           ports: request.ports ?? [], requester: requester)))
         case .baseline where request.list == true:
             // Every stored baseline (of one agent when named), oldest first.
             connection.send(.result(try manager.store.baselines(agentID: request.agentID)))
         case .baseline:
             // Progress every 1000 entries, for long trees.
-            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false) { count in
+            connection.send(.result(try manager.makeBaseline(agentID: try agentID(request), update: request.update ?? false,
+                                                                 requester: requester) { count in
                 connection.send(ServiceMessage(type: .step, json: nil, message: "scanned \(count) entries"))
             }))
         case .validate:
             connection.send(.result(try manager.validate(agentID: try agentID(request), baseline: request.baselineText ?? "",
-                                                         source: request.baselineSource ?? "the baseline")))
+                                                         source: request.baselineSource ?? "the baseline", requester: requester)))
         case .thaw:
-            connection.send(.result(try manager.thaw(agentID: try agentID(request))))
+            connection.send(.result(try manager.thaw(agentID: try agentID(request), requester: requester)))
         case .export:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {
@@ -232,6 +234,7 @@ struct RequestHandler: Sendable {
         create.image = isolation == .container ? request.image : nil
         create.imageDigest = imageDigest
         create.profile = try profileChoice(request, agent: agent, peer: connection.peer)
+        create.requester = Requester(peer: connection.peer)
         let image = try memberPaths(&create, peer: connection.peer)
         let record = try withExtendedLifetime(image) {
             try manager.create(create,

@@ -111,7 +111,7 @@ extension SandboxManager {
     /// stores it (audited) and returns the signed JSON. A sandbox that already
     /// has one keeps it unless `update` (an operator's deliberate choice, or the
     /// service's refresh of a clean sandbox), recorded in the audit log.
-    public func makeBaseline(agentID: String, update: Bool = false, actor: String = "operator",
+    public func makeBaseline(agentID: String, update: Bool = false, requester: Requester,
                              progress: ((Int) -> Void)? = nil) throws -> String {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
@@ -135,7 +135,7 @@ extension SandboxManager {
         baseline.boot = boot
         let json = String(decoding: try SignedBaseline(signing: baseline, with: baselineKey()).jsonData(), as: UTF8.self)
         try store.saveBaseline(BaselineRecord(id: id, sandboxID: sandbox.record.sandboxID, agentID: agentID, createdNs: now, json: json))
-        try? store.appendAudit(actor: actor, action: current == nil ? "baseline.create" : "baseline.update",
+        try? store.appendAudit(requester, action: current == nil ? "baseline.create" : "baseline.update",
                                subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": id, "replaces": current ?? "", "root_hash": tree.rootHash,
                                                             "entries": String(tree.count)]))
@@ -147,7 +147,7 @@ extension SandboxManager {
 
     /// `integrity validate`: the baseline (a file's text, or a stored id) is
     /// checked (signature, agent, format), then the tree is read again and compared.
-    public func validate(agentID: String, baseline text: String, source: String) throws -> ValidationReport {
+    public func validate(agentID: String, baseline text: String, source: String, requester: Requester) throws -> ValidationReport {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
@@ -222,7 +222,7 @@ extension SandboxManager {
                                       valid: valid, confidence: (confidence * 1000).rounded() / 1000,
                                       dimensions: dimensions,
                                       microseconds: Int((DispatchTime.now().uptimeNanoseconds - started) / 1000), steps: steps)
-        try? store.appendAudit(actor: "operator", action: "baseline.validate", subject: sandbox.record.sandboxID,
+        try? store.appendAudit(requester, action: "baseline.validate", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["baseline": baseline.id, "valid": String(report.valid),
                                                             "findings": String(dimensions.map(\.findings.count).reduce(0, +))]))
         return report
@@ -267,7 +267,7 @@ extension SandboxManager {
         for cgroupID in integrityWatch.refreshable(olderThan: seconds) {
             guard let sandbox = sandbox(cgroupID: cgroupID) else { continue }
             do {
-                _ = try makeBaseline(agentID: sandbox.record.agentID, update: true, actor: "service")
+                _ = try makeBaseline(agentID: sandbox.record.agentID, update: true, requester: .service)
             } catch {
                 log.error("could not refresh the baseline of \(sandbox.record.sandboxID): \(error)")
             }

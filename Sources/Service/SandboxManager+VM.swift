@@ -131,7 +131,7 @@ extension SandboxManager {
                                         result: "PCR 9 = \(m.expectedPCR), quoted by the guest's TPM (swtpm) over a fresh nonce and signed by the "
                                             + "attestation key the host derived from it, from kernel \(m.kernel.prefix(16)), "
                                             + "initramfs \(m.initramfs.prefix(16)), command line \(m.commandLine.prefix(16))"))
-                    try? store.appendAudit(actor: "service", action: "sandbox.measured_boot", subject: sandboxID,
+                    try? store.appendAudit(.service, action: "sandbox.measured_boot", subject: sandboxID,
                                            details: ServiceJSON.encode(["kernel": m.kernel, "initramfs": m.initramfs,
                                                                         "command_line": m.commandLine, "pcr9": m.expectedPCR]))
                 }

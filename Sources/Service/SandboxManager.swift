@@ -83,6 +83,8 @@ public struct CreateRequest: Sendable {
     /// tar of one) and the manifest digest it must have (else the allow-list).
     public var image: String?
     public var imageDigest: ImageDigest?
+    /// Who asked (the socket peer), for the audit log.
+    public var requester = Requester.service
 
     public init(agentID: String, policy: SandboxPolicy, limits: ResourceLimits, command: [String],
                 workingDirectory: String, environment: [String]) {
@@ -246,7 +248,7 @@ public final class SandboxManager: @unchecked Sendable {
             }
         }
         let what = SandboxResponse.describe(response, finding)
-        try? store.appendAudit(actor: "service", action: "response.\(response.rawValue)", subject: sandbox.record.sandboxID,
+        try? store.appendAudit(.service, action: "response.\(response.rawValue)", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["technique": finding.technique.id, "evidence": finding.evidence,
                                                             "action": what]))
         let now = WallClock.nowUnixNanos()
@@ -263,7 +265,7 @@ public final class SandboxManager: @unchecked Sendable {
     /// updates; nothing restarts). Everything is checked before anything
     /// changes, so a bad value leaves the running policy as it was. The stored
     /// policy (export, restart) follows; the change is audited.
-    public func setNetwork(agentID: String, destinations: [String], ports: [Int]) throws -> SandboxRecord {
+    public func setNetwork(agentID: String, destinations: [String], ports: [Int], requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
@@ -296,8 +298,8 @@ public final class SandboxManager: @unchecked Sendable {
         var record = try currentRecord(sandbox)
         record.policyJSON = ServiceJSON.encode(policy)
         try store.upsertSandbox(record)
-        try? store.appendAudit(actor: "operator", action: "policy.set", subject: record.sandboxID,
-                               details: ServiceJSON.encode(["allowed_destinations": cidrs.map(\.description).joined(separator: ","),
+        try? store.appendAudit(requester, action: "policy.set", subject: record.sandboxID,
+                               details: ServiceJSON.encode(["agent_id": agentID, "allowed_destinations": cidrs.map(\.description).joined(separator: ","),
                                                             "allowed_ports": allowedPorts.map(String.init).joined(separator: ",")]))
         return record
     }
@@ -307,7 +309,7 @@ public final class SandboxManager: @unchecked Sendable {
     }
 
     /// `sandbox thaw`: a frozen sandbox runs again (audited).
-    public func thaw(agentID: String) throws -> SandboxRecord {
+    public func thaw(agentID: String, requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
@@ -320,7 +322,8 @@ public final class SandboxManager: @unchecked Sendable {
             throw ServiceFailure(ExitCodes.kernelRefused, "could not thaw \(sandbox.record.sandboxID): \(error)")
         }
         sandbox.resetResponse()
-        try? store.appendAudit(actor: "operator", action: "sandbox.thaw", subject: sandbox.record.sandboxID, details: "{}")
+        try? store.appendAudit(requester, action: "sandbox.thaw", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["agent_id": agentID]))
         return sandbox.record
     }
 
@@ -502,17 +505,28 @@ public final class SandboxManager: @unchecked Sendable {
                 creating.remove(cgroup.id)
             }
             monitor.hub.wake()  // the pipeline stores what it held for this sandbox now
-            try? store.appendAudit(actor: "service", action: "sandbox.create", subject: sandboxID,
-                                   details: ServiceJSON.encode(["agent_id": request.agentID, "classification": record.classification,
-                                                                "command": request.command.joined(separator: " ")]))
+            try? store.appendAudit(request.requester, action: "sandbox.create", subject: sandboxID,
+                                   details: ServiceJSON.encode(Self.auditDetails(request, classification: record.classification)))
             startWatchers(sandbox)
             watchForExit(sandbox)
             log.info("created sandbox", metadata: ["sandbox": "\(sandboxID)", "agent": "\(request.agentID)", "pid": "\(initProcess.pid)"])
             return record
         } catch {
             for action in undo.reversed() { action() }
+            // Refused creates are audited too: who tried what is the point.
+            var details = Self.auditDetails(request, classification: request.policy.classification.rawValue)
+            details["refused"] = "\(error)"
+            try? store.appendAudit(request.requester, action: "sandbox.create_refused", subject: sandboxID,
+                                   details: ServiceJSON.encode(details))
             throw error
         }
+    }
+
+    /// What an audit record of a create says besides who asked: what, and with which of the client's paths.
+    private static func auditDetails(_ request: CreateRequest, classification: String) -> [String: String] {
+        ["agent_id": request.agentID, "classification": classification, "isolation": request.policy.isolation.rawValue,
+         "command": request.command.joined(separator: " "),
+         "shared_directory": request.shareWorkingDirectory ? request.workingDirectory : "", "image": request.image ?? ""]
     }
 
     /// The program a command names, as the sandbox will see it; each refusal is one clear line.
@@ -528,19 +542,23 @@ public final class SandboxManager: @unchecked Sendable {
     }
 
     /// The service's own files are invisible inside every sandbox.
-    func hiddenPaths() -> [String] {
-        [(configuration.socketPath as NSString).deletingLastPathComponent, configuration.stateDirectory, configuration.pinDirectory]
-    }
+    func hiddenPaths() -> [String] { configuration.hiddenPaths }
 
     // MARK: exec
 
     /// Runs a command inside a running sandbox; its output goes to `output` as it comes.
     public func exec(agentID: String, command: [String], workingDirectory: String?, environment: [String],
-                     output: (String, [UInt8]) -> Bool) throws -> Int32 {
+                     requester: Requester, output: (String, [UInt8]) -> Bool) throws -> Int32 {
         guard let sandbox = sandbox(agentID: agentID) else {
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
+        // Recorded before it runs: a command that never ends is in the log too. Variable names only: values may be secrets.
+        try? store.appendAudit(requester, action: "sandbox.exec", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["agent_id": agentID, "command": command.joined(separator: " "),
+                                                            "working_directory": workingDirectory ?? "",
+                                                            "environment": environment.map { String($0.prefix { $0 != "=" }) }
+                                                                .joined(separator: ",")]))
         // In a vm the command runs in the guest, beside the agent's (joining namespaces would put it beside QEMU).
         if Self.isVM(sandbox.record) { return try execInGuest(sandbox, command: command, environment: environment, output: output) }
         // In a container: the program, environment, namespaces and cgroups are the container's.
@@ -622,13 +640,15 @@ public final class SandboxManager: @unchecked Sendable {
 
     /// SIGTERM to every process, SIGKILL after the grace period (at once with
     /// force), then everything the sandbox had is removed.
-    public func terminate(agentID: String, grace: Double, force: Bool) throws -> SandboxRecord {
+    public func terminate(agentID: String, grace: Double, force: Bool, requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
             if let record = try store.sandbox(agentID: agentID), !record.state.isActive {
                 throw ServiceFailure(ExitCodes.notFound, "sandbox of agent '\(agentID)' has already stopped (\(record.sandboxID))")
             }
             throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
         }
+        try? store.appendAudit(requester, action: "sandbox.terminate", subject: sandbox.record.sandboxID,
+                               details: ServiceJSON.encode(["agent_id": agentID, "force": String(force), "grace_seconds": String(grace)]))
         // A frozen sandbox cannot act on SIGTERM: it is ended at once (cgroup.kill reaches frozen tasks).
         if !force && !SandboxResponse.isFrozen(sandbox.cgroup) {
             for pid in sandbox.cgroup.processes() { kill(pid, SIGTERM) }
@@ -670,7 +690,7 @@ public final class SandboxManager: @unchecked Sendable {
         let statusFile = configuration.sandboxDirectory(record.sandboxID) + "/exit_status"
         record.exitCode = (try? FileIO.read(statusFile)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         try store.upsertSandbox(record)
-        try? store.appendAudit(actor: "service", action: "sandbox.stop", subject: record.sandboxID,
+        try? store.appendAudit(.service, action: "sandbox.stop", subject: record.sandboxID,
                                details: ServiceJSON.encode(["reason": reason, "exit_code": record.exitCode.map(String.init) ?? "none"]))
         log.info("sandbox ended", metadata: ["sandbox": "\(record.sandboxID)", "reason": "\(reason)"])
         return record
@@ -751,7 +771,7 @@ public final class SandboxManager: @unchecked Sendable {
             ]
             try store.appendEvents([StoredEvent(timeNs: serviceStartNs, sandboxID: record.sandboxID, agentID: record.agentID,
                                                 kind: "alcub3", json: OCSFEncoder.jsonLine(gap))])
-            try? store.appendAudit(actor: "service", action: "sandbox.adopt", subject: record.sandboxID,
+            try? store.appendAudit(.service, action: "sandbox.adopt", subject: record.sandboxID,
                                    details: ServiceJSON.encode(["agent_id": record.agentID]))
             watchForExit(sandbox)
             adopted.append(record.agentID)

@@ -1,5 +1,7 @@
 import Foundation
+import KernelSupport
 import Policy
+import Store
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,6 +37,14 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
     }
 
     public var databasePath: String { stateDirectory + "/alcub3.db" }
+    /// The audit log's MAC key: outside the database, in the state directory every sandbox has hidden.
+    public var auditKeyPath: String { stateDirectory + "/" + AuditKey.fileName }
+    /// What no sandbox may see: the socket's directory, the state directory
+    /// (database, audit key, the default baseline key), the BPF pins and an
+    /// operator's baseline key kept elsewhere.
+    public var hiddenPaths: [String] {
+        [PathText.parent(of: socketPath), stateDirectory, pinDirectory] + (baselineKeyPath.map { [$0] } ?? [])
+    }
     /// Which object and parent cgroup the pins belong to (bpffs itself holds only pins).
     public var pinVersionFile: String { stateDirectory + "/bpf-pins.version" }
     public func sandboxDirectory(_ sandboxID: String) -> String { stateDirectory + "/sandboxes/" + sandboxID }
@@ -43,10 +53,7 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
     /// file given to `alcub3 daemon --config`), then the environment.
     public static func from(_ policy: PolicyConfiguration) throws -> ServiceSettings {
         let section = policy.service
-        var c = ServiceSettings()
-        c.socketPath = section.socketPath
-        c.stateDirectory = section.stateDir
-        c.baselineKeyPath = section.baselineKey
+        var c = locations(of: policy)
         c.outputLimitBytes = section.outputLimitBytes
         c.metricsAddress = section.metricsAddress.port == 0 ? nil : "\(section.metricsAddress.host):\(section.metricsAddress.port)"
         c.retentionMaxAgeSeconds = section.retention.maxAge == .zero ? nil
@@ -59,6 +66,26 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
             c.allowedGroup = entry.pointee.gr_gid
         }
         return c.applyingEnvironment()
+    }
+
+    /// Where the service of `policy` keeps its things (socket, state, pins,
+    /// baseline key), before the environment: what `alcub3 run` hides, with
+    /// the same after the environment (`hiddenPaths(of:)`).
+    static func locations(of policy: PolicyConfiguration) -> ServiceSettings {
+        var c = ServiceSettings()
+        c.socketPath = policy.service.socketPath
+        c.stateDirectory = policy.service.stateDir
+        c.baselineKeyPath = policy.service.baselineKey
+        return c
+    }
+
+    /// Every path of an alcub3 service that `policy` and this process's
+    /// environment (ALCUB3_SOCKET, ALCUB3_STATE_DIR, ALCUB3_PIN_DIR) point at: the
+    /// configured service and the overriding one may both run, and a sandbox
+    /// must see neither.
+    public static func hiddenPaths(of policy: PolicyConfiguration) -> [String] {
+        let configured = locations(of: policy)
+        return Array(Set(configured.hiddenPaths + configured.applyingEnvironment().hiddenPaths)).sorted()
     }
 
     /// Environment overrides (ALCUB3_SOCKET, ALCUB3_STATE_DIR, ALCUB3_PIN_DIR), for tests and side-by-side services.

@@ -8,11 +8,12 @@ extension EventStore {
     /// quarter of the file is free (the limit was lowered, a burst aged out):
     /// then an incremental vacuum gives them back to the file system.
     @discardableResult
-    public func applyRetention(maxAgeNs: Int64?, maxBytes: Int64?, actor: String = "alcub3",
+    public func applyRetention(maxAgeNs: Int64?, maxBytes: Int64?, requester: Requester = .service,
                                nowNs: Int64? = nil) throws(StoreError) -> RetentionResult {
         let now = nowNs ?? Self.wallClockNanos()
         let cutoff = maxAgeNs.map { now - $0 }
-        return try withDatabase { database throws(StoreError) in
+        var appended: AuditRecord?
+        let result = try withDatabase { database throws(StoreError) in
             var result = try database.transaction("apply retention") { () throws(StoreError) -> RetentionResult in
                 let before = try Self.eventBytes(database)
                 var deletedEvents = 0
@@ -36,14 +37,17 @@ extension EventStore {
                         ("cutoff_ns", cutoff), ("deleted_alerts", Int64(deletedAlerts)), ("deleted_events", Int64(deletedEvents)),
                         ("event_bytes_after", after), ("event_bytes_before", before), ("max_age_ns", maxAgeNs), ("max_bytes", maxBytes),
                     ])
-                    result.auditSeq = try Self.appendAudit(database, actor: actor, action: "retention", subject: "events",
-                                                           details: details, timeNs: now).seq
+                    appended = try Self.appendAudit(database, key: auditKey, requester: requester, action: "retention",
+                                                    subject: "events", details: details, timeNs: now)
+                    result.auditSeq = appended?.seq
                 }
                 return result
             }
             if result.auditSeq != nil { result.pagesReturned = try Self.shrinkIfMostlyFree(database) }
             return result
         }
+        if let appended { auditAppended?(appended) }
+        return result
     }
 
     /// Runs an incremental vacuum when more than a quarter of the pages are free
@@ -94,7 +98,7 @@ extension EventStore {
     }
 
     /// A flat JSON object of integer fields, in the order given (sorted by the caller).
-    private static func jsonObject(_ fields: [(String, Int64?)]) -> String {
+    static func jsonObject(_ fields: [(String, Int64?)]) -> String {
         "{" + fields.map { "\"\($0.0)\":\($0.1.map { String($0) } ?? "null")" }.joined(separator: ",") + "}"
     }
 }

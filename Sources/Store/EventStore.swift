@@ -19,17 +19,28 @@ public final class EventStore: Sendable {
 
     public let path: String
     private let database: Mutex<SQLiteDatabase>
+    /// What audit records are MAC'd and verified with; nil: records are
+    /// written unkeyed (tests, benchmarks) and keyed ones cannot be verified.
+    let auditKey: AuditKey?
+    /// Called with each audit record after its commit (the service exports the head).
+    let auditAppended: (@Sendable (AuditRecord) -> Void)?
 
     /// Opens the store at `path`, creating it (directories 0700, file 0600) and
-    /// migrating its schema unless `readOnly`. Throws `SystemError` when the
-    /// directory or file cannot be created, `StoreError` when SQLite refuses.
-    public init(path: String, readOnly: Bool = false) throws {
+    /// migrating its schema unless `readOnly`. With `auditKey`, audit records
+    /// are keyed from now on (an unkeyed head gets an `audit.keyed` record
+    /// first) and verified with it. Throws `SystemError` when the directory or
+    /// file cannot be created, `StoreError` when SQLite refuses.
+    public init(path: String, readOnly: Bool = false, auditKey: AuditKey? = nil,
+                onAuditAppend: (@Sendable (AuditRecord) -> Void)? = nil) throws {
         if !readOnly { try Self.createFile(path) }
         let database = try SQLiteDatabase(path: path, readOnly: readOnly, busyTimeoutMilliseconds: Self.busyTimeoutMilliseconds)
         if !readOnly { try Self.configure(database) }
         try Schema.migrate(database, readOnly: readOnly)
         self.path = path
         self.database = Mutex(database)
+        self.auditKey = auditKey
+        self.auditAppended = onAuditAppend
+        if let auditKey, !readOnly { try startKeyedRecords(auditKey) }
     }
 
     /// Runs `body` with the connection, alone.

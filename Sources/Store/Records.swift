@@ -179,7 +179,8 @@ public struct BaselineSummary: Codable, Sendable, Equatable {
     public var bytes: Int
 }
 
-/// One audit log entry; `hash` chains it to the entry before (docs/store.md).
+/// One audit log entry; `hash` chains it to the entry before, `mac` proves it
+/// was written by the holder of the audit key (docs/store.md).
 public struct AuditRecord: Codable, Sendable, Equatable {
     public var seq: Int64
     public var timeNs: Int64
@@ -189,6 +190,10 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var detailsJSON: String
     public var prevHash: String
     public var hash: String
+    /// Who asked (a `Requester` as JSON); "{}" in records written before requesters were kept.
+    public var requesterJSON: String = "{}"
+    /// HMAC-SHA256 (hex) with the audit key; nil in records written before keys.
+    public var mac: String? = nil
 }
 
 /// The outcome of `EventStore.verifyAudit()`.
@@ -201,6 +206,31 @@ public struct AuditVerification: Codable, Sendable, Equatable {
     public var reason: String?
     /// The hash of the last record; note it elsewhere to detect a truncated tail.
     public var headHash: String
+    /// Records 1 to `unkeyedRecords` carry no MAC: written before the audit key existed.
+    public var unkeyedRecords: Int = 0
+    /// The MAC of the last record (nil when it is unkeyed): what the service exports on each append.
+    public var headMAC: String? = nil
+
+    public init(ok: Bool, records: Int, firstBroken: Int64?, reason: String?, headHash: String,
+                unkeyedRecords: Int = 0, headMAC: String? = nil) {
+        self.ok = ok
+        self.records = records
+        self.firstBroken = firstBroken
+        self.reason = reason
+        self.headHash = headHash
+        self.unkeyedRecords = unkeyedRecords
+        self.headMAC = headMAC
+    }
+
+    /// One line for people: intact or where it breaks, and which records are unkeyed.
+    public var summary: String {
+        let unkeyed = unkeyedRecords == 0 ? "" : "; unkeyed records 1..\(unkeyedRecords) (written before keys)"
+        if ok {
+            let macs = records > unkeyedRecords ? ", MACs verified" : ""
+            return "audit log intact: \(records) records, chain verified\(macs)\(unkeyed)"
+        }
+        return "audit log BROKEN at record \(firstBroken.map(String.init) ?? "?"): \(reason ?? "")\(unkeyed)"
+    }
 }
 
 /// What one retention pass removed.

@@ -94,6 +94,13 @@ enum Schema {
         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
             BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
         """,
+        // 2: who asked for each audited action, and a MAC with a key kept outside
+        // the database (docs/store.md). Records written before have '{}' and NULL:
+        // verification names them as unkeyed.
+        """
+        ALTER TABLE audit_log ADD COLUMN requester_json TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE audit_log ADD COLUMN mac TEXT;
+        """,
     ]
 
     static var version: Int { migrations.count }

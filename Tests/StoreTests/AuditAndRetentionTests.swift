@@ -4,9 +4,9 @@ import Testing
 
 @Suite struct AuditTests {
     func storeWithFiveRecords(_ directory: TemporaryDirectory) throws -> EventStore {
-        let store = try EventStore(path: directory.storePath)
+        let store = try EventStore(path: directory.storePath, auditKey: testAuditKey)
         for n in 1...5 {
-            try store.appendAudit(actor: "service", action: "sandbox.create", subject: "sb-\(n)",
+            try store.appendAudit(socketClient, action: "sandbox.create", subject: "sb-\(n)",
                                   details: #"{"agent_id":"agent-\#(n)"}"#, timeNs: Int64(n) * 1_000)
         }
         return store
@@ -23,7 +23,9 @@ import Testing
             #expect(record.hash == record.contentHash)
         }
         let result = try store.verifyAudit()
-        #expect(result == AuditVerification(ok: true, records: 5, firstBroken: nil, reason: nil, headHash: records[4].hash))
+        #expect(result == AuditVerification(ok: true, records: 5, firstBroken: nil, reason: nil, headHash: records[4].hash,
+                                            unkeyedRecords: 0, headMAC: records[4].mac))
+        #expect(records.allSatisfy { $0.mac == $0.expectedMAC(testAuditKey) && $0.requesterJSON == socketClient.json })
         #expect(try store.auditRecords(afterSeq: 3).map(\.seq) == [4, 5])
     }
 
@@ -31,14 +33,15 @@ import Testing
     /// and audit records at once: the chain stays whole and nothing is lost.
     @Test func concurrentWritersSerialize() throws {
         let directory = TemporaryDirectory()
-        let stores = [try EventStore(path: directory.storePath), try EventStore(path: directory.storePath)]
+        let stores = [try EventStore(path: directory.storePath, auditKey: testAuditKey),
+                      try EventStore(path: directory.storePath, auditKey: testAuditKey)]
         DispatchQueue.concurrentPerform(iterations: 4) { worker in
             do {
                 for batch in 0..<20 {
                     try stores[worker % 2].appendEvents((0..<50).map { n in
                         event(batch * 50 + n, sandbox: "sb-\(worker)", agent: "a\(worker)", kind: "file", timeNs: Int64(batch))
                     })
-                    try stores[worker % 2].appendAudit(actor: "worker-\(worker)", action: "batch", subject: "\(batch)")
+                    try stores[worker % 2].appendAudit(.service, action: "batch", subject: "\(batch)")
                 }
             } catch {
                 Issue.record(error)
@@ -102,7 +105,8 @@ import Testing
         #expect(result.reason?.contains("content") == true)
     }
 
-    @Test func aRewrittenRecordWithARecomputedHashBreaksTheNextLink() throws {
+    /// With keys, the rewritten record itself is caught (its MAC), before the next link.
+    @Test func aRewrittenRecordWithARecomputedHashFailsItsMAC() throws {
         let directory = TemporaryDirectory()
         let store = try storeWithFiveRecords(directory)
         var forged = try store.auditRecords()[2]
@@ -111,8 +115,8 @@ import Testing
             DROP TRIGGER audit_log_no_update; UPDATE audit_log SET actor = 'nobody', hash = '\(forged.contentHash)' WHERE seq = 3
             """)
         let result = try store.verifyAudit()
-        #expect(result.firstBroken == 4)
-        #expect(result.reason?.contains("record 3") == true)
+        #expect(result.firstBroken == 3)
+        #expect(result.reason?.contains("MAC does not verify") == true)
     }
 
     @Test func aDeletedMiddleRecordIsFound() throws {
@@ -146,7 +150,7 @@ import Testing
         for time in [10_000, 90_000] as [Int64] {
             try store.appendAlert(AlertRecord(timeNs: time, sandboxID: "sb-0", agentID: "a0", severityID: 4, technique: "T1611", json: "{}"))
         }
-        try store.appendAudit(actor: "test", action: "filled", subject: "store", timeNs: 1)
+        try store.appendAudit(.service, action: "filled", subject: "store", timeNs: 1)
         return store
     }
 
@@ -165,7 +169,7 @@ import Testing
     @Test func byAgeDeletesOlderEventsAndAlertsAndRecordsIt() throws {
         let directory = TemporaryDirectory()
         let store = try filledStore(directory)
-        let result = try store.applyRetention(maxAgeNs: 50_000, maxBytes: nil, actor: "retention-test", nowNs: 100_500)
+        let result = try store.applyRetention(maxAgeNs: 50_000, maxBytes: nil, requester: socketClient, nowNs: 100_500)
         #expect(result.deletedEvents == 50)  // times below 50_500: events 1...50
         #expect(result.deletedAlerts == 1)
         #expect(try store.events(EventFilter()).map(\.id) == Array(51...100))
@@ -175,7 +179,7 @@ import Testing
         let audit = try store.auditRecords()
         #expect(audit.count == 2)
         #expect(result.auditSeq == 2)
-        #expect(audit[1].actor == "retention-test" && audit[1].action == "retention" && audit[1].subject == "events")
+        #expect(audit[1].actor == socketClient.actor && audit[1].action == "retention" && audit[1].subject == "events")
         #expect(audit[1].detailsJSON.contains(#""deleted_events":50"#))
         #expect(audit[1].detailsJSON.contains(#""deleted_alerts":1"#))
         #expect(audit[1].detailsJSON.contains(#""cutoff_ns":50500"#))

@@ -29,7 +29,7 @@ import Testing
             let store = try EventStore(path: directory.storePath)
             try store.upsertSandbox(sandboxRecord("sb-1", agent: "a"))
             try store.appendEvents([event(1, sandbox: "sb-1", agent: "a", kind: "process", timeNs: 10)])
-            try store.appendAudit(actor: "test", action: "open", subject: "store")
+            try store.appendAudit(.service, action: "open", subject: "store")
         }
         let schema = try sqlite3(directory.storePath, "SELECT group_concat(sql, ';') FROM sqlite_master")
         let store = try EventStore(path: directory.storePath)
@@ -51,10 +51,10 @@ import Testing
 
     @Test func readOnlyStoresReadButDoNotWrite() throws {
         let directory = TemporaryDirectory()
-        try EventStore(path: directory.storePath).appendAudit(actor: "test", action: "write", subject: "x")
+        try EventStore(path: directory.storePath).appendAudit(.service, action: "write", subject: "x")
         let store = try EventStore(path: directory.storePath, readOnly: true)
         #expect(try store.verifyAudit().ok)
-        #expect { try store.appendAudit(actor: "test", action: "write", subject: "y") } throws: { error in
+        #expect { try store.appendAudit(.service, action: "write", subject: "y") } throws: { error in
             (error as? StoreError)?.primaryCode == 8  // SQLITE_READONLY
         }
     }
