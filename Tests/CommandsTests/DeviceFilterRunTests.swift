@@ -2,10 +2,11 @@ import Foundation
 import Testing
 
 /// H4 and L6 under `alcub3 run`: the sandbox's own /dev hides the host's
-/// nodes, but a node reachable elsewhere (here one made by the operator in
-/// the working directory, which the sandbox shares) still named a host block
-/// device. The cgroup device filter refuses it by its number, and the refusal
-/// is an alert.
+/// nodes, but a node reachable elsewhere still names a host device: here one
+/// the operator left, open to everyone, on the host's root filesystem (the
+/// working directory is a nodev overlay, and a root-only node is refused to
+/// the agent's uid before the filter is asked). The cgroup device filter
+/// refuses it by its number, and the refusal is an alert.
 @Suite(.serialized, .enabled(if: isRoot, "needs root: BPF, cgroups, losetup, mknod"))
 struct DeviceFilterRunTests {
     @Test func aBlockDeviceNodeInTheWorkspaceIsRefusedAndReported() throws {
@@ -19,10 +20,16 @@ struct DeviceFilterRunTests {
         defer { _ = try? alcub3Shell(["losetup", "-d", loop], in: dir) }
         var st = stat()
         try #require(stat(loop, &st) == 0)
-        try #require(mknod(dir + "/blk", S_IFBLK | 0o644, st.st_rdev) == 0, "mknod: errno \(errno)")
-        try #require(mknod(dir + "/vcs", S_IFCHR | 0o644, makedevice(7, 1)) == 0, "mknod: errno \(errno)")
+        let nodes = "/opt/alcub3-devrun-\(getpid())"
+        try FileManager.default.createDirectory(atPath: nodes, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: nodes) }
+        try #require(mknod(nodes + "/blk", S_IFBLK | 0o666, st.st_rdev) == 0, "mknod: errno \(errno)")
+        try #require(mknod(nodes + "/vcs", S_IFCHR | 0o666, makedevice(7, 1)) == 0, "mknod: errno \(errno)")
+        chmod(nodes + "/blk", 0o666)
+        chmod(nodes + "/vcs", 0o666)
         let script = """
             import os
+            os.chdir('\(nodes)')
             for p in ['blk', 'vcs', '/dev/null', '/dev/urandom']:
                 try:
                     fd = os.open(p, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK); print(p, 'OPEN', os.read(fd, 23)); os.close(fd)
@@ -31,9 +38,10 @@ struct DeviceFilterRunTests {
             """
         let r = try alcub3(["run", "--format", "json", "--agent-id", "devrun-\(getpid())", "--", "/usr/bin/python3", "-c", script], in: dir)
         #expect(r.code == 0, "\(r.stderr)")
-        #expect(!r.stdout.contains(canary), "the host block device was read: \(r.stdout.prefix(2000))")
-        #expect(r.stdout.contains("blk ERR 1") && r.stdout.contains("vcs ERR 1"), "\(r.stdout.prefix(2000))")
-        #expect(r.stdout.contains("/dev/null OPEN") && r.stdout.contains("/dev/urandom OPEN"))
+        // With --format json the program's own lines are on stderr.
+        #expect(!(r.stdout + r.stderr).contains(canary), "the host block device was read: \(r.stderr.prefix(2000))")
+        #expect(r.stderr.contains("blk ERR 1") && r.stderr.contains("vcs ERR 1"), "\(r.stderr.prefix(2000))")
+        #expect(r.stderr.contains("/dev/null OPEN") && r.stderr.contains("/dev/urandom OPEN"))
         let alerts = r.jsonLines.filter { $0["class_uid"] as? Int == 2004 }
         let devices = alerts.compactMap { ($0["unmapped"] as? [String: Any])?["technique"] as? String == "device-access" ? $0["message"] as? String : nil }
         let minor = loop.dropFirst("/dev/loop".count)

@@ -231,6 +231,48 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: dir + "/new/dir/file"))
     }
 
+    // Ordinary work in a default sandbox: no alert, and everything it made comes back.
+    @Test(.enabled(if: isRoot)) func ordinaryWorkRunsWithoutAlert() throws {
+        let dir = try Self.scratch("ordinary")
+        try Self.write("""
+            import zipfile, base64, hashlib
+            files = {"hello_alcub3/__init__.py": b"def hi():\\n    return 'hi'\\n",
+                     "hello_alcub3-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\\nName: hello-alcub3\\nVersion: 0.1\\n",
+                     "hello_alcub3-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+            record = ""
+            for name, data in files.items():
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+                record += f"{name},sha256={digest},{len(data)}\\n"
+            record += "hello_alcub3-0.1.dist-info/RECORD,,\\n"
+            with zipfile.ZipFile("hello_alcub3-0.1-py3-none-any.whl", "w") as z:
+                for name, data in files.items(): z.writestr(name, data)
+                z.writestr("hello_alcub3-0.1.dist-info/RECORD", record)
+            """, to: dir + "/makewheel.py")
+        try Self.write("all: hello\nhello: hello.c\n\tgcc -O1 -o hello hello.c\n", to: dir + "/Makefile")
+        try Self.write("#include <stdio.h>\nint main(void) { puts(\"built\"); return 0; }\n", to: dir + "/hello.c")
+        let script = """
+            set -e
+            /usr/bin/python3 makewheel.py
+            /usr/bin/python3 -m venv venv
+            venv/bin/pip install --no-index --no-cache-dir --disable-pip-version-check -q hello_alcub3-0.1-py3-none-any.whl
+            venv/bin/python -c 'import hello_alcub3; print("wheel", hello_alcub3.hi())'
+            git init -q repo && cd repo && echo a > a && git add a && git -c user.name=t -c user.email=t@e commit -qm one && cd ..
+            echo "git $(git -C repo rev-list --count HEAD)"
+            make -s && ./hello
+            /usr/bin/python3 -c 'import sqlite3; c = sqlite3.connect("t.db"); c.execute("create table t(x)"); c.execute("insert into t values (42)"); c.commit(); print("sqlite", c.execute("select x from t").fetchone()[0])'
+            tar czf repo.tgz repo && mkdir un && tar xzf repo.tgz -C un && echo "tar $(cat un/repo/a)"
+            for i in $(seq 50); do (sleep 0.2) & done; wait; echo fanout
+            """
+        let r = try alcub3(["run", "--format", "json", "--agent-id", "hard-ordinary-\(getpid())", "--", "/bin/sh", "-c", script], in: dir)
+        #expect(r.code == 0, "\(r.stderr.suffix(2000))")
+        for expected in ["wheel hi", "git 1", "built", "sqlite 42", "tar a", "fanout"] {
+            #expect(r.stderr.contains(expected), "no '\(expected)': \(r.stderr.suffix(1500))")
+        }
+        let summary = r.jsonLines.first { $0["record"] as? String == "run_summary" }
+        #expect((summary?["alerts"] as? [String: Any])?.isEmpty == true, "\(String(describing: summary?["alerts"]))")
+        #expect(FileManager.default.fileExists(atPath: dir + "/repo/.git/HEAD") && FileManager.default.fileExists(atPath: dir + "/hello"))
+    }
+
     // The held-out workload that broke: multiprocessing's SemLock and
     // shared_memory in /dev/shm, with no alert.
     @Test(.enabled(if: isRoot)) func pythonMultiprocessingRunsWithoutAlert() throws {

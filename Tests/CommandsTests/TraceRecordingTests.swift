@@ -84,8 +84,10 @@ struct TraceRecordingTests {
         #expect(lstat(canary, &st) == 0 && st.st_mode & 0o7777 == 0o600 && st.st_uid == 0)
         // The python trace's name was taken (the spray covers every pid), so the run says so.
         #expect(r.code == 75, "exit \(r.code): \(r.stderr)")
-        #expect(r.stderr.contains("never writes over an existing file or through a symlink") && r.stderr.contains("python3-"),
-                "stderr: \(r.stderr)")
+        // (Or, on a loaded machine, the spray's 32,000 records overflowed the ring buffer and no
+        // trace was written at all: the canary's safety above is what this test is about.)
+        #expect((r.stderr.contains("never writes over an existing file or through a symlink") && r.stderr.contains("python3-"))
+                || r.stderr.contains("traces not written: "), "stderr: \(r.stderr)")
         let planted = try FileManager.default.contentsOfDirectory(atPath: dir + "/traces")
         #expect(planted.allSatisfy { (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/traces/" + $0)) == canary },
                 "a planted link was replaced: every entry in traces/ should still be the agent's link")
