@@ -20,19 +20,27 @@ struct Result {
 }
 
 func alcub3(_ arguments: [String], in directory: String? = nil) throws -> Result {
+    try runProgram(binary, arguments, in: directory)
+}
+
+/// Runs a program to its end and returns its exit code and output: the one
+/// runner of the command tests. stdin is /dev/null, so a run never finds a
+/// terminal (and never relays one) whoever starts the tests.
+func runProgram(_ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+                in directory: String? = nil) throws -> Result {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: binary)
+    p.executableURL = URL(fileURLWithPath: executable)
     p.arguments = arguments
+    if let environment { p.environment = environment }
     if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    p.standardInput = FileHandle.nullDevice
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-    let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return Result(code: p.terminationStatus, stdout: String(decoding: stdoutData, as: UTF8.self),
-                  stderr: String(decoding: stderrData, as: UTF8.self))
+    return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
 
 /// A file holding `text`, for the bad-input cases (in the temporary directory, named by its content).

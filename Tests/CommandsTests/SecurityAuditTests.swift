@@ -8,18 +8,7 @@ import KernelSupport
 
 /// The built binary with `environment` (the caller's, as a shell would pass it) in `directory`.
 func alcub3(_ arguments: [String], environment: [String: String], in directory: String? = nil) throws -> Result {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: binary)
-    p.arguments = arguments
-    p.environment = environment
-    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    try runProgram(binary, arguments, environment: environment, in: directory)
 }
 
 /// A fresh directory of this test's own (tests run beside other people's).

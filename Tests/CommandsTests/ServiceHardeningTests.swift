@@ -41,18 +41,7 @@ struct ServiceHardeningTests {
     }
 
     static func command(_ arguments: [String], environment: [String: String], in directory: String? = nil) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: arguments[0])
-        p.arguments = Array(arguments.dropFirst())
-        p.environment = environment
-        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try runProgram(arguments[0], Array(arguments.dropFirst()), environment: environment, in: directory)
     }
 
     static func connect(_ path: String) -> Int32 {

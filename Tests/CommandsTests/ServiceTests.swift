@@ -78,23 +78,11 @@ final class TestService: @unchecked Sendable {
     func stop() { end(SIGTERM) }
 
     func run(_ arguments: [String], autoStart: Bool = true, in directory: String? = nil, as uid: UInt32? = nil) throws -> Result {
-        let p = Process()
         if let uid {
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            p.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments
-        } else {
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = arguments
+            return try runProgram("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", binary] + arguments,
+                                  environment: environment, in: directory)
         }
-        p.environment = environment
-        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        return try runProgram(binary, arguments, environment: environment, in: directory)
     }
 
     /// Terminates every sandbox, stops the service, removes its files and pins.

@@ -65,17 +65,7 @@ extension VMGuest {
 
 /// `alcub3` with extra environment variables.
 func alcub3(_ arguments: [String], environment extra: [String: String]) throws -> Result {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: binary)
-    p.arguments = arguments
-    p.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return Result(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    try runProgram(binary, arguments, environment: ProcessInfo.processInfo.environment.merging(extra) { $1 })
 }
 
 /// What a vm sandbox could leave: its directory under /run/alcub3/vms (socket,
