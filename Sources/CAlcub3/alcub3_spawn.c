@@ -122,8 +122,8 @@ static void exec_command(const struct alcub3_spawn_config *c, int report_fd) {
     }
     /* Memory that was writable never becomes executable (mprotect RW -> RX
        answers EACCES); kept across execve and by every child. */
-    if (c->deny_write_execute && prctl(PR_SET_MDWE, ALCUB3_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0)
-        child_fail(report_fd, ALCUB3_STEP_MDWE);
+    if (c->deny_write_execute && prctl(PR_SET_MDWE, ALCUB3_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0 && errno != EINVAL)
+        child_fail(report_fd, ALCUB3_STEP_MDWE);  /* EINVAL: a kernel before 6.3; the filter's fallback rules stand in */
     /* Last step before exec (unless the init did it): the filter may deny the syscalls used above. */
     install_filter(c, report_fd);
     execve(c->path, c->argv, c->envp);
@@ -912,4 +912,9 @@ int alcub3_mount_sysfs_of(const char *netns_path, const char *target) {
     while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR) {}
     if (!WIFEXITED(status)) return -ECHILD;
     return -WEXITSTATUS(status);
+}
+
+int alcub3_mdwe_available(void) {
+    /* PR_GET_MDWE (66) answers EINVAL on kernels without memory-deny-write-execute. */
+    return prctl(66, 0, 0, 0, 0) >= 0 ? 0 : -errno;
 }

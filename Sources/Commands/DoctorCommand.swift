@@ -25,6 +25,8 @@ struct DoctorCommand: ParsableCommand {
         results += Self.cgroupResults()
         results.append(KernelProbe.landlock())
         results.append(KernelProbe.seccompUserNotify())
+        results.append(KernelProbe.userNamespaces())
+        results.append(KernelProbe.memoryDenyWriteExecute())
         results.append(KernelProbe.kvm())
         results += Self.vmResults()
         results.append(KernelProbe.tool("runc", versionArguments: ["--version"]))

@@ -181,7 +181,7 @@ final class RunSession: @unchecked Sendable {
             ? try kernelStep("making the agent's terminal") { try TerminalRelay.forOperator(output: format == .json ? 2 : 1) } : nil
         if let terminal {
             spec.stdio = terminal.stdio
-            spec.controllingTerminal = true
+            spec.controllingTerminal = terminal.relaysInput
         } else if format == .json {
             spec.stdio = (0, 2, 2)
         }
@@ -296,23 +296,25 @@ final class RunSession: @unchecked Sendable {
     /// The agent's changes to the caller's directory, once every process of
     /// the sandbox is gone: applied, shown and asked about, or discarded.
     private func settleWorkspace(_ workspace: CopyOnWriteWorkspace) throws {
-        let found: [CopyOnWriteWorkspace.Change]
+        let found: CopyOnWriteWorkspace.Report
         do {
             found = try workspace.changes()
         } catch {
             throw fail(Alcub3Exit.kernelRefused, "reading the agent's changes in \(workspace.root)/upper: \(error)")
         }
         var mode = changes
-        if mode == .review && !found.isEmpty {
-            for change in found.prefix(200) {
+        if mode == .review && found.total > 0 {
+            Output.err("alcub3: the agent's changes: \(found.counts.added) added, \(found.counts.modified) modified, "
+                       + "\(found.counts.deleted) deleted, \(found.counts.skipped) skipped\n")
+            for change in found.listed.prefix(200) {
                 Output.err("  \(change.kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(RunCommand.printable(change.path))"
                            + (change.note.map { " (\($0))" } ?? "") + "\n")
             }
-            if found.count > 200 { Output.err("  ... and \(found.count - 200) more\n") }
-            mode = OperatorTerminal.confirm("alcub3: apply these \(found.count) changes to \(workspace.directory)? [y/N] ") ? .apply : .discard
+            if found.total > 200 { Output.err("  ... and \(found.total - 200) more, not shown\n") }
+            mode = OperatorTerminal.confirm("alcub3: apply these \(found.total) changes to \(workspace.directory)? [y/N] ") ? .apply : .discard
         }
         var applied = found
-        if mode == .apply && !found.isEmpty {
+        if mode == .apply && found.total > 0 {
             var st = stat()
             _ = stat(workspace.directory, &st)
             do {
@@ -322,18 +324,18 @@ final class RunSession: @unchecked Sendable {
                            + "what was not applied is lost with the sandbox")
             }
         }
-        let s = CopyOnWriteWorkspace.summary(applied)
-        let verb = found.isEmpty ? "no changes" : mode == .apply ? "applied" : "discarded"
+        let s = applied.counts
+        let verb = found.total == 0 ? "no changes" : mode == .apply ? "applied" : "discarded"
         switch format {
         case .table:
             Output.err("alcub3: workspace \(workspace.directory): \(verb)"
-                       + (found.isEmpty ? "" : ": \(s.added) added, \(s.modified) modified, \(s.deleted) deleted, \(s.bytes) bytes"
+                       + (found.total == 0 ? "" : ": \(s.added) added, \(s.modified) modified, \(s.deleted) deleted, \(s.bytes) bytes"
                           + (s.skipped > 0 ? ", \(s.skipped) skipped (not files, directories or symlinks)" : "")) + "\n")
         case .json:
             Output.out(OCSFEncoder.jsonLine([
                 "record": "workspace_changes", "sandbox_id": sandboxID, "directory": workspace.directory, "outcome": verb,
                 "added": s.added, "modified": s.modified, "deleted": s.deleted, "skipped": s.skipped, "bytes": Int(s.bytes),
-                "paths": applied.prefix(1000).map { ["path": $0.path, "change": $0.kind.rawValue] },
+                "paths": applied.listed.prefix(1000).map { ["path": $0.path, "change": $0.kind.rawValue] },
             ]) + "\n")
         }
     }

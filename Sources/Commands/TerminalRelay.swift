@@ -25,11 +25,18 @@ final class TerminalRelay: @unchecked Sendable {
     /// Where the agent's output goes: 1, or 2 when stdout carries alcub3's JSON records.
     let output: Int32
 
-    /// nil when stdin is not a terminal (nothing to protect, nothing to relay).
+    /// The operator's terminal among stdin, stdout and stderr; nil when none is
+    /// one (nothing to protect, nothing to relay). A terminal on stdout alone is
+    /// relayed too: it is open for reading as well, and its modes are the operator's.
     static func forOperator(output: Int32) throws -> TerminalRelay? {
-        guard isatty(0) == 1 else { return nil }
+        guard isatty(0) == 1 || isatty(output) == 1 || isatty(2) == 1 else { return nil }
         return try TerminalRelay(output: output)
     }
+
+    /// Whether the agent's stdin is the pty (it then makes it its controlling terminal).
+    var relaysInput: Bool { isatty(0) == 1 }
+    /// The operator's terminal whose modes and size the pty takes.
+    private var operatorTerminal: Int32 { isatty(0) == 1 ? 0 : isatty(output) == 1 ? output : 2 }
 
     private init(output: Int32) throws {
         self.output = output
@@ -45,7 +52,10 @@ final class TerminalRelay: @unchecked Sendable {
         wake = (OwnedDescriptor(fds[0]), OwnedDescriptor(fds[1]))
         // The agent's terminal starts as the operator's: same modes, same size.
         var modes = termios()
-        if tcgetattr(0, &modes) == 0 { saved = modes; _ = tcsetattr(slave!.raw, TCSANOW, &modes) }
+        if tcgetattr(isatty(0) == 1 ? 0 : isatty(output) == 1 ? output : 2, &modes) == 0 {
+            saved = modes
+            _ = tcsetattr(slave!.raw, TCSANOW, &modes)
+        }
         copyWindowSize()
     }
 
@@ -53,17 +63,19 @@ final class TerminalRelay: @unchecked Sendable {
     /// the operator's side is a terminal, the operator's own otherwise.
     var stdio: (Int32, Int32, Int32) {
         let s = slave?.raw ?? 0
-        return (s, isatty(output) == 1 ? s : output, isatty(2) == 1 ? s : 2)
+        return (isatty(0) == 1 ? s : 0, isatty(output) == 1 ? s : output, isatty(2) == 1 ? s : 2)
     }
 
     func releaseSlave() { slave = nil }
 
     /// Raw mode on the operator's terminal, then the two copies.
     func start() {
-        var raw = saved
-        cfmakeraw(&raw)
-        raw.c_oflag = saved.c_oflag  // output processing kept: alcub3's own lines end in \r\n still
-        _ = tcsetattr(0, TCSANOW, &raw)
+        if relaysInput {  // keystrokes pass to the agent's pty as they come
+            var raw = saved
+            cfmakeraw(&raw)
+            raw.c_oflag = saved.c_oflag  // output processing kept: alcub3's own lines end in \r\n still
+            _ = tcsetattr(0, TCSANOW, &raw)
+        }
         signal(SIGWINCH, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global())
         source.setEventHandler { [weak self] in self?.copyWindowSize() }
@@ -77,7 +89,7 @@ final class TerminalRelay: @unchecked Sendable {
             done.leave()
         }
         let input = Thread { Self.copy(from: 0, to: master, stop: wake) }
-        threads = [drain, input]
+        threads = relaysInput ? [drain, input] : [drain]
         threads.forEach { $0.start() }
     }
 
@@ -87,11 +99,11 @@ final class TerminalRelay: @unchecked Sendable {
         var byte: UInt8 = 1
         _ = write(wake.write.raw, &byte, 1)
         resize?.cancel()
-        _ = tcsetattr(0, TCSANOW, &saved)
+        if relaysInput { _ = tcsetattr(0, TCSANOW, &saved) }
     }
 
     private func copyWindowSize() {
-        _ = alcub3_copy_window_size(0, master.raw)
+        _ = alcub3_copy_window_size(operatorTerminal, master.raw)
     }
 
     private static func copy(from source: Int32, to destination: Int32, stop: Int32) {

@@ -37,7 +37,8 @@ public final class CopyOnWriteWorkspace: Sendable {
         try syscallChecked("mkdir", root) { mkdir(root, 0o700) }
         do {
             try syscallChecked("mount tmpfs", root) {
-                mount("tmpfs", root, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "mode=0700,size=\(bytes)")
+                mount("tmpfs", root, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                      "mode=0700,size=\(bytes),nr_inodes=\(max(1024, min(bytes / 4096, 262_144)))")
             }
             var top = stat()
             try syscallChecked("stat", directory) { stat(directory, &top) }
@@ -101,37 +102,31 @@ public final class CopyOnWriteWorkspace: Sendable {
     }
 
     /// What the agent changed (nothing is touched).
-    public func changes() throws -> [Change] {
+    public func changes() throws -> Report {
         try walk(apply: false, owner: (0, 0))
     }
 
     /// Applies every change to the directory, files owned by `owner` unless
     /// they replace a file (which keeps its owner); returns what was done.
-    public func apply(owner: (uid: UInt32, gid: UInt32)) throws -> [Change] {
+    public func apply(owner: (uid: UInt32, gid: UInt32)) throws -> Report {
         try walk(apply: true, owner: owner)
     }
 
-    private func walk(apply: Bool, owner: (uid: UInt32, gid: UInt32)) throws -> [Change] {
+    private func walk(apply: Bool, owner: (uid: UInt32, gid: UInt32)) throws -> Report {
         let upper = try OwnedDescriptor(path: root + "/upper", flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
         let target = try OwnedDescriptor(path: directory, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-        var applier = Applier(apply: apply, owner: owner)
+        var top = stat()
+        try syscallChecked("fstat", directory) { fstat(target.raw, &top) }
+        var applier = Applier(apply: apply, owner: owner, device: top.st_dev)
         try applier.merge(upper: upper.raw, target: target.raw, prefix: "", depth: 0)
-        return applier.changes
+        return Report(listed: applier.changes, counts: applier.counts)
     }
 
-    /// Summary counts for a line or a record.
-    public static func summary(_ changes: [Change]) -> (added: Int, modified: Int, deleted: Int, skipped: Int, bytes: UInt64) {
-        var s = (added: 0, modified: 0, deleted: 0, skipped: 0, bytes: UInt64(0))
-        for c in changes {
-            switch c.kind {
-            case .added: s.added += 1
-            case .modified: s.modified += 1
-            case .deleted: s.deleted += 1
-            case .skipped: s.skipped += 1
-            }
-            s.bytes += c.bytes
-        }
-        return s
+    /// What a walk found: every change counted, the first `listed` of them with their paths.
+    public struct Report: Sendable {
+        public let listed: [Change]
+        public let counts: (added: Int, modified: Int, deleted: Int, skipped: Int, bytes: UInt64)
+        public var total: Int { counts.added + counts.modified + counts.deleted + counts.skipped }
     }
 }
 
@@ -139,14 +134,32 @@ public final class CopyOnWriteWorkspace: Sendable {
 private struct Applier {
     let apply: Bool
     let owner: (uid: UInt32, gid: UInt32)
+    /// The directory's filesystem: another one mounted beneath it (which the agent saw as an
+    /// empty directory, the lower layer not being recursive) is never entered, emptied or written.
+    let device: dev_t
     var changes: [CopyOnWriteWorkspace.Change] = []
-    static let maximumDepth = 256
-    /// setuid and setgid never reach the host: a program the agent wrote must not run as its owner there.
-    static let modeBits: mode_t = 0o1777
+    static let maximumDepth = 64
+    /// At most this many changes are listed (each with its path); all are counted and applied.
+    static let listed = 10_000
+    /// setuid, setgid, sticky and world-write never reach the host: a program the agent wrote
+    /// must not run as its owner there, nor may the agent open the caller's files to everyone.
+    static let modeBits: mode_t = 0o0775
+    var counts = (added: 0, modified: 0, deleted: 0, skipped: 0, bytes: UInt64(0))
+
+    mutating func note(_ change: CopyOnWriteWorkspace.Change) {
+        switch change.kind {
+        case .added: counts.added += 1
+        case .modified: counts.modified += 1
+        case .deleted: counts.deleted += 1
+        case .skipped: counts.skipped += 1
+        }
+        counts.bytes += change.bytes
+        if changes.count < Self.listed { changes.append(change) }
+    }
 
     mutating func merge(upper: Int32, target: Int32?, prefix: String, depth: Int) throws {
         guard depth < Self.maximumDepth else {
-            changes.append(.init(path: prefix, kind: .skipped, bytes: 0, note: "deeper than \(Self.maximumDepth) directories"))
+            note(.init(path: prefix, kind: .skipped, bytes: 0, note: "deeper than \(Self.maximumDepth) directories"))
             return
         }
         for name in try Self.entries(upper) {
@@ -154,11 +167,15 @@ private struct Applier {
             var st = stat()
             try syscallChecked("fstatat", path) { fstatat(upper, name, &st, AT_SYMLINK_NOFOLLOW) }
             let existing = target.flatMap { Self.lstat(at: $0, name) }
+            if let existing, existing.st_dev != device {
+                note(.init(path: path, kind: .skipped, bytes: 0, note: "another filesystem is mounted there"))
+                continue
+            }
             switch st.st_mode & S_IFMT {
             case S_IFCHR where st.st_rdev == 0:  // an overlay whiteout: the agent deleted it
                 if existing != nil {
                     if apply, let target { try Self.removeTree(at: target, name) }
-                    changes.append(.init(path: path, kind: .deleted, bytes: 0, note: nil))
+                    note(.init(path: path, kind: .deleted, bytes: 0, note: nil))
                 }
             case S_IFDIR:
                 let opaque = Self.isOpaque(upper, name)
@@ -169,13 +186,16 @@ private struct Applier {
                         try syscallChecked("mkdirat", path) { mkdirat(target, name, 0o700) }
                         try syscallChecked("fchownat", path) { fchownat(target, name, owner.uid, owner.gid, AT_SYMLINK_NOFOLLOW) }
                     }
-                    try syscallChecked("fchmodat", path) { fchmodat(target, name, st.st_mode & Self.modeBits, 0) }
                 }
-                if existing == nil || replace { changes.append(.init(path: path + "/", kind: .added, bytes: 0, note: nil)) }
+                if existing == nil || replace { note(.init(path: path + "/", kind: .added, bytes: 0, note: nil)) }
                 let child = try openAt(upper, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
                 // Applying, the directory exists now; looking, only an existing one is read (all else is new).
                 let childTarget: OwnedDescriptor? = apply || (existing != nil && !replace)
                     ? try target.map { try openAt($0, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW) } : nil
+                // The mode through the opened directory: never through a name a link could stand in for.
+                if apply, let childTarget {
+                    try syscallChecked("fchmod", path) { fchmod(childTarget.raw, st.st_mode & Self.modeBits) }
+                }
                 try merge(upper: child.raw, target: childTarget?.raw, prefix: path, depth: depth + 1)
             case S_IFREG, S_IFLNK:
                 let kind: CopyOnWriteWorkspace.Change.Kind = existing == nil ? .added : .modified
@@ -184,10 +204,10 @@ private struct Applier {
                     let fileOwner = existing.map { ($0.st_uid, $0.st_gid) } ?? owner
                     try Self.place(from: upper, name, mode: st.st_mode, into: target, owner: fileOwner)
                 }
-                changes.append(.init(path: path, kind: kind, bytes: st.st_mode & S_IFMT == S_IFREG ? UInt64(st.st_size) : 0,
+                note(.init(path: path, kind: kind, bytes: st.st_mode & S_IFMT == S_IFREG ? UInt64(st.st_size) : 0,
                                      note: st.st_mode & (S_ISUID | S_ISGID) != 0 ? "setuid/setgid bits removed" : nil))
             default:
-                changes.append(.init(path: path, kind: .skipped, bytes: 0, note: "not a file, directory or symlink"))
+                note(.init(path: path, kind: .skipped, bytes: 0, note: "not a file, directory or symlink"))
             }
         }
     }
@@ -261,6 +281,10 @@ private struct Applier {
     /// Removes name (a file, link or whole tree) inside directory, following nothing.
     static func removeTree(at directory: Int32, _ name: String) throws {
         guard let st = lstat(at: directory, name) else { return }
+        var parent = stat()
+        guard fstat(directory, &parent) == 0, st.st_dev == parent.st_dev else {
+            throw SystemError(errno: EXDEV, call: "removing", context: "\(name): another filesystem is mounted there")
+        }
         if st.st_mode & S_IFMT == S_IFDIR {
             let child = try openAt(directory, name, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
             for entry in try entries(child.raw) { try removeTree(at: child.raw, entry) }

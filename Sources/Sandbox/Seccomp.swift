@@ -69,6 +69,9 @@ extension SeccompProfile {
         }
     }
 
+    /// Whether this kernel has PR_SET_MDWE (6.3+); without it the filter stands in.
+    public static let mdweAvailable = alcub3_mdwe_available() == 0
+
     /// The terminal requests that inject input: <asm-generic/ioctls.h>.
     public static let tiocsti: UInt64 = 0x5412
     public static let tioclinux: UInt64 = 0x541C
@@ -91,7 +94,10 @@ extension SeccompProfile {
     /// packet sockets, device nodes. With `supervised`, escape syscalls and
     /// those dangerous forms go to the supervisor (SCMP_ACT_NOTIFY) to be
     /// refused and reported with their arguments.
-    public static func forSandbox(allowedSyscalls: [String], supervised: Bool) -> SeccompProfile {
+    /// `refuseExecGain`: the stand-in for PR_SET_MDWE on kernels without it:
+    /// mprotect never adds PROT_EXEC, and mmap maps executable memory only
+    /// from a file (the loader's way), never anonymous.
+    public static func forSandbox(allowedSyscalls: [String], supervised: Bool, refuseExecGain: Bool = false) -> SeccompProfile {
         let allowed = Set(allowedSyscalls).union(initRequirements)
         let report: Action = supervised ? .notify : .errno(EPERM)
         var rules: [Rule] = []
@@ -138,7 +144,22 @@ extension SeccompProfile {
 
         // Memory: W^X. Writable or executable, never both (prot is argument 2).
         for call in ["mmap", "mprotect", "pkey_mprotect"] where allowed.contains(call) {
-            for prot in [0, w, x] {
+            if refuseExecGain && call == "mmap" {
+                let anonymous = UInt64(MAP_ANONYMOUS)
+                rules.append(Rule(names: [call], action: .allow,
+                                  conditions: [Condition(index: 2, value: w | x, valueTwo: x, op: .maskedEqual),
+                                               Condition(index: 3, value: anonymous, valueTwo: 0, op: .maskedEqual)],
+                                  comment: "mmap of a file, executable (no MDWE: never anonymous executable memory)"))
+                rules.append(Rule(names: [call], action: report,
+                                  conditions: [Condition(index: 2, value: w | x, valueTwo: x, op: .maskedEqual),
+                                               Condition(index: 3, value: anonymous, valueTwo: anonymous, op: .maskedEqual)],
+                                  comment: "mmap of anonymous executable memory (no MDWE)"))
+            } else if refuseExecGain {
+                rules.append(Rule(names: [call], action: report,
+                                  conditions: [Condition(index: 2, value: w | x, valueTwo: x, op: .maskedEqual)],
+                                  comment: "\(call) adding PROT_EXEC (no MDWE)"))
+            }
+            for prot in refuseExecGain ? [0, w] : [0, w, x] {
                 rules.append(Rule(names: [call], action: .allow,
                                   conditions: [Condition(index: 2, value: w | x, valueTwo: prot, op: .maskedEqual)],
                                   comment: "\(call) without PROT_WRITE|PROT_EXEC together"))
@@ -323,7 +344,9 @@ extension SeccompProfile {
     /// from its allow-list.
     public static func effective(for policy: SandboxPolicy, supervised: Bool) throws -> SeccompProfile {
         guard let text = policy.seccompProfile else {
-            return .forSandbox(allowedSyscalls: policy.allowedSyscalls, supervised: supervised)
+            // Without PR_SET_MDWE in the kernel, the filter refuses the gain of exec instead (but for jit).
+            return .forSandbox(allowedSyscalls: policy.allowedSyscalls, supervised: supervised,
+                               refuseExecGain: !policy.capabilities.contains(.jit) && !mdweAvailable)
         }
         let profile = try SeccompProfile(json: Data(text.utf8), source: "seccomp profile")
         try profile.checkInitRequirements()

@@ -130,6 +130,26 @@ public enum KernelProbe {
             : Result(name: "seccomp user-notify", available: false, detail: "unavailable", errno: errnoText(-rc), fallback: "plain seccomp filters (deny only)")
     }
 
+    public static func memoryDenyWriteExecute() -> Result {
+        let rc = alcub3_mdwe_available()
+        return rc == 0
+            ? Result(name: "memory-deny-write-execute", available: true, detail: "PR_SET_MDWE (writable memory never becomes executable)",
+                     errno: nil, fallback: nil)
+            : Result(name: "memory-deny-write-execute", available: false, detail: "PR_SET_MDWE unavailable (Linux 6.3+)",
+                     errno: errnoText(-rc), fallback: "seccomp: no mprotect adding PROT_EXEC, no anonymous executable mmap")
+    }
+
+    /// A user namespace mapped to alcub3's uid range (the agent is never host root).
+    public static func userNamespaces() -> Result {
+        let fd = alcub3_userns_create(0, 0x7000_0000, 0, 0x7000_0000, 1)
+        if fd >= 0 { close(fd) }
+        return fd >= 0
+            ? Result(name: "user namespaces", available: true, detail: "the agent is an unprivileged host uid (0x70000000 + slot)",
+                     errno: nil, fallback: nil)
+            : Result(name: "user namespaces", available: false, detail: "refused", errno: errnoText(-fd),
+                     fallback: "the agent runs as uid 0 without capabilities; TOP_SECRET refuses to start")
+    }
+
     public static func kvm() -> Result {
         let rc = alcub3_kvm_probe()
         if rc < 0 {

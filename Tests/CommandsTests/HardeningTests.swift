@@ -273,6 +273,28 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: dir + "/repo/.git/HEAD") && FileManager.default.fileExists(atPath: dir + "/hello"))
     }
 
+    // The attack of the review: a filesystem mounted beneath the caller's directory is an
+    // empty directory to the agent (the lower layer is not recursive); what it "removes" or
+    // writes there must not reach that filesystem when its changes are applied.
+    @Test(.enabled(if: isRoot)) func applyingNeverCrossesIntoAnotherFilesystem() throws {
+        let dir = try Self.scratch("submount")
+        for sub in ["sub", "sub2"] {
+            try FileManager.default.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true)
+            try #require(mount("tmpfs", dir + "/" + sub, "tmpfs", 0, "size=1m,mode=1777") == 0, "mount: errno \(errno)")
+        }
+        defer { for sub in ["sub", "sub2"] { _ = umount2(dir + "/" + sub, Int32(MNT_DETACH)) } }
+        try Self.write("precious", to: dir + "/sub/data")
+        let r = try alcub3(["run", "--agent-id", "hard-submount-\(getpid())", "--", "/bin/sh", "-c",
+                            "rm -rf sub; echo planted > sub2/new; chmod 777 sub2; echo mine > own.txt"], in: dir)
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect((try? String(contentsOfFile: dir + "/sub/data", encoding: .utf8)) == "precious", "the mounted filesystem was emptied")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/sub2/new"), "the agent wrote into another filesystem")
+        var st = stat()
+        #expect(stat(dir + "/sub2", &st) == 0 && st.st_mode & 0o7777 == 0o1777)
+        #expect((try? String(contentsOfFile: dir + "/own.txt", encoding: .utf8)) == "mine\n")
+        #expect(r.stderr.contains("skipped"), "\(r.stderr)")
+    }
+
     // The held-out workload that broke: multiprocessing's SemLock and
     // shared_memory in /dev/shm, with no alert.
     @Test(.enabled(if: isRoot)) func pythonMultiprocessingRunsWithoutAlert() throws {

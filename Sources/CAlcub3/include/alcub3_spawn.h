@@ -158,6 +158,9 @@ int alcub3_mount_idmapped(const char *source, const char *target, int userns_fd)
    the shared mount namespace. 0 or -errno. */
 int alcub3_mount_sysfs_of(const char *netns_path, const char *target);
 
+/* 0 when the kernel has PR_SET_MDWE (Linux 6.3+), else -errno. */
+int alcub3_mdwe_available(void);
+
 /* 1 when the directory open at fd is an opaque overlay directory (its
    trusted.overlay.opaque xattr is "y"); <sys/xattr.h> is not in Swift's Glibc. */
 int alcub3_overlay_opaque(int fd);
