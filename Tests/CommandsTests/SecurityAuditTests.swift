@@ -101,8 +101,9 @@ struct RunHardeningTests {
     /// overriding service's files were visible in every `alcub3 run` sandbox;
     /// an operator's baseline key outside the state directory too.
     @Test func runHidesTheServiceTheEnvironmentPointsAt() throws {
-        // Not under /tmp: the sandbox has a /tmp of its own, where nothing of the host's would show anyway.
-        let root = packageRoot.appendingPathComponent(".build/test-m3-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        // Not under /tmp (the sandbox has a /tmp of its own, where nothing of the host's would show
+        // anyway), nor under the package, which a CI clone may have under /tmp.
+        let root = "/var/tmp/alcub3-test-m3-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: root) }
         for sub in ["state", "run", "keys", "visible"] {
             try FileManager.default.createDirectory(atPath: root + "/" + sub, withIntermediateDirectories: true)
