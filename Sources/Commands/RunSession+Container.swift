@@ -7,8 +7,9 @@ extension RunSession {
     /// into the bundle, config.json written from the policy. Each refusal is one
     /// line with its exit code; nothing is left behind (ContainerSandbox removes
     /// what it made).
-    func prepareContainer(image: String, digest: ImageDigest?, cgroup: SandboxCgroup) throws -> ContainerSandbox {
+    func prepareContainer(image: String, digest: ImageDigest?, cgroup: SandboxCgroup, stdio: (Int32, Int32, Int32)) throws -> ContainerSandbox {
         var spec = ContainerSpec(sandboxID: sandboxID, image: image, imageDigest: digest, arguments: arguments, policy: policy)
+        spec.stdio = stdio  // the agent's pty, or stdout to stderr with --format json (-1: alcub3's own)
         do {
             spec.allowedImages = digest == nil ? try ImageAllowList.load() : []
             return try ContainerSandbox(spec: spec, cgroup: cgroup)

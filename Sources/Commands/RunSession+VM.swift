@@ -153,9 +153,11 @@ extension RunSession {
         hub.observe { batch in for finding in watch.findings(in: batch) { onFinding(finding) } }
 
         let run = GuestChannel.Run(arguments: arguments, environment: Self.guestEnvironment(hostname: sandboxID), syscalls: syscalls)
+        let json = format == .json
         let guest = GuestChannel(descriptor: channel, hub: hub, sandboxCgroupID: cgroup.id, object: GuestChannel.guestObject,
                                  run: run, measurement: vm.hardware?.channelMeasurement) { stream, bytes in
-            FileIO.writeAll(stream == .stdout ? 1 : 2, bytes)
+            // With --format json stdout carries alcub3's records only: the guest's output goes to stderr.
+            FileIO.writeAll(stream == .stdout && !json ? 1 : 2, bytes)
         }
         let timeout = vm.options.bootTimeout
         let table = format == .table

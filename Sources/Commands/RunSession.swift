@@ -177,7 +177,8 @@ final class RunSession: @unchecked Sendable {
         spec.copyOnWrite = copyOnWrite
         // The agent never holds the operator's terminal: its own pty, relayed (C1).
         // With --format json, stdout carries alcub3's records only; the agent's output goes to stderr.
-        let terminal = self.container == nil && self.vm == nil
+        // (A container gets the same pty as its stdio; runc makes it a session of its own.)
+        let terminal = self.vm == nil
             ? try kernelStep("making the agent's terminal") { try TerminalRelay.forOperator(output: format == .json ? 2 : 1) } : nil
         if let terminal {
             spec.stdio = terminal.stdio
@@ -188,7 +189,9 @@ final class RunSession: @unchecked Sendable {
         if copyOnWrite != nil { spec.hiddenPaths.append(CopyOnWriteWorkspace.parent) }
 
         // Container level: the image validated and unpacked, the bundle written; runc runs it below.
-        let container = try self.container.map { try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup) }
+        let container = try self.container.map {
+            try prepareContainer(image: $0.image, digest: $0.digest, cgroup: cgroup, stdio: spec.stdio ?? (-1, -1, -1))
+        }
         defer { if container != nil { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) } }
         // Vm level: the guest image checked, the host's limits checked, the channel's socket made; QEMU starts below.
         let vm: VMLaunch?
