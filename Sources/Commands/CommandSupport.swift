@@ -99,3 +99,16 @@ enum SeccompProfileFile {
         return text
     }
 }
+
+/// The command after `--` of `run`, `sandbox create` and `sandbox exec`. An
+/// argument parser's passthrough also catches an option it does not know
+/// before `--` (`run --allow-domain x -- true`); that is a usage error naming
+/// the option (exit 64), never a command to look up.
+enum PassthroughCommand {
+    static func argv(_ captured: [String]) throws -> [String] {
+        if let first = captured.first, first != "--", first.hasPrefix("-") {
+            throw fail(Alcub3Exit.usage, "unknown option '\(first)' (the command goes after --)")
+        }
+        return captured.first == "--" ? Array(captured.dropFirst()) : captured
+    }
+}

@@ -75,7 +75,7 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         // The passthrough argument takes a leading --help too: answer it as help, not as a command.
         if let first = command.first, first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
-        let argv = command.first == "--" ? Array(command.dropFirst()) : command
+        let argv = try PassthroughCommand.argv(command)
         guard let program = argv.first, !program.isEmpty else {
             throw fail(Alcub3Exit.usage, "no command given: use alcub3 run [options] -- CMD [ARGS...]")
         }

@@ -58,7 +58,7 @@ struct SandboxCommand: ParsableCommand {
             request.image = image.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
             request.imageDigest = imageDigest
             request.profilePath = profile.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
-            request.command = command.first == "--" ? Array(command.dropFirst()) : command
+            request.command = try PassthroughCommand.argv(command)
             request.workingDirectory = FileManager.default.currentDirectoryPath
             request.environment = try environment.environment()
             request.dryRun = dryRun
@@ -120,7 +120,7 @@ struct SandboxCommand: ParsableCommand {
         @Argument(parsing: .captureForPassthrough) var command: [String] = []
 
         func run() throws {
-            let argv = command.first == "--" ? Array(command.dropFirst()) : command
+            let argv = try PassthroughCommand.argv(command)
             guard !argv.isEmpty else { throw fail(ExitCodes.usage, "no command given: alcub3 sandbox exec --agent-id ID -- CMD") }
             var request = ServiceRequest(op: .exec)
             request.agentID = agentID

@@ -34,3 +34,4 @@ enum OperatorTerminal {
         return text == "y" || text == "yes"
     }
 }
+

@@ -146,6 +146,10 @@ struct RunCommandTests {
         (["run", "--agent-id", "..", "--", "true"], Int32(66), "invalid agent id"),
         (["run", "--agent-id", "bad\u{1}id", "--", "true"], Int32(66), "control character 0x01"),
         (["run", "--", "no-such-command-alcub3"], Int32(127), "command not found: no-such-command-alcub3"),
+        // An option run does not know, before --, is a usage error, not a command to look up.
+        (["run", "--allow-domain", "pypi.org", "--", "true"], Int32(64), "unknown option '--allow-domain'"),
+        (["run", "-x", "true"], Int32(64), "unknown option '-x'"),
+        (["run", "--", "--no-such-command"], Int32(127), "command not found: --no-such-command"),
         (["run", "--isolation-level", "sandbox", "--", "true"], Int32(64), "unknown isolation level 'sandbox'"),
         (["run", "--isolation-level", "hardware", "--boot-timeout", "0", "--", "true"], Int32(64), "--boot-timeout must be between 0 and 3600"),
         (["run", "--seccomp-profile", "/nonexistent/profile.json", "--", "true"], Int32(68), "cannot read the seccomp profile"),
