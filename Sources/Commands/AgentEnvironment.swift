@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KernelSupport
 
 /// What an agent's environment holds: a few of the operator's variables that
 /// programs need to run and print sensibly, and what `--env` names. Nothing

@@ -22,7 +22,7 @@ extension IntegrityCommand {
 
         func run() throws {
             let chosen = try sensitivity.map(BehaviourView.sensitivity)
-            guard interval >= 0.1, interval <= 3600 else { throw fail(ExitCodes.usage, "--interval must be from 0.1 to 3600 seconds") }
+            guard interval >= 0.1, interval <= 3600 else { throw fail(Alcub3Exit.usage, "--interval must be from 0.1 to 3600 seconds") }
             let inPlace = format == .table && isatty(STDOUT_FILENO) == 1
             var view = BehaviourView(sensitivity: chosen)
             var shown = 0
@@ -30,7 +30,7 @@ extension IntegrityCommand {
                 let snapshot: BehavioralAnalyzer.Snapshot
                 do {
                     snapshot = try BehaviourView.fetch(agentID: agentID, detailed: false)
-                } catch let error as Failure where shown > 0 && error.code == ExitCodes.notFound {
+                } catch let error as Failure where shown > 0 && error.code == Alcub3Exit.notFound {
                     Output.err("alcub3: the sandbox of '\(agentID)' ended\n")
                     return
                 }
@@ -77,7 +77,7 @@ struct BehaviourView {
 
     static func sensitivity(_ text: String) throws -> Sensitivity {
         guard let value = Sensitivity(rawValue: text.lowercased()) else {
-            throw fail(ExitCodes.usage, "unknown sensitivity '\(RunCommand.printable(text))' (valid: low, medium, high)")
+            throw fail(Alcub3Exit.usage, "unknown sensitivity '\(RunCommand.printable(text))' (valid: low, medium, high)")
         }
         return value
     }

@@ -12,9 +12,9 @@ enum SafePath {
         let absolute = path.hasPrefix("/") ? path : cwd + "/" + path
         let normalized = (absolute as NSString).standardizingPath
         guard normalized == cwd || normalized.hasPrefix(cwd.hasSuffix("/") ? cwd : cwd + "/") else {
-            throw fail(ExitCodes.usage, "path '\(path)' leaves the working directory \(cwd)")
+            throw fail(Alcub3Exit.usage, "path '\(path)' leaves the working directory \(cwd)")
         }
-        if normalized.split(separator: "/").contains("..") { throw fail(ExitCodes.usage, "path '\(path)' contains '..'") }
+        if normalized.split(separator: "/").contains("..") { throw fail(Alcub3Exit.usage, "path '\(path)' contains '..'") }
         return normalized
     }
 }
@@ -31,7 +31,7 @@ enum SinceParser {
         if let date = formatter.date(from: text) ?? ISO8601DateFormatter().date(from: text) {
             return Int64(date.timeIntervalSince1970 * 1e9)
         }
-        throw fail(ExitCodes.usage, "invalid \(option) '\(text)': use an ISO 8601 time or an age such as 300s, 5m, 2h, 1d")
+        throw fail(Alcub3Exit.usage, "invalid \(option) '\(text)': use an ISO 8601 time or an age such as 300s, 5m, 2h, 1d")
     }
 }
 

@@ -2,6 +2,7 @@ import Analysis
 import ArgumentParser
 import Foundation
 import Service
+import KernelSupport
 
 extension IntegrityCommand {
     /// `alcub3 integrity evaluate-behavior`: the behavioural model's quality as
@@ -49,7 +50,7 @@ extension IntegrityCommand {
                 var profile = SequenceModel.trainedAndCalibrated(on: train.map(\.syscalls))
                 profile.agentID = agentID
                 calibration = profile.calibration
-                do { try profile.save(to: profilePath) } catch { throw fail(ExitCodes.kernelRefused, error.description) }
+                do { try profile.save(to: profilePath) } catch { throw fail(Alcub3Exit.kernelRefused, error.description) }
             }
             if format == .json {
                 var object = results[0].metrics.jsonObject
@@ -81,7 +82,7 @@ extension IntegrityCommand {
             do {
                 return try SyscallTrace.loadDirectory(directory)
             } catch {
-                throw fail(ExitCodes.invalidPolicy, "\(option): \(error.description)")
+                throw fail(Alcub3Exit.invalidPolicy, "\(option): \(error.description)")
             }
         }
 

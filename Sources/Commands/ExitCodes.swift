@@ -1,23 +1,5 @@
 import ArgumentParser
-
-/// alcub3's own exit codes (docs/cli.md). A sandboxed command's code passes
-/// through unchanged; a signal that ended it gives 128 + the signal number.
-public enum Alcub3Exit {
-    public static let usage: Int32 = 64              // bad arguments, no command (ArgumentParser's own code too)
-    public static let unknownClassification: Int32 = 65
-    public static let invalidAgentID: Int32 = 66
-    public static let unsupportedIsolation: Int32 = 67
-    public static let invalidPolicy: Int32 = 68      // a policy file or seccomp profile refused
-    public static let internalError: Int32 = 70
-    public static let kernelRefused: Int32 = 71      // a BPF program, cgroup or namespace the kernel refused
-    public static let agentInUse: Int32 = 73
-    public static let imageRefused: Int32 = 74     // a container image missing, not OCI, unsupported or failing validation
-    public static let vmFailed: Int32 = 76           // the vm level: QEMU missing, limits the host cannot give, a guest that failed or never booted
-    public static let tracesIncomplete: Int32 = 75   // --record-traces: records were dropped, no traces written
-    public static let notRoot: Int32 = 77
-    public static let commandNotExecutable: Int32 = 126
-    public static let commandNotFound: Int32 = 127
-}
+import KernelSupport
 
 /// Prints one line naming the problem and exits with its code.
 struct Failure: Error {

@@ -33,7 +33,7 @@ struct IntegrityCommand: ParsableCommand {
                 }
                 return
             }
-            guard let agentID else { throw fail(ExitCodes.usage, "give --agent-id (or --list)") }
+            guard let agentID else { throw fail(Alcub3Exit.usage, "give --agent-id (or --list)") }
             let path = try output.map(SafePath.inWorkingDirectory)
             var request = ServiceRequest(op: .baseline)
             request.agentID = agentID
@@ -52,7 +52,7 @@ struct IntegrityCommand: ParsableCommand {
                 return
             }
             guard FileManager.default.createFile(atPath: path, contents: Data((json + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-                throw fail(ExitCodes.kernelRefused, "cannot write \(output ?? path)")
+                throw fail(Alcub3Exit.kernelRefused, "cannot write \(output ?? path)")
             }
             let summary = (try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["baseline"] as? [String: Any]
             if format == .json {
@@ -118,7 +118,7 @@ struct IntegrityCommand: ParsableCommand {
                 let jsonName = (jsonPath as NSString).lastPathComponent
                 for (path, text) in [(htmlPath, ReportRenderer.html(report, jsonName: jsonName)), (jsonPath, ServiceAccess.prettyJSON(json) + "\n")] {
                     guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
-                        throw fail(ExitCodes.kernelRefused, "cannot write \(path)")
+                        throw fail(Alcub3Exit.kernelRefused, "cannot write \(path)")
                     }
                 }
             }
@@ -139,7 +139,7 @@ struct IntegrityCommand: ParsableCommand {
         request.agentID = agentID
         if FileManager.default.fileExists(atPath: baseline) {
             guard let data = FileManager.default.contents(atPath: baseline), data.count <= 256 << 20 else {
-                throw fail(ExitCodes.invalidPolicy, "cannot read the baseline \(baseline) (unreadable, or over 256 MiB)")
+                throw fail(Alcub3Exit.invalidPolicy, "cannot read the baseline \(baseline) (unreadable, or over 256 MiB)")
             }
             request.baselineText = String(decoding: data, as: UTF8.self)
         } else {

@@ -1,6 +1,7 @@
 import Foundation
 import Policy
 import Sandbox
+import KernelSupport
 
 extension RunSession {
     /// The container level of `alcub3 run`: the image validated and unpacked

@@ -5,6 +5,7 @@ import Sandbox
 import Service
 import Store
 import Telemetry
+import KernelSupport
 
 struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,7 +40,7 @@ struct SandboxCommand: ParsableCommand {
 
         func request(dryRun: Bool, verbose: Bool) throws -> ServiceRequest {
             if let problem = Identifier.validate(agentID) {
-                throw fail(ExitCodes.invalidAgentID, "invalid agent id '\(RunCommand.printable(agentID))': \(problem)")
+                throw fail(Alcub3Exit.invalidAgentID, "invalid agent id '\(RunCommand.printable(agentID))': \(problem)")
             }
             var request = ServiceRequest(op: .create)
             request.agentID = agentID
@@ -49,7 +50,7 @@ struct SandboxCommand: ParsableCommand {
             request.capabilities = capabilities.isEmpty ? nil : capabilities.flatMap { $0.split(separator: ",").map(String.init) }
             request.policyYAML = try policyFiles.map { path in
                 guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                    throw fail(ExitCodes.invalidPolicy, "policy file not found or unreadable: \(path)")
+                    throw fail(Alcub3Exit.invalidPolicy, "policy file not found or unreadable: \(path)")
                 }
                 return text
             }
@@ -121,7 +122,7 @@ struct SandboxCommand: ParsableCommand {
 
         func run() throws {
             let argv = try PassthroughCommand.argv(command)
-            guard !argv.isEmpty else { throw fail(ExitCodes.usage, "no command given: alcub3 sandbox exec --agent-id ID -- CMD") }
+            guard !argv.isEmpty else { throw fail(Alcub3Exit.usage, "no command given: alcub3 sandbox exec --agent-id ID -- CMD") }
             var request = ServiceRequest(op: .exec)
             request.agentID = agentID
             request.command = argv
@@ -161,7 +162,7 @@ struct SandboxCommand: ParsableCommand {
         func run() throws {
             let text = interval.hasSuffix("s") ? String(interval.dropLast()) : interval
             guard let seconds = Double(text), seconds > 0, seconds <= 86400 else {
-                throw fail(ExitCodes.usage, "invalid interval '\(interval)': use seconds such as 30s or 0.5")
+                throw fail(Alcub3Exit.usage, "invalid interval '\(interval)': use seconds such as 30s or 0.5")
             }
             var previous: [String: Any]?
             var shown = 0
@@ -203,7 +204,7 @@ struct SandboxCommand: ParsableCommand {
                 }
             }
             guard FileManager.default.createFile(atPath: path, contents: Data((json + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-                throw fail(ExitCodes.kernelRefused, "cannot write \(output)")
+                throw fail(Alcub3Exit.kernelRefused, "cannot write \(output)")
             }
             if format == .json { ServiceAccess.printJSON(json) } else { Output.out("exported \(agentID) to \(output)\n") }
         }
@@ -218,11 +219,11 @@ struct SandboxCommand: ParsableCommand {
 
         func run() throws {
             if let problem = Identifier.validate(agentID) {
-                throw fail(ExitCodes.invalidAgentID, "invalid agent id '\(RunCommand.printable(agentID))': \(problem)")
+                throw fail(Alcub3Exit.invalidAgentID, "invalid agent id '\(RunCommand.printable(agentID))': \(problem)")
             }
             let path = try SafePath.inWorkingDirectory(config)
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw fail(ExitCodes.notFound, "cannot read \(config)")
+                throw fail(Alcub3Exit.notFound, "cannot read \(config)")
             }
             var request = ServiceRequest(op: .importPolicy)
             request.agentID = agentID
@@ -284,7 +285,7 @@ struct SandboxCommand: ParsableCommand {
         @Option(help: "table or json.") var format: OutputFormat = .table
 
         func run() throws {
-            guard grace >= 0 && grace <= 3600 else { throw fail(ExitCodes.usage, "grace must be between 0 and 3600 seconds") }
+            guard grace >= 0 && grace <= 3600 else { throw fail(Alcub3Exit.usage, "grace must be between 0 and 3600 seconds") }
             var request = ServiceRequest(op: .terminate)
             request.agentID = agentID
             request.force = force

@@ -25,23 +25,23 @@ enum ServiceAccess {
         do {
             return try ServiceClient(path: path)
         } catch let error as SystemError where error.errno == EACCES || error.errno == EPERM {
-            throw fail(ExitCodes.notAllowed, "not allowed to use the alcub3 service: \(path) is for root (or the configured group) only")
+            throw fail(Alcub3Exit.notAllowed, "not allowed to use the alcub3 service: \(path) is for root (or the configured group) only")
         } catch {
             // not running: start it below, or say how
         }
         // ALCUB3_NO_AUTOSTART=1: scripts and tests that manage the service themselves.
         guard autoStart, ProcessInfo.processInfo.environment["ALCUB3_NO_AUTOSTART"] != "1" else {
-            throw fail(ExitCodes.serviceUnavailable, "the alcub3 service is not running: start it with `alcub3 daemon` (or systemctl start alcub3)")
+            throw fail(Alcub3Exit.serviceUnavailable, "the alcub3 service is not running: start it with `alcub3 daemon` (or systemctl start alcub3)")
         }
         guard geteuid() == 0 else {
-            throw fail(ExitCodes.serviceUnavailable, "the alcub3 service is not running and only root can start it: sudo alcub3 daemon")
+            throw fail(Alcub3Exit.serviceUnavailable, "the alcub3 service is not running and only root can start it: sudo alcub3 daemon")
         }
         try startInBackground()
         for _ in 0..<200 {
             if let client = try? ServiceClient(path: path) { return client }
             usleep(50_000)
         }
-        throw fail(ExitCodes.serviceUnavailable,
+        throw fail(Alcub3Exit.serviceUnavailable,
                    "started the alcub3 service but it does not answer on \(path); see \(configuration.stateDirectory)/daemon.log")
     }
 
@@ -73,7 +73,7 @@ enum ServiceAccess {
             case .result:
                 payload = message.json
             case .error:
-                failure = fail(message.code ?? ExitCodes.internalError, message.message ?? "the service failed")
+                failure = fail(message.code ?? Alcub3Exit.internalError, message.message ?? "the service failed")
             case .event, .step:
                 onMessage(message)
             }
@@ -86,7 +86,7 @@ enum ServiceAccess {
         do {
             return try JSONDecoder().decode(T.self, from: Data(json.utf8))
         } catch {
-            throw fail(ExitCodes.internalError, "unexpected answer from the service: \(error)")
+            throw fail(Alcub3Exit.internalError, "unexpected answer from the service: \(error)")
         }
     }
 
@@ -125,7 +125,7 @@ struct DaemonCommand: ParsableCommand {
             policy = try PolicyConfiguration.load(overrides: file.map { [URL(fileURLWithPath: $0)] } ?? [])
             configuration = try ServiceSettings.from(policy)
         } catch let error as PolicyError {
-            throw fail(ExitCodes.invalidPolicy, error.description)
+            throw fail(Alcub3Exit.invalidPolicy, error.description)
         } catch let failure as ServiceFailure {
             throw fail(failure.code, failure.message)
         }
@@ -145,7 +145,7 @@ struct DaemonCommand: ParsableCommand {
         } catch let failure as ServiceFailure {
             throw fail(failure.code, failure.message)
         } catch {
-            throw fail(ExitCodes.kernelRefused, "the service could not start: \(error)")
+            throw fail(Alcub3Exit.kernelRefused, "the service could not start: \(error)")
         }
         let stopping = DispatchSemaphore(value: 0)
         var sources: [DispatchSourceSignal] = []
@@ -179,7 +179,7 @@ struct AuditCommand: ParsableCommand {
             let verification: AuditVerification
             if let database {
                 guard FileManager.default.fileExists(atPath: database) else {
-                    throw fail(ExitCodes.notFound, "no such database: \(database)")
+                    throw fail(Alcub3Exit.notFound, "no such database: \(database)")
                 }
                 // Without a key file, keyed records cannot be checked: verification says so at the first one.
                 let directory = PathText.parent(of: database)
@@ -188,15 +188,15 @@ struct AuditCommand: ParsableCommand {
                 do {
                     auditKey = key != nil || FileManager.default.fileExists(atPath: keyPath) ? try AuditKey.load(at: keyPath) : nil
                 } catch {
-                    throw fail(ExitCodes.notAllowed, "cannot use the audit key: \(error)")
+                    throw fail(Alcub3Exit.notAllowed, "cannot use the audit key: \(error)")
                 }
                 do {
                     verification = try EventStore(path: database, readOnly: true, auditKey: auditKey).verifyAudit()
                 } catch {
-                    throw fail(ExitCodes.internalError, "cannot read \(database): \(error)")
+                    throw fail(Alcub3Exit.internalError, "cannot read \(database): \(error)")
                 }
             } else {
-                if key != nil { throw fail(ExitCodes.usage, "--key applies with --database; the service checks with its own key") }
+                if key != nil { throw fail(Alcub3Exit.usage, "--key applies with --database; the service checks with its own key") }
                 verification = try ServiceAccess.decode(AuditVerification.self, ServiceAccess.call(ServiceRequest(op: .auditVerify)))
             }
             switch format {

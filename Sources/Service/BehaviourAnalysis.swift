@@ -184,10 +184,10 @@ extension SandboxManager {
     /// The live view's data (`integrity monitor-behavior`, `debug-behavior`).
     func behaviourSnapshot(agentID: String, detailed: Bool) throws -> BehavioralAnalyzer.Snapshot {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard let analyzer = sandbox.analyzer else {
-            throw ServiceFailure(ExitCodes.notFound, "behavioural analysis is off for '\(agentID)' (behavioral_analysis.enabled: false)")
+            throw ServiceFailure(Alcub3Exit.notFound, "behavioural analysis is off for '\(agentID)' (behavioral_analysis.enabled: false)")
         }
         return analyzer.snapshot(windows: detailed ? 120 : 60, detailed: detailed)
     }

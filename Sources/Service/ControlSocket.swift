@@ -197,7 +197,7 @@ public final class ControlServer: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o755])
         if ServiceClient.isListening(path) {
-            throw ServiceFailure(ExitCodes.agentInUse, "another alcub3 service is already listening on \(path)")
+            throw ServiceFailure(Alcub3Exit.agentInUse, "another alcub3 service is already listening on \(path)")
         }
         unlink(path)  // a socket file left by a service that died
         let fd = OwnedDescriptor(try syscallChecked("socket", path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
@@ -247,18 +247,18 @@ public final class ControlServer: Sendable {
                 return true
             }
             guard admitted else {
-                connection.send(.error(ExitCodes.serviceUnavailable, "the alcub3 service is serving \(Self.maxConnections) connections; try again"))
+                connection.send(.error(Alcub3Exit.serviceUnavailable, "the alcub3 service is serving \(Self.maxConnections) connections; try again"))
                 continue
             }
             Thread.detachNewThread { [self] in
                 defer { connections.withLock { $0 -= 1 } }
                 if let why = refusal(for: connection.peer, process: process) {
-                    connection.send(.error(ExitCodes.notAllowed, why))
+                    connection.send(.error(Alcub3Exit.notAllowed, why))
                     return
                 }
                 guard let line = connection.readLine() else { return }
                 guard let request = try? JSONDecoder().decode(ServiceRequest.self, from: Data(line.utf8)) else {
-                    connection.send(.error(ExitCodes.usage, "the service could not read the request"))
+                    connection.send(.error(Alcub3Exit.usage, "the service could not read the request"))
                     return
                 }
                 handler(request, connection)
@@ -319,7 +319,7 @@ public final class ServiceClient: Sendable {
         while true {
             let n = chunk.withUnsafeMutableBytes { recv(fd.raw, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw ServiceFailure(ExitCodes.serviceUnavailable, "the alcub3 service closed the connection") }
+            if n <= 0 { throw ServiceFailure(Alcub3Exit.serviceUnavailable, "the alcub3 service closed the connection") }
             pending.append(contentsOf: chunk[0..<n])
             while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let lineBytes = pending[..<newline]

@@ -34,7 +34,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Sets everything up; throws (with nothing left behind) if any part fails.
     public func start() throws {
-        guard geteuid() == 0 else { throw ServiceFailure(ExitCodes.notAllowed, "alcub3 daemon needs root (BPF, cgroups, namespaces)") }
+        guard geteuid() == 0 else { throw ServiceFailure(Alcub3Exit.notAllowed, "alcub3 daemon needs root (BPF, cgroups, namespaces)") }
         try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         // The audit key is made before the store opens: an existing unkeyed log
@@ -43,7 +43,7 @@ public final class Daemon: @unchecked Sendable {
         do {
             auditKey = try AuditKey.loadOrCreate(at: configuration.auditKeyPath)
         } catch let refused as SecretFile.Refused {
-            throw ServiceFailure(ExitCodes.notAllowed, refused.description)
+            throw ServiceFailure(Alcub3Exit.notAllowed, refused.description)
         }
         let log = self.log
         // Each append's head (seq, MAC) goes to the log, the journal under systemd: a

@@ -22,13 +22,13 @@ final class MetricsServer: @unchecked Sendable {
     init(address: String, daemon: Daemon) throws {
         let parts = address.split(separator: ":")
         guard parts.count == 2, let port = UInt16(parts[1]) else {
-            throw ServiceFailure(ExitCodes.usage, "metrics address '\(address)' is not host:port")
+            throw ServiceFailure(Alcub3Exit.usage, "metrics address '\(address)' is not host:port")
         }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         guard inet_pton(AF_INET, String(parts[0]), &addr.sin_addr) == 1 else {
-            throw ServiceFailure(ExitCodes.usage, "metrics address '\(address)' is not an IPv4 address and port")
+            throw ServiceFailure(Alcub3Exit.usage, "metrics address '\(address)' is not an IPv4 address and port")
         }
         let fd = OwnedDescriptor(try syscallChecked("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         var one: Int32 = 1

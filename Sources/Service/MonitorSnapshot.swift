@@ -23,7 +23,7 @@ struct MonitorSnapshot: Codable {
 
     static func take(manager: SandboxManager, agentID: String) throws -> MonitorSnapshot {
         guard let record = try manager.store.sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no sandbox has agent id '\(agentID)'")
         }
         let live = manager.sandbox(agentID: agentID)
         var counts: [String: Int] = [:]

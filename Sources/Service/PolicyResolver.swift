@@ -1,6 +1,7 @@
 import Foundation
 import Policy
 import Sandbox
+import KernelSupport
 
 /// The effective policy and limits of a sandbox to create.
 struct ResolvedPolicy: Sendable {
@@ -22,13 +23,13 @@ enum PolicyResolver {
                         policyFiles: [(name: String, text: String)]) throws -> ResolvedPolicy {
         let text = classification ?? "UNCLASSIFIED"
         guard let level = Classification(parsing: text) else {
-            throw ServiceFailure(ExitCodes.unknownClassification,
+            throw ServiceFailure(Alcub3Exit.unknownClassification,
                                  "unknown classification '\(text)': use one of \(Classification.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         var chosen: IsolationLevel?
         if let isolation {
             guard let level = IsolationLevel(rawValue: isolation.lowercased()) else {
-                throw ServiceFailure(ExitCodes.usage, "unknown isolation level '\(isolation)': use process, container, vm or hardware")
+                throw ServiceFailure(Alcub3Exit.usage, "unknown isolation level '\(isolation)': use process, container, vm or hardware")
             }
             chosen = level
         }
@@ -40,7 +41,7 @@ enum PolicyResolver {
             let requested = try capabilities.map { try $0.map { try Capability.named($0) } }
             return ResolvedPolicy(policy: try configuration.sandboxPolicy(for: level, isolation: chosen, capabilities: requested))
         } catch let error as PolicyError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, error.description)
         }
     }
 }

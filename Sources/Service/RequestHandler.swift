@@ -23,11 +23,11 @@ struct RequestHandler: Sendable {
         } catch let failure as ServiceFailure {
             connection.send(.error(failure.code, failure.message))
         } catch let error as SandboxError {
-            connection.send(.error(ExitCodes.kernelRefused, error.description))
+            connection.send(.error(Alcub3Exit.kernelRefused, error.description))
         } catch let error as StoreError {
-            connection.send(.error(ExitCodes.internalError, "store: \(error)"))
+            connection.send(.error(Alcub3Exit.internalError, "store: \(error)"))
         } catch {
-            connection.send(.error(ExitCodes.kernelRefused, "\(error)"))
+            connection.send(.error(Alcub3Exit.kernelRefused, "\(error)"))
         }
     }
 
@@ -51,13 +51,13 @@ struct RequestHandler: Sendable {
             case "active": states = [.creating, .running]
             case "stopped": states = [.stopped, .failed]
             case "all": states = Set(SandboxState.allCases)
-            case let other: throw ServiceFailure(ExitCodes.usage, "unknown status '\(other)': use active, stopped or all")
+            case let other: throw ServiceFailure(Alcub3Exit.usage, "unknown status '\(other)': use active, stopped or all")
             }
             connection.send(.result(try manager.store.sandboxes(states: states)))
         case .show:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {
-                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+                throw ServiceFailure(Alcub3Exit.notFound, "no sandbox has agent id '\(agent)'")
             }
             connection.send(.result(record))
         case .terminate:
@@ -85,7 +85,7 @@ struct RequestHandler: Sendable {
         case .export:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {
-                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+                throw ServiceFailure(Alcub3Exit.notFound, "no sandbox has agent id '\(agent)'")
             }
             connection.send(.result(try SandboxExport(record: record)))
         case .importPolicy:
@@ -102,7 +102,7 @@ struct RequestHandler: Sendable {
         case .report:
             let agent = try agentID(request)
             guard let record = try manager.store.sandbox(agentID: agent) else {
-                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+                throw ServiceFailure(Alcub3Exit.notFound, "no sandbox has agent id '\(agent)'")
             }
             connection.send(.result(try SandboxReport.make(store: manager.store, record: record, sinceNs: request.sinceNs,
                                                            untilNs: request.untilNs)))
@@ -116,16 +116,16 @@ struct RequestHandler: Sendable {
     /// one later written, through descriptors opened now.
     private func profileChoice(_ request: ServiceRequest, agent: String, peer: PeerCredentials) throws -> ProfileChoice? {
         guard let path = request.profilePath else { return nil }
-        guard path.hasPrefix("/") else { throw ServiceFailure(ExitCodes.usage, "--profile needs an absolute path, got '\(path)'") }
+        guard path.hasPrefix("/") else { throw ServiceFailure(Alcub3Exit.usage, "--profile needs an absolute path, got '\(path)'") }
         let directory = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
-        guard !name.isEmpty, name != ".", name != ".." else { throw ServiceFailure(ExitCodes.usage, "--profile \(path) names no file") }
+        guard !name.isEmpty, name != ".", name != ".." else { throw ServiceFailure(Alcub3Exit.usage, "--profile \(path) names no file") }
         var st = stat()
         let exists = lstat(path, &st) == 0
         do {
             if peer.isRoot {
                 guard exists else {
                     guard access(directory, W_OK) == 0 else {
-                        throw ServiceFailure(ExitCodes.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
+                        throw ServiceFailure(Alcub3Exit.usage, "--profile \(path): cannot write in \(directory) (\(String(cString: strerror(errno))))")
                     }
                     let held = try OwnedDescriptor(path: directory, flags: ALCUB3_O_PATH | O_DIRECTORY)
                     return ProfileChoice(loaded: nil, target: ProfileTarget(directory: held, name: name, path: path, peer: nil))
@@ -138,14 +138,14 @@ struct RequestHandler: Sendable {
                 return ProfileChoice(loaded: nil, target: ProfileTarget(directory: walk.descriptor, name: name, path: path, peer: peer))
             }
             let walk = try access.walk(path, want: PeerAccess.read, what: "--profile")
-            guard walk.status.st_mode & S_IFMT == S_IFREG else { throw ServiceFailure(ExitCodes.usage, "--profile \(path) is not a file") }
+            guard walk.status.st_mode & S_IFMT == S_IFREG else { throw ServiceFailure(Alcub3Exit.usage, "--profile \(path) is not a file") }
             // Read through the descriptor the walk checked (its magic link), not the path again.
             let data = Data(try FileIO.read("/proc/self/fd/\(walk.descriptor.raw)", limit: 64 << 20).utf8)
             return ProfileChoice(loaded: try AgentProfile.load(data, path: path, agentID: agent), target: nil)
         } catch let refusal as PeerAccess.Refusal {
-            throw ServiceFailure(ExitCodes.notAllowed, refusal.description)
+            throw ServiceFailure(Alcub3Exit.notAllowed, refusal.description)
         } catch let error as ProfileError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, "\(error)")
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, "\(error)")
         }
     }
 
@@ -153,7 +153,7 @@ struct RequestHandler: Sendable {
     /// root on the host anyway); members of service.socket_group are not.
     private func rootOnly(_ peer: PeerCredentials, _ what: String) throws {
         guard !peer.isRoot else { return }
-        throw ServiceFailure(ExitCodes.notAllowed, "uid \(peer.uid) (a member of the service's socket group, not root) \(what): only root may")
+        throw ServiceFailure(Alcub3Exit.notAllowed, "uid \(peer.uid) (a member of the service's socket group, not root) \(what): only root may")
     }
 
     /// A member of the socket group gets the operator's configured policy for
@@ -183,9 +183,9 @@ struct RequestHandler: Sendable {
     }
 
     private func agentID(_ request: ServiceRequest) throws -> String {
-        guard let agent = request.agentID, !agent.isEmpty else { throw ServiceFailure(ExitCodes.usage, "--agent-id is required") }
+        guard let agent = request.agentID, !agent.isEmpty else { throw ServiceFailure(Alcub3Exit.usage, "--agent-id is required") }
         if let problem = Identifier.validate(agent) {
-            throw ServiceFailure(ExitCodes.invalidAgentID, "invalid agent id '\(agent)': \(problem)")
+            throw ServiceFailure(Alcub3Exit.invalidAgentID, "invalid agent id '\(agent)': \(problem)")
         }
         return agent
     }
@@ -216,15 +216,15 @@ struct RequestHandler: Sendable {
                               connection: ControlConnection) throws {
         let isolation = resolved.policy.isolation
         if isolation == .container && request.image == nil {
-            throw ServiceFailure(ExitCodes.usage, "isolation level 'container' needs an image: --image PATH (a root filesystem, an OCI image "
+            throw ServiceFailure(Alcub3Exit.usage, "isolation level 'container' needs an image: --image PATH (a root filesystem, an OCI image "
                                  + "layout or a tar of one), or --isolation-level process to accept process-level isolation")
         }
         if isolation != .container && (request.image != nil || request.imageDigest != nil) {
-            throw ServiceFailure(ExitCodes.usage, "--image and --image-digest apply to --isolation-level container")
+            throw ServiceFailure(Alcub3Exit.usage, "--image and --image-digest apply to --isolation-level container")
         }
         let imageDigest = try request.imageDigest.map { text in
             guard let digest = ImageDigest(text) else {
-                throw ServiceFailure(ExitCodes.usage, "--image-digest '\(text)' is not a digest like sha256:<64 lower-case hex digits>")
+                throw ServiceFailure(Alcub3Exit.usage, "--image-digest '\(text)' is not a digest like sha256:<64 lower-case hex digits>")
             }
             return digest
         }
@@ -267,7 +267,7 @@ struct RequestHandler: Sendable {
             create.image = "/proc/self/fd/\(held.raw)"
             return held
         } catch let refusal as PeerAccess.Refusal {
-            throw ServiceFailure(ExitCodes.notAllowed, refusal.description)
+            throw ServiceFailure(Alcub3Exit.notAllowed, refusal.description)
         }
     }
 
@@ -276,7 +276,7 @@ struct RequestHandler: Sendable {
         guard let text = request.policyJSON,
               let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               object["format"] as? String == SandboxExport.formatName else {
-            throw ServiceFailure(ExitCodes.invalidPolicy, "the file is not an alcub3 sandbox export (see alcub3 sandbox export)")
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, "the file is not an alcub3 sandbox export (see alcub3 sandbox export)")
         }
         let exported: SandboxExport
         do {
@@ -284,9 +284,9 @@ struct RequestHandler: Sendable {
             // The policy goes through the same checks as any policy from outside.
             _ = try SandboxPolicy.fromJSON(try exported.policy.jsonData(), source: "the imported file")
         } catch let error as PolicyError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, error.description)
         } catch {
-            throw ServiceFailure(ExitCodes.invalidPolicy, "the imported file is not a valid export: \(error)")
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, "the imported file is not a valid export: \(error)")
         }
         let resolved = ResolvedPolicy(policy: exported.policy)
         var copy = request
@@ -299,12 +299,12 @@ struct RequestHandler: Sendable {
         var sandboxID: String?
         if let agent = request.agentID {
             guard let record = try manager.store.sandbox(agentID: agent) else {
-                throw ServiceFailure(ExitCodes.notFound, "no sandbox has agent id '\(agent)'")
+                throw ServiceFailure(Alcub3Exit.notFound, "no sandbox has agent id '\(agent)'")
             }
             sandboxID = record.sandboxID
         }
         if let kind = request.kind, !["process", "file", "network", "alcub3", "alert"].contains(kind) {
-            throw ServiceFailure(ExitCodes.usage, "unknown kind '\(kind)': use process, file, network, alcub3 or alert")
+            throw ServiceFailure(Alcub3Exit.usage, "unknown kind '\(kind)': use process, file, network, alcub3 or alert")
         }
         var after = request.afterID ?? 0
         var first = true
@@ -349,7 +349,7 @@ public struct SandboxExport: Codable, Sendable {
     init(record: SandboxRecord) throws {
         guard let policy = try? JSONDecoder().decode(SandboxPolicy.self, from: Data(record.policyJSON.utf8)),
               let details = try? JSONDecoder().decode(SandboxDetails.self, from: Data((record.detailsJSON ?? "").utf8)) else {
-            throw ServiceFailure(ExitCodes.internalError, "the stored policy of \(record.sandboxID) cannot be read")
+            throw ServiceFailure(Alcub3Exit.internalError, "the stored policy of \(record.sandboxID) cannot be read")
         }
         agentID = record.agentID
         sandboxID = record.sandboxID

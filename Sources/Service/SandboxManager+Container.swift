@@ -37,13 +37,13 @@ extension SandboxManager {
                 steps?(CreationStep(step: step, microseconds: microseconds, result: result))
             }
         } catch let error as ImageError {
-            throw ServiceFailure(ExitCodes.imageRefused, error.message)
+            throw ServiceFailure(Alcub3Exit.imageRefused, error.message)
         } catch SandboxError.commandNotFound(let c) {
-            throw ServiceFailure(ExitCodes.commandNotFound, "command not found: \(c)")
+            throw ServiceFailure(Alcub3Exit.commandNotFound, "command not found: \(c)")
         } catch SandboxError.commandNotExecutable(let c) {
-            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(c)")
+            throw ServiceFailure(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
         } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "could not prepare the container: \(error)")
+            throw ServiceFailure(Alcub3Exit.kernelRefused, "could not prepare the container: \(error)")
         }
         let layout = self.layout
         undo.append { ContainerSandbox.remove(sandboxID: sandboxID, layout: layout) }
@@ -58,7 +58,7 @@ extension SandboxManager {
         } catch let failure as ServiceFailure {
             throw failure
         } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "could not start the container: \(error)")
+            throw ServiceFailure(Alcub3Exit.kernelRefused, "could not start the container: \(error)")
         }
         let image = container.image.manifestDigest.map { "OCI image \($0), every blob checked" } ?? "root filesystem \(image)"
         for (name, result) in [
@@ -104,9 +104,9 @@ extension SandboxManager {
                                        namespaces: NamespaceSet.forPolicy(sandbox.policy).union(.network),
                                        cgroup: try SandboxCgroup(existing: id + "/container", layout: layout), v1ProcsFiles: procs)
         } catch SandboxError.commandNotFound(let c) {
-            throw ServiceFailure(ExitCodes.commandNotFound, "command not found in the sandbox: \(c)")
+            throw ServiceFailure(Alcub3Exit.commandNotFound, "command not found in the sandbox: \(c)")
         } catch SandboxError.commandNotExecutable(let c) {
-            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(c)")
+            throw ServiceFailure(Alcub3Exit.commandNotExecutable, "command is not executable: \(c)")
         }
     }
 }

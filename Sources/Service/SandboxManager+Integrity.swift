@@ -43,7 +43,7 @@ extension SandboxManager {
         do {
             return try BaselineKey.loadOrCreate(at: configuration.baselineKeyPath ?? configuration.stateDirectory + "/baseline.key")
         } catch let error as BaselineError {
-            throw ServiceFailure(ExitCodes.internalError, error.description)
+            throw ServiceFailure(Alcub3Exit.internalError, error.description)
         }
     }
 
@@ -78,29 +78,29 @@ extension SandboxManager {
             do {
                 return (try FileTree.scan(root: host, progress: progress), inside, nil)
             } catch {
-                throw ServiceFailure(ExitCodes.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
+                throw ServiceFailure(Alcub3Exit.kernelRefused, "cannot read \(inside) of \(sandbox.record.sandboxID): \(error)")
             }
         }
         let inside = Self.guestIntegrityRoot
         guard let guest = Self.liveGuest(sandbox.record.sandboxID) else {
-            throw ServiceFailure(ExitCodes.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: its files cannot be read")
+            throw ServiceFailure(Alcub3Exit.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: its files cannot be read")
         }
         let reply: GuestChannel.ScanReply
         do {
             reply = try guest.channel.scan(inside)
         } catch {
-            throw ServiceFailure(ExitCodes.vmFailed, "cannot read \(inside) in the guest of \(sandbox.record.sandboxID): \(error)")
+            throw ServiceFailure(Alcub3Exit.vmFailed, "cannot read \(inside) in the guest of \(sandbox.record.sandboxID): \(error)")
         }
         guard reply.error == 0 else {
-            throw ServiceFailure(ExitCodes.vmFailed, "the guest agent cannot read \(inside) of \(sandbox.record.sandboxID): \(SystemError.name(of: reply.error))")
+            throw ServiceFailure(Alcub3Exit.vmFailed, "the guest agent cannot read \(inside) of \(sandbox.record.sandboxID): \(SystemError.name(of: reply.error))")
         }
         let entries = reply.entries.compactMap(FileEntry.decodingGuestEntry)
         guard entries.count == reply.entries.count else {
-            throw ServiceFailure(ExitCodes.vmFailed, "the guest of \(sandbox.record.sandboxID) sent \(reply.entries.count - entries.count) malformed file entries; "
+            throw ServiceFailure(Alcub3Exit.vmFailed, "the guest of \(sandbox.record.sandboxID) sent \(reply.entries.count - entries.count) malformed file entries; "
                                  + "its files are not taken for a baseline")
         }
         guard !reply.truncated else {
-            throw ServiceFailure(ExitCodes.vmFailed, "\(inside) in the guest of \(sandbox.record.sandboxID) holds more than \(ALCUB3_GUEST_SCAN_LIMIT) "
+            throw ServiceFailure(Alcub3Exit.vmFailed, "\(inside) in the guest of \(sandbox.record.sandboxID) holds more than \(ALCUB3_GUEST_SCAN_LIMIT) "
                                  + "entries, 128 directory levels or 64 MiB of entries: too large for a baseline")
         }
         progress?(entries.count)
@@ -114,11 +114,11 @@ extension SandboxManager {
     public func makeBaseline(agentID: String, update: Bool = false, requester: Requester,
                              progress: ((Int) -> Void)? = nil) throws -> String {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         let current = integrityWatch.baselineID(cgroupID: sandbox.cgroup.id)
         if let current, !update {
-            throw ServiceFailure(ExitCodes.agentInUse, "sandbox of agent '\(agentID)' already has baseline \(current); "
+            throw ServiceFailure(Alcub3Exit.agentInUse, "sandbox of agent '\(agentID)' already has baseline \(current); "
                                  + "pass --update to replace it (recorded in the audit log)")
         }
         let (tree, inside, boot) = try readTree(of: sandbox, progress: progress)
@@ -149,7 +149,7 @@ extension SandboxManager {
     /// checked (signature, agent, format), then the tree is read again and compared.
     public func validate(agentID: String, baseline text: String, source: String, requester: Requester) throws -> ValidationReport {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         let started = DispatchTime.now().uptimeNanoseconds
         var steps: [ValidationReport.Step] = []
@@ -165,12 +165,12 @@ extension SandboxManager {
         do {
             baseline = try SignedBaseline.verify(data, source: source, trusted: baselineKey().publicKey, agentID: agentID)
         } catch let error as BaselineError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, error.description)
         }
         step("read the baseline and check its Ed25519 signature, agent and format (\(baseline.entries.count) entries)")
         let expectedRoot = Self.isVM(sandbox.record) ? Self.guestIntegrityRoot : integrityRoot(sandbox).inside
         guard baseline.root == expectedRoot else {
-            throw ServiceFailure(ExitCodes.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(expectedRoot)")
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, "\(source): the baseline covers \(baseline.root), this sandbox works in \(expectedRoot)")
         }
         let (tree, inside, boot) = try readTree(of: sandbox)
         step("read and hash \(inside) again (\(tree.count) entries\(boot == nil ? "" : ", read by the guest agent"))")

@@ -29,7 +29,7 @@ extension SandboxManager {
                  output: Int32, statusFile: String, steps: ((CreationStep) -> Void)?,
                  undo: inout [() -> Void]) throws -> SandboxedProcess {
         func timed<T>(_ name: String, _ body: () throws -> T) throws -> T { try CreationStep.timed(name, steps, body) }
-        guard !request.command.isEmpty else { throw ServiceFailure(ExitCodes.usage, "a vm sandbox needs a command to run in its guest") }
+        guard !request.command.isEmpty else { throw ServiceFailure(Alcub3Exit.usage, "a vm sandbox needs a command to run in its guest") }
         let hardware = request.policy.isolation == .hardware
         let choice = try timed("probe KVM (a real-mode loop in a one-page VM)") { VMAccelerator.choose() }
         let vm: VMSandbox
@@ -45,7 +45,7 @@ extension SandboxManager {
             vm = try timed("make \(VMSandbox.stateRoot)/\(sandboxID) and the guest channel's socket") { try VMSandbox(spec: spec) }
         } catch let error as VMError {
             let refused = error.message.contains("failed validation")
-            throw ServiceFailure(refused ? ExitCodes.imageRefused : ExitCodes.vmFailed,
+            throw ServiceFailure(refused ? Alcub3Exit.imageRefused : Alcub3Exit.vmFailed,
                                  (refused && hardware ? "measured boot refused the guest: " : "") + error.message)
         }
         undo.append { VMSandbox.remove(sandboxID: sandboxID) }
@@ -55,9 +55,9 @@ extension SandboxManager {
             do {
                 boot = try timed("measure kernel, initramfs and command line; start swtpm") { try HardwareBoot(sandbox: vm) }
             } catch let error as BootMeasurementError {
-                throw ServiceFailure(ExitCodes.imageRefused, error.description)
+                throw ServiceFailure(Alcub3Exit.imageRefused, error.description)
             } catch {
-                throw ServiceFailure(ExitCodes.vmFailed, "the hardware level's virtual TPM: \(error)")
+                throw ServiceFailure(Alcub3Exit.vmFailed, "the hardware level's virtual TPM: \(error)")
             }
             HardwareBoot.register(boot!, sandboxID: sandboxID)
             undo.append { HardwareBoot.release(sandboxID: sandboxID) }
@@ -72,7 +72,7 @@ extension SandboxManager {
                 channel = try timed("accept QEMU's connection to the guest channel") { try vm.acceptChannel(process: process) }
             } catch {
                 try? FileIO.write("1", to: cgroup.path + "/cgroup.kill")
-                throw ServiceFailure(ExitCodes.vmFailed, "could not start the vm sandbox: \(error)")
+                throw ServiceFailure(Alcub3Exit.vmFailed, "could not start the vm sandbox: \(error)")
             }
             Self.watchVMM(VMMWatch(vmmPIDs: Set(cgroup.processes()), directory: vm.directory, sandboxCgroupID: cgroup.id,
                                    guestNetwork: vm.spec.network), manager: self)
@@ -144,22 +144,22 @@ extension SandboxManager {
             let panic = early.helloNanos == nil ? vm.panicLine() : nil
             if attempt < 3, panic != nil {
                 steps?(CreationStep(step: "the guest kernel panicked while booting (nothing ran)", microseconds: 0, result: "booting it again"))
-                do { try boot?.restart() } catch { throw ServiceFailure(ExitCodes.vmFailed, "the hardware level's virtual TPM: \(error)") }
+                do { try boot?.restart() } catch { throw ServiceFailure(Alcub3Exit.vmFailed, "the hardware level's virtual TPM: \(error)") }
                 continue
             }
             switch early.outcome {
             case .bootTimeout:
                 let tail = vm.consoleTail(8)
-                throw ServiceFailure(ExitCodes.vmFailed, "the vm guest did not boot within \(Int(bootTimeout)) s (\(choice.accelerator.rawValue)); "
+                throw ServiceFailure(Alcub3Exit.vmFailed, "the vm guest did not boot within \(Int(bootTimeout)) s (\(choice.accelerator.rawValue)); "
                                      + "console's last lines: \(tail.isEmpty ? "(empty)" : tail.joined(separator: " | "))")
             case .failed(let message):
-                throw ServiceFailure(ExitCodes.vmFailed, "the vm guest agent failed: \(message)")
+                throw ServiceFailure(Alcub3Exit.vmFailed, "the vm guest agent failed: \(message)")
             case .closed, .exited:
-                if let panic { throw ServiceFailure(ExitCodes.vmFailed, "the guest kernel panicked before the guest agent started: \(panic)") }
-                throw ServiceFailure(ExitCodes.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
+                if let panic { throw ServiceFailure(Alcub3Exit.vmFailed, "the guest kernel panicked before the guest agent started: \(panic)") }
+                throw ServiceFailure(Alcub3Exit.vmFailed, "QEMU ended before the guest ran the command\(vm.qemuWords())")
             }
         }
-        throw ServiceFailure(ExitCodes.vmFailed, "the vm guest could not be booted")
+        throw ServiceFailure(Alcub3Exit.vmFailed, "the vm guest could not be booted")
     }
 
     /// After the guest's command ended or the channel failed: the exit code to
@@ -213,7 +213,7 @@ extension SandboxManager {
         do {
             state = try JSONDecoder().decode(GuestState.self, from: Data(FileIO.read(Self.guestStatePath(id)).utf8))
         } catch {
-            throw ServiceFailure(ExitCodes.vmFailed, "no guest state to take the channel of \(id) over: \(error)")
+            throw ServiceFailure(Alcub3Exit.vmFailed, "no guest state to take the channel of \(id) over: \(error)")
         }
         let listener = try VMSandbox.listenAgain(sandboxID: id)
         let channel = try VMSandbox.acceptAgain(on: listener, timeout: 10)
@@ -272,7 +272,7 @@ extension SandboxManager {
     func execInGuest(_ sandbox: LiveSandbox, command: [String], environment: [String],
                      output: (String, [UInt8]) -> Bool) throws -> Int32 {
         guard let guest = Self.liveGuest(sandbox.record.sandboxID) else {
-            throw ServiceFailure(ExitCodes.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: nothing can be run beside it")
+            throw ServiceFailure(Alcub3Exit.notFound, "the guest of \(sandbox.record.sandboxID) is not running its command: nothing can be run beside it")
         }
         let status: Int32
         do {
@@ -280,7 +280,7 @@ extension SandboxManager {
                 _ = output(stream == .stdout ? "stdout" : "stderr", bytes)
             }
         } catch {
-            throw ServiceFailure(ExitCodes.vmFailed, "sandbox exec in the guest of \(sandbox.record.sandboxID): \(error)")
+            throw ServiceFailure(Alcub3Exit.vmFailed, "sandbox exec in the guest of \(sandbox.record.sandboxID): \(error)")
         }
         return status < 0 ? 126 : HostCommand.shellCode(waitStatus: status)
     }

@@ -160,7 +160,7 @@ public final class SandboxManager: @unchecked Sendable {
         do {
             return try SeccompCompiler.compile(try SeccompProfile.effective(for: policy, supervised: userNotifyWorks))
         } catch let error as PolicyError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, error.description)
         }
     }
 
@@ -267,23 +267,23 @@ public final class SandboxManager: @unchecked Sendable {
     /// policy (export, restart) follows; the change is audited.
     public func setNetwork(agentID: String, destinations: [String], ports: [Int], requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         let cidrs: [CIDR], allowedPorts: [UInt16]
         do {
             cidrs = try destinations.map { try CIDR($0) }
             allowedPorts = try PolicyValue.ports(ports.map { try PolicyValue.port($0) })
         } catch let error as PolicyError {
-            throw ServiceFailure(ExitCodes.invalidPolicy, error.description)
+            throw ServiceFailure(Alcub3Exit.invalidPolicy, error.description)
         }
         guard !cidrs.isEmpty else {
-            throw ServiceFailure(ExitCodes.usage, "give at least one --allowed-destination (a network such as 10.1.0.0/16)")
+            throw ServiceFailure(Alcub3Exit.usage, "give at least one --allowed-destination (a network such as 10.1.0.0/16)")
         }
         guard var policy = try? JSONDecoder().decode(SandboxPolicy.self, from: Data(try currentRecord(sandbox).policyJSON.utf8)) else {
-            throw ServiceFailure(ExitCodes.internalError, "the stored policy of \(sandbox.record.sandboxID) cannot be read")
+            throw ServiceFailure(Alcub3Exit.internalError, "the stored policy of \(sandbox.record.sandboxID) cannot be read")
         }
         guard policy.allowsNetwork else {
-            throw ServiceFailure(ExitCodes.notAllowed, "sandbox of agent '\(agentID)' runs in its own network namespace "
+            throw ServiceFailure(Alcub3Exit.notAllowed, "sandbox of agent '\(agentID)' runs in its own network namespace "
                                  + "(network_access \(policy.networkAccess)): it has no route out to allow; create it with "
                                  + "classified_network destinations instead")
         }
@@ -291,7 +291,7 @@ public final class SandboxManager: @unchecked Sendable {
         do {
             try self.network.apply(network, to: sandbox.cgroup)
         } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "could not update the network policy of \(sandbox.record.sandboxID): \(error)")
+            throw ServiceFailure(Alcub3Exit.kernelRefused, "could not update the network policy of \(sandbox.record.sandboxID): \(error)")
         }
         policy.network = network
         policy.networkAccess = ["classified_network"]
@@ -311,15 +311,15 @@ public final class SandboxManager: @unchecked Sendable {
     /// `sandbox thaw`: a frozen sandbox runs again (audited).
     public func thaw(agentID: String, requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         guard SandboxResponse.isFrozen(sandbox.cgroup) else {
-            throw ServiceFailure(ExitCodes.usage, "sandbox of agent '\(agentID)' is not frozen")
+            throw ServiceFailure(Alcub3Exit.usage, "sandbox of agent '\(agentID)' is not frozen")
         }
         do {
             try SandboxResponse.setFrozen(false, sandbox.cgroup)
         } catch {
-            throw ServiceFailure(ExitCodes.kernelRefused, "could not thaw \(sandbox.record.sandboxID): \(error)")
+            throw ServiceFailure(Alcub3Exit.kernelRefused, "could not thaw \(sandbox.record.sandboxID): \(error)")
         }
         sandbox.resetResponse()
         try? store.appendAudit(requester, action: "sandbox.thaw", subject: sandbox.record.sandboxID,
@@ -388,13 +388,13 @@ public final class SandboxManager: @unchecked Sendable {
             // The agent id is reserved first: a concurrent create of it fails here, before any slow work.
             try lock.withLock {
                 if agents[request.agentID] != nil {
-                    throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by a running sandbox")
+                    throw ServiceFailure(Alcub3Exit.agentInUse, "agent id '\(request.agentID)' is already in use by a running sandbox")
                 }
                 agents[request.agentID] = .reserved
             }
             undo.append { [self] in lock.withLock { _ = agents.removeValue(forKey: request.agentID) } }  // undone last
             if let existing = try store.sandbox(agentID: request.agentID), existing.state.isActive {
-                throw ServiceFailure(ExitCodes.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
+                throw ServiceFailure(Alcub3Exit.agentInUse, "agent id '\(request.agentID)' is already in use by sandbox \(existing.sandboxID)")
             }
             let hidden = hiddenPaths() + request.policy.filesystem.hiddenPaths
             // A container's command is looked up in its image, once unpacked.
@@ -534,10 +534,10 @@ public final class SandboxManager: @unchecked Sendable {
         do {
             return try CommandResolver.resolve(program, hiddenPaths: hidden)
         } catch SandboxError.commandNotExecutable {
-            throw ServiceFailure(ExitCodes.commandNotExecutable, "command is not executable: \(program)")
+            throw ServiceFailure(Alcub3Exit.commandNotExecutable, "command is not executable: \(program)")
         } catch let error as SandboxError {
-            if case .commandHidden = error { throw ServiceFailure(ExitCodes.commandNotFound, error.description) }
-            throw ServiceFailure(ExitCodes.commandNotFound, "command not found: \(program)")
+            if case .commandHidden = error { throw ServiceFailure(Alcub3Exit.commandNotFound, error.description) }
+            throw ServiceFailure(Alcub3Exit.commandNotFound, "command not found: \(program)")
         }
     }
 
@@ -550,9 +550,9 @@ public final class SandboxManager: @unchecked Sendable {
     public func exec(agentID: String, command: [String], workingDirectory: String?, environment: [String],
                      requester: Requester, output: (String, [UInt8]) -> Bool) throws -> Int32 {
         guard let sandbox = sandbox(agentID: agentID) else {
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
-        guard let program = command.first else { throw ServiceFailure(ExitCodes.usage, "no command given") }
+        guard let program = command.first else { throw ServiceFailure(Alcub3Exit.usage, "no command given") }
         // Recorded before it runs: a command that never ends is in the log too. Variable names only: values may be secrets.
         try? store.appendAudit(requester, action: "sandbox.exec", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["agent_id": agentID, "command": command.joined(separator: " "),
@@ -583,7 +583,7 @@ public final class SandboxManager: @unchecked Sendable {
             defer { close(outWrite); close(errWrite) }  // the child has its copies; ours would hold off EOF
             process = try SandboxedProcess(spec: spec, cgroup: container?.cgroup ?? sandbox.cgroup, joining: sandbox.initProcess)
         } catch SandboxError.commandNotFound(let c) {
-            throw ServiceFailure(ExitCodes.commandNotFound, "command not found in the sandbox: \(c)")
+            throw ServiceFailure(Alcub3Exit.commandNotFound, "command not found in the sandbox: \(c)")
         }
         // The command has its own filter and listener: a supervisor of its own,
         // which ends (closing the listener) when the command's processes do.
@@ -643,9 +643,9 @@ public final class SandboxManager: @unchecked Sendable {
     public func terminate(agentID: String, grace: Double, force: Bool, requester: Requester) throws -> SandboxRecord {
         guard let sandbox = sandbox(agentID: agentID) else {
             if let record = try store.sandbox(agentID: agentID), !record.state.isActive {
-                throw ServiceFailure(ExitCodes.notFound, "sandbox of agent '\(agentID)' has already stopped (\(record.sandboxID))")
+                throw ServiceFailure(Alcub3Exit.notFound, "sandbox of agent '\(agentID)' has already stopped (\(record.sandboxID))")
             }
-            throw ServiceFailure(ExitCodes.notFound, "no running sandbox has agent id '\(agentID)'")
+            throw ServiceFailure(Alcub3Exit.notFound, "no running sandbox has agent id '\(agentID)'")
         }
         try? store.appendAudit(requester, action: "sandbox.terminate", subject: sandbox.record.sandboxID,
                                details: ServiceJSON.encode(["agent_id": agentID, "force": String(force), "grace_seconds": String(grace)]))

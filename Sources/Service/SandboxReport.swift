@@ -2,6 +2,7 @@ import Foundation
 import Policy
 import Store
 import Telemetry
+import KernelSupport
 
 /// `integrity report`: what one sandbox did over a time range, aggregated from
 /// the store (events, alerts, audit log). The CLI renders it as HTML and
@@ -162,7 +163,7 @@ extension SandboxReport {
         let start = sinceNs ?? record.createdNs
         let end = untilNs ?? record.endedNs ?? now
         guard start <= end else {
-            throw ServiceFailure(ExitCodes.usage, "the start time \(WallClock.iso8601(unixNanos: start)) is after the end time \(WallClock.iso8601(unixNanos: end))")
+            throw ServiceFailure(Alcub3Exit.usage, "the start time \(WallClock.iso8601(unixNanos: start)) is after the end time \(WallClock.iso8601(unixNanos: end))")
         }
         var report = SandboxReport(
             generatedAt: WallClock.iso8601(unixNanos: now), agentID: record.agentID, sandboxID: record.sandboxID,

@@ -86,25 +86,6 @@ public struct ServiceFailure: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Exit codes shared by the CLI and the service (docs/cli.md).
-public enum ExitCodes {
-    public static let usage: Int32 = 64
-    public static let unknownClassification: Int32 = 65
-    public static let invalidAgentID: Int32 = 66
-    public static let unsupportedIsolation: Int32 = 67
-    public static let invalidPolicy: Int32 = 68
-    public static let serviceUnavailable: Int32 = 69
-    public static let internalError: Int32 = 70
-    public static let kernelRefused: Int32 = 71
-    public static let notFound: Int32 = 72
-    public static let agentInUse: Int32 = 73
-    public static let imageRefused: Int32 = 74
-    public static let vmFailed: Int32 = 76           // the vm level: QEMU missing, limits the host cannot give, a guest that failed or never booted
-    public static let notAllowed: Int32 = 77
-    public static let commandNotExecutable: Int32 = 126
-    public static let commandNotFound: Int32 = 127
-}
-
 enum ServiceJSON {
     static func encode(_ value: some Encodable) -> String {
         let encoder = JSONEncoder()

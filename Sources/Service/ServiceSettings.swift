@@ -61,7 +61,7 @@ public struct ServiceSettings: Sendable, Codable, Equatable {
         c.retentionMaxBytes = section.retention.maxSizeBytes == 0 ? nil : section.retention.maxSizeBytes
         if let group = section.socketGroup {
             guard let entry = getgrnam(group) else {
-                throw ServiceFailure(ExitCodes.invalidPolicy, "service.socket_group '\(group)' is not a group on this host")
+                throw ServiceFailure(Alcub3Exit.invalidPolicy, "service.socket_group '\(group)' is not a group on this host")
             }
             c.allowedGroup = entry.pointee.gr_gid
         }
