@@ -579,11 +579,14 @@ static void child_setup_and_exec(const struct alcub3_spawn_config *c, int landlo
         if (c->read_only_root) read_only_view(c, report_fd);
         for (const char *const *p = c->hidden_paths; p && *p; p++) {
             /* A directory gets an empty read-only tmpfs over it, a file /dev/null:
-               the sandbox sees nothing there. A path that does not exist needs nothing. */
+               the sandbox sees nothing there. A path that does not exist needs nothing.
+               The tmpfs may be listed (0555): a program looking for its
+               configuration under a hidden HOME finds nothing (ENOENT) instead
+               of failing on a permission (git warned on every command). */
             struct stat st;
             if (lstat(*p, &st) != 0) continue;
             int rc = S_ISDIR(st.st_mode)
-                ? mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+                ? mount("tmpfs", *p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
                 : mount("/dev/null", *p, NULL, MS_BIND, NULL);
             if (rc != 0) child_fail(report_fd, ALCUB3_STEP_HIDE_PATH);
         }
