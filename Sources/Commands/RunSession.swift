@@ -155,14 +155,9 @@ final class RunSession: @unchecked Sendable {
             spec.writablePaths = [FileManager.default.currentDirectoryPath].filter { $0 != "/" }
         }
         spec.v1ProcsFiles = applied.v1ProcsFiles
-        spec.minimalDev = spec.readOnlyRoot
-        spec.denyWriteExecute = !policy.capabilities.contains(.jit)
         if self.container == nil && self.vm == nil {
-            // The agent is never host root: its root is an unprivileged host uid of alcub3's range.
-            let (userNamespace, warning) = try kernelStep("making the sandbox's user namespace") {
-                try UserNamespace.forSandbox(writable: spec.writablePaths.first, required: policy.classification == .topSecret)
-            }
-            spec.userNamespace = userNamespace
+            // A private /dev, W^X, and the agent never host root (ProcessSpec.harden).
+            let warning = try kernelStep("making the sandbox's user namespace") { try spec.harden(for: policy) }
             if let warning, format == .table { Output.err("alcub3: warning: \(warning)\n") }
         }
         // The caller's directory as a copy-on-write view, bounded by workspace_size (applied after the run).

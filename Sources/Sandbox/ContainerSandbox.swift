@@ -123,7 +123,7 @@ public final class ContainerSandbox: Sendable {
             // The container's root is an unprivileged host uid, as at the process level; the
             // image's tree is idmapped alike so its files are the container's own.
             let userNamespace = try step("make the user namespace (a uid range of alcub3's)") {
-                try UserNamespace.forSandbox(writable: nil, required: policy.classification == .topSecret).0
+                try UserNamespace.forSandbox(policy, writable: nil).0
             }
             self.userNamespace = userNamespace
             try step("mount an overlay on a tmpfs of \(policy.filesystem.workspaceBytes) bytes at \(rootfs)") {

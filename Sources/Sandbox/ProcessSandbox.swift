@@ -106,6 +106,21 @@ public struct ProcessSpec: Sendable {
     }
 }
 
+extension ProcessSpec {
+    /// What every process-level sandbox gets from its policy, whoever starts
+    /// it (`run` or the service): a private /dev with the read-only view,
+    /// write-xor-execute memory unless the policy has `jit`, and a user
+    /// namespace of its own. Returns the warning when the kernel refuses the
+    /// namespace (below TOP_SECRET, which refuses the sandbox instead).
+    public mutating func harden(for policy: SandboxPolicy) throws -> String? {
+        minimalDev = readOnlyRoot
+        denyWriteExecute = !policy.capabilities.contains(.jit)
+        let (namespace, warning) = try UserNamespace.forSandbox(policy, writable: writablePaths.first)
+        userNamespace = namespace
+        return warning
+    }
+}
+
 /// TCP ports a Landlock-confined sandbox may use: a nil list leaves that
 /// direction unrestricted, an empty one refuses it (EACCES). UDP is not covered.
 public struct LandlockNetwork: Sendable, Equatable {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CAlcub3
 import KernelSupport
+import Policy
 
 /// The user namespace of one process-level sandbox: its uid and gid 0 are
 /// host id `hostRoot`, the first of 65,536 ids of a slot of alcub3's range,
@@ -95,11 +96,12 @@ public final class UserNamespace: Sendable {
 }
 
 extension UserNamespace {
-    /// The namespace of a new process-level sandbox whose writable directory
+    /// The namespace of a new sandbox under `policy` whose writable directory
     /// is `writable` (nil: none). When the kernel refuses user namespaces the
     /// sandbox runs as uid 0 without capabilities, with `warning` saying so,
-    /// unless `required` (TOP_SECRET), which refuses the sandbox instead.
-    public static func forSandbox(writable: String?, required: Bool) throws -> (UserNamespace?, warning: String?) {
+    /// except at TOP_SECRET, which refuses the sandbox instead.
+    public static func forSandbox(_ policy: SandboxPolicy, writable: String?) throws -> (UserNamespace?, warning: String?) {
+        let required = policy.classification == .topSecret
         var owner: (uid: UInt32, gid: UInt32)?
         if let writable {
             var st = stat()

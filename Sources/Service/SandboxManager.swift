@@ -458,15 +458,9 @@ public final class SandboxManager: @unchecked Sendable {
                 spec.workspace = (request.policy.filesystem.workspace, request.policy.filesystem.workspaceBytes)
             }
             spec.v1ProcsFiles = limits.v1ProcsFiles
-            spec.minimalDev = spec.readOnlyRoot
-            spec.denyWriteExecute = !request.policy.capabilities.contains(.jit)
             if request.image == nil && !request.policy.isolation.isVirtualMachine {
-                // The agent is never host root: its root is an unprivileged host uid of alcub3's range.
-                let (userNamespace, warning) = try step("make the sandbox's user namespace") {
-                    try UserNamespace.forSandbox(writable: spec.writablePaths.first,
-                                                 required: request.policy.classification == .topSecret)
-                }
-                spec.userNamespace = userNamespace
+                // A private /dev, W^X, and the agent never host root (ProcessSpec.harden).
+                let warning = try step("make the sandbox's user namespace") { try spec.harden(for: request.policy) }
                 if let warning { log.warning("\(warning)", metadata: ["sandbox": "\(sandboxID)"]) }
             }
             spec.statusFile = directory + "/exit_status"
